@@ -1,0 +1,53 @@
+# Misuse of the API throws a classed condition naming the argument; outcomes
+# of jobs are values (lists with an error code), never conditions.
+
+abort <- function(kind, message, arg = NULL, call = sys.call(-1L)) {
+  cnd <- structure(
+    class = c(paste0("asyncjobs_error_", kind), "asyncjobs_error", "error", "condition"),
+    list(message = message, call = call, arg = arg))
+  stop(cnd)
+}
+
+check_string <- function(x, arg, call = sys.call(-1L)) {
+  if (!is.character(x) || length(x) != 1L || is.na(x) || !nzchar(x)) {
+    abort("argument", sprintf("`%s` must be a single non-empty string, not %s.", arg, describe(x)),
+          arg, call)
+  }
+}
+
+check_job_id <- function(x, arg = "job_id", call = sys.call(-1L)) {
+  if (!is.character(x) || length(x) != 1L || is.na(x) || !nzchar(x)) {
+    abort("job_id", sprintf("`%s` must be a single non-empty string, not %s.", arg, describe(x)),
+          arg, call)
+  }
+}
+
+check_number <- function(x, arg, min = 0, allow_inf = FALSE, integer = FALSE, call = sys.call(-1L)) {
+  ok <- is.numeric(x) && length(x) == 1L && !is.na(x) && x >= min &&
+    (allow_inf || is.finite(x)) && (!integer || !is.finite(x) || x == round(x))
+  if (!ok) {
+    what <- if (integer) "a whole number" else "a number"
+    abort("argument", sprintf("`%s` must be %s >= %s%s, not %s.", arg, what, format(min),
+                              if (allow_inf) " (Inf allowed)" else "", describe(x)), arg, call)
+  }
+}
+
+check_optional_string <- function(x, arg, call = sys.call(-1L)) {
+  if (!is.null(x)) check_string(x, arg, call)
+}
+
+describe <- function(x) {
+  if (is.null(x)) return("NULL")
+  if (is.function(x)) return("a function")
+  if (length(x) == 1L && is.atomic(x)) {
+    return(if (is.na(x)) sprintf("`NA` (%s)", typeof(x)) else sprintf("a %s (`%s`)", typeof(x), format(x)))
+  }
+  sprintf("a %s of length %d", class(x)[[1L]], length(x))
+}
+
+check_process <- function(call = sys.call(-1L)) {
+  if (!identical(Sys.getpid(), .state$pid)) {
+    abort("fork", "asyncjobs cannot be used from a forked child process (for example inside parallel::mclapply); call it from the process that loaded the package.",
+          call = call)
+  }
+}

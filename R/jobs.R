@@ -1,0 +1,271 @@
+#' Submit a job
+#'
+#' Returns at once; `executor_fn(params)` runs in a worker process. The
+#' executor is serialized with its environment: define it where it captures
+#' little (see the README), and pass what it needs through `params`.
+#'
+#' @param operation (string) the kind of job, for example "clustering".
+#' @param params (any) the argument passed to `executor_fn`; also what the
+#'   duplicate check hashes.
+#' @param executor_fn (function) called as `executor_fn(params)` in a worker.
+#' @param timeout_ms (number) time in milliseconds the job may run before its
+#'   worker is killed and the job fails with `TIMEOUT`.
+#' @return (list) `list(job_id, status = "accepted", estimated_seconds)`, or
+#'   `list(error = "CAPACITY_EXCEEDED", message, retry_after = 60)` when the
+#'   pool is full, or `list(error = "POOL_UNAVAILABLE", message, retry_after)`
+#'   when no worker can start.
+#' @export
+create_job <- function(operation, params, executor_fn, timeout_ms = 1800000) {
+  check_process()
+  check_string(operation, "operation")
+  if (!is.function(executor_fn)) {
+    abort("argument", sprintf("`executor_fn` must be a function, not %s.", describe(executor_fn)),
+          "executor_fn")
+  }
+  check_number(timeout_ms, "timeout_ms", min = 1)
+  params_bytes <- serialize_arg(params, "params")
+  fn_bytes <- serialize_arg(executor_fn, "executor_fn")
+  check_payload(executor_fn, length(fn_bytes))
+  ensure_pool()
+  r <- .Call(wrap__aj_submit, operation, fn_bytes, params_bytes, as.numeric(timeout_ms))
+  switch(r[[1L]],
+    accepted = {
+      bind_job(r[[2L]])
+      list(job_id = r[[2L]], status = "accepted", estimated_seconds = as.numeric(r[[3L]]))
+    },
+    full = list(error = "CAPACITY_EXCEEDED",
+                message = sprintf("Maximum %s concurrent jobs reached. Try again later.", r[[2L]]),
+                retry_after = 60),
+    unavailable = list(error = "POOL_UNAVAILABLE",
+                       message = sprintf("No worker is available: %s", r[[2L]]),
+                       retry_after = 60),
+    abort("pool_stopped", "The worker pool stopped while the job was submitted.")
+  )
+}
+
+serialize_arg <- function(x, arg) {
+  tryCatch(serialize(x, NULL, xdr = FALSE), error = function(e) {
+    abort("serialize", sprintf("`%s` cannot be serialized for a worker: %s", arg, conditionMessage(e)),
+          arg, call = sys.call(-4L))
+  })
+}
+
+#' Status of a job
+#'
+#' @param job_id (string) the id [create_job()] returned.
+#' @return (list) for an unknown id `list(error = "JOB_NOT_FOUND", message)`;
+#'   for a pending job `list(job_id, status = "pending", step,
+#'   estimated_seconds, retry_after = 5, position, submitted_at)`; for a running
+#'   job `list(job_id, status = "running", step, estimated_seconds,
+#'   retry_after = 5, progress = list(current, total), started_at,
+#'   elapsed_seconds)`; for a finished job `list(job_id, status, completed_at,
+#'   result, error, warnings, ...)` where `status` is "completed", "failed" or
+#'   "cancelled" and a failed job's `error` is `list(code, message, call, class,
+#'   traceback, warnings)`.
+#' @export
+get_job_status <- function(job_id) {
+  check_process()
+  check_job_id(job_id)
+  local <- .overrides[[job_id]]
+  rec <- if (is.null(local)) .Call(wrap__aj_job, job_id)
+  if (is.null(rec)) {
+    local <- local %||% written_record(job_id)
+    if (is.null(local)) return(list(error = "JOB_NOT_FOUND", message = "Job ID not found"))
+    return(status_of_written(job_id, local))
+  }
+  status_of(rec)
+}
+
+# A record a caller wrote into jobs_env itself (not a live binding).
+written_record <- function(id) {
+  if (!exists(id, envir = jobs_env, inherits = FALSE) || bindingIsActive(id, jobs_env)) return(NULL)
+  rec <- get(id, envir = jobs_env, inherits = FALSE)
+  if (is.list(rec)) rec
+}
+
+posix <- function(x) if (is.null(x) || is.na(x)) NULL else .POSIXct(x)
+
+status_of <- function(rec) {
+  switch(rec$status,
+    pending = list(
+      job_id = rec$job_id, status = "pending", step = get_progress_message(rec$operation),
+      estimated_seconds = round(rec$estimated_seconds), retry_after = 5,
+      position = rec$position, submitted_at = posix(rec$submitted_at)),
+    running = list(
+      job_id = rec$job_id, status = "running",
+      step = rec$step %||% get_progress_message(rec$operation),
+      estimated_seconds = round(rec$estimated_seconds), retry_after = 5,
+      progress = list(current = rec$current %||% NA_real_, total = rec$total %||% NA_real_),
+      started_at = posix(rec$started_at),
+      elapsed_seconds = round(rec$now - rec$started_at, 3)),
+    finished_status(rec))
+}
+
+finished_status <- function(rec) {
+  out <- if (!is.null(rec$result)) unserialize(rec$result)
+  list(
+    job_id = rec$job_id, status = rec$status, completed_at = posix(rec$completed_at),
+    result = out$value, error = job_error(rec), warnings = out$warnings,
+    operation = rec$operation, submitted_at = posix(rec$submitted_at),
+    started_at = posix(rec$started_at),
+    duration_seconds = if (!is.na(rec$started_at)) rec$completed_at - rec$started_at)
+}
+
+job_error <- function(rec) {
+  if (is.null(rec$error_code)) return(NULL)
+  detail <- if (!is.null(rec$error_detail)) unserialize(rec$error_detail) else list()
+  detail$code <- rec$error_code
+  detail$message <- rec$error_message
+  detail[unique(c("code", "message", names(detail)))]
+}
+
+status_of_written <- function(id, rec) {
+  status <- rec$status %||% "completed"
+  if (status %in% c("pending", "running")) {
+    op <- rec$operation %||% ""
+    return(list(job_id = id, status = status, step = rec$step %||% get_progress_message(op),
+                estimated_seconds = rec$estimated_seconds %||% 30, retry_after = 5))
+  }
+  list(job_id = rec$job_id %||% id, status = status,
+       completed_at = rec$completed_at %||% rec$submitted_at, result = rec$result,
+       error = rec$error)
+}
+
+# What jobs_env[[id]] shows: the contract's record.
+job_record <- function(id) {
+  local <- .overrides[[id]]
+  if (!is.null(local)) return(local)
+  rec <- .Call(wrap__aj_job, id)
+  if (is.null(rec)) return(NULL)
+  out <- if (!is.null(rec$result)) unserialize(rec$result)
+  list(job_id = rec$job_id, operation = rec$operation, status = rec$status,
+       submitted_at = posix(rec$submitted_at), params_hash = rec$params_hash,
+       result = out$value, error = job_error(rec), completed_at = posix(rec$completed_at),
+       started_at = posix(rec$started_at), timeout_ms = rec$timeout_ms)
+}
+
+#' Is the same job already pending or running?
+#'
+#' @param operation (string) the job's operation.
+#' @param params (any) the job's params; compared by the SHA-256 of their
+#'   serialization, the same bytes [create_job()] stores.
+#' @return (list) `list(duplicate = TRUE, existing_job_id)` or
+#'   `list(duplicate = FALSE)`.
+#' @export
+check_duplicate_job <- function(operation, params) {
+  check_process()
+  check_string(operation, "operation")
+  id <- .Call(wrap__aj_duplicate, operation, serialize_arg(params, "params"))
+  if (is.null(id)) list(duplicate = FALSE) else list(duplicate = TRUE, existing_job_id = id)
+}
+
+#' Remove old finished jobs
+#'
+#' @param max_age_seconds (number) finished jobs whose `completed_at` (or
+#'   `submitted_at`) is older than this many seconds are removed.
+#' @return (invisible integer) the number of jobs removed.
+#' @export
+cleanup_old_jobs <- function(max_age_seconds = 86400) {
+  check_process()
+  check_number(max_age_seconds, "max_age_seconds", min = 0)
+  cutoff <- as.numeric(Sys.time()) - max_age_seconds
+  ids <- .Call(wrap__aj_cleanup, cutoff)
+  # Records callers wrote themselves age the same way.
+  for (id in ls(jobs_env, all.names = TRUE)) {
+    if (bindingIsActive(id, jobs_env)) next
+    rec <- get(id, envir = jobs_env)
+    when <- if (is.list(rec)) rec$completed_at %||% rec$submitted_at
+    if (is.list(rec) && (rec$status %||% "completed") %in% c("completed", "failed", "cancelled") &&
+        !is.null(when) && as.numeric(when) < cutoff) {
+      ids <- c(ids, id)
+    }
+  }
+  gone <- ids[vapply(ids, exists, TRUE, envir = jobs_env, inherits = FALSE)]
+  rm(list = gone, envir = jobs_env)
+  rm(list = intersect(ids, ls(.overrides, all.names = TRUE)), envir = .overrides)
+  n <- length(unique(ids))
+  message(sprintf("Cleaned up %d old jobs", n))
+  invisible(n)
+}
+
+#' Wait for a job to finish
+#'
+#' Waits in short slices, so Ctrl-C interrupts it.
+#'
+#' @param job_id (string) the job's id.
+#' @param timeout_ms (number) time in milliseconds to wait at most.
+#' @return (list) what [get_job_status()] returns once the job has finished or
+#'   the time is up.
+#' @export
+wait_for_job <- function(job_id, timeout_ms = 60000) {
+  check_process()
+  check_job_id(job_id)
+  check_number(timeout_ms, "timeout_ms", min = 0, allow_inf = TRUE)
+  deadline <- Sys.time() + min(timeout_ms, 1e12) / 1000
+  repeat {
+    left <- as.numeric(deadline - Sys.time(), units = "secs") * 1000
+    if (.Call(wrap__aj_wait, job_id, max(0, min(left, 100))) || left <= 0) break
+  }
+  get_job_status(job_id)
+}
+
+#' Cancel a job
+#'
+#' A pending job leaves the queue; a running job's worker (and every process
+#' it started) is killed and replaced. The job becomes "cancelled" with
+#' `error$code = "CANCELLED"`.
+#'
+#' @param job_id (string) the job's id.
+#' @return (list) `list(job_id, status = "cancelled")`, or
+#'   `list(error = "JOB_NOT_FOUND", message)`, or
+#'   `list(error = "JOB_FINISHED", message, status)` for a finished job.
+#' @export
+cancel_job <- function(job_id) {
+  check_process()
+  check_job_id(job_id)
+  r <- .Call(wrap__aj_cancel, job_id)
+  switch(r[[1L]],
+    cancelled = list(job_id = job_id, status = "cancelled"),
+    finished = list(error = "JOB_FINISHED", message = sprintf("Job already %s", r[[2L]]),
+                    status = r[[2L]]),
+    list(error = "JOB_NOT_FOUND", message = "Job ID not found"))
+}
+
+#' What a job printed
+#'
+#' @param job_id (string) the job's id.
+#' @return (string) the last 64 KiB the job wrote to stdout and stderr
+#'   (including `message()`), or `list(error = "JOB_NOT_FOUND", message)`.
+#' @export
+get_job_output <- function(job_id) {
+  check_process()
+  check_job_id(job_id)
+  .Call(wrap__aj_output, job_id) %||% list(error = "JOB_NOT_FOUND", message = "Job ID not found")
+}
+
+#' All jobs in the registry
+#'
+#' @param status (character or NULL) keep jobs with these statuses.
+#' @param operation (character or NULL) keep jobs of these operations.
+#' @return (data.frame) `job_id`, `operation`, `status`, `submitted_at`,
+#'   `started_at`, `completed_at`, `duration_seconds`, `error_code`, oldest first.
+#' @export
+list_jobs <- function(status = NULL, operation = NULL) {
+  check_process()
+  for (arg in c("status", "operation")) {
+    v <- get(arg)
+    if (!is.null(v) && (!is.character(v) || anyNA(v))) {
+      abort("argument", sprintf("`%s` must be NULL or a character vector, not %s.", arg, describe(v)), arg)
+    }
+  }
+  cols <- .Call(wrap__aj_list)
+  df <- data.frame(job_id = cols$job_id, operation = cols$operation, status = cols$status,
+                   submitted_at = .POSIXct(cols$submitted_at), started_at = .POSIXct(cols$started_at),
+                   completed_at = .POSIXct(cols$completed_at),
+                   duration_seconds = cols$completed_at - cols$started_at,
+                   error_code = cols$error_code, stringsAsFactors = FALSE)
+  keep <- (is.null(status) | df$status %in% status) & (is.null(operation) | df$operation %in% operation)
+  df <- df[keep, , drop = FALSE]
+  rownames(df) <- NULL
+  df
+}

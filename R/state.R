@@ -1,0 +1,52 @@
+# Package state kept on the R side. The job records themselves live in Rust.
+
+.state <- new.env(parent = emptyenv())
+
+# Filled in by inst/worker.R inside a worker process; empty in the API.
+.worker <- new.env(parent = emptyenv())
+
+#' Jobs by id
+#'
+#' An environment with one binding per job, keyed by job id, as in the job
+#' manager asyncjobs replaces: `ls(jobs_env)`, `exists(id, envir = jobs_env)`
+#' and `jobs_env[[id]]$status` read the live registry. A record a caller writes
+#' itself (`jobs_env[[id]] <- list(job_id = id, status = "completed", ...)`,
+#' for example a result served from a cache) is reported by [get_job_status()]
+#' like any other job.
+#' @export
+jobs_env <- new.env(parent = emptyenv())
+
+# Records callers wrote over a live binding.
+.overrides <- new.env(parent = emptyenv())
+
+.default_messages <- list(
+  clustering = "Fetching interaction data from STRING-db...",
+  phenotype_clustering = "Running Multiple Correspondence Analysis...",
+  ontology_update = "Fetching ontology data from external sources..."
+)
+
+.onLoad <- function(libname, pkgname) {
+  .state$pid <- Sys.getpid()
+  .state$size <- 8L
+  .state$messages <- .default_messages
+  .state$payload_warned <- FALSE
+  .Call(wrap__aj_init)
+  ns <- topenv()
+  makeActiveBinding("MAX_CONCURRENT_JOBS", function() .state$size, ns)
+  # Stop the pool when R exits normally; PR_SET_PDEATHSIG covers the rest.
+  reg.finalizer(.state, function(e) if (identical(Sys.getpid(), e$pid)) try(stop_pool(5000), silent = TRUE),
+                onexit = TRUE)
+}
+
+.onUnload <- function(libpath) {
+  if (identical(Sys.getpid(), .state$pid)) try(stop_pool(5000), silent = TRUE)
+}
+
+`%||%` <- function(x, y) if (is.null(x)) y else x
+
+# Binds a job id in jobs_env to its live record.
+bind_job <- function(id) {
+  makeActiveBinding(id, function(value) {
+    if (missing(value)) job_record(id) else assign(id, value, envir = .overrides)
+  }, jobs_env)
+}

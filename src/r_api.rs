@@ -1,0 +1,377 @@
+//! The R boundary: converts arguments and records, nothing more.
+//!
+//! The R layer (R/*.R) validates arguments and raises classed conditions;
+//! these functions trust their types. Each refuses to run in a forked child
+//! of the process that loaded the package: a fork has no pool thread.
+
+use crate::pool::{Config, Pool, SlotState};
+use crate::registry::{self, estimate_seconds, hex, Cancel, MemoryStore, NewJob, Registry, Status, Submit};
+use crate::worker::Spec;
+use extendr_api::prelude::*;
+use extendr_api::Result;
+use once_cell::sync::Lazy;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+static REGISTRY: Lazy<Arc<Registry>> = Lazy::new(|| Arc::new(Registry::new(Box::new(MemoryStore::new()))));
+static POOL: Lazy<Mutex<Option<Pool>>> = Lazy::new(|| Mutex::new(None));
+static OWNER: Lazy<u32> = Lazy::new(std::process::id);
+
+fn check_owner() -> Result<()> {
+    if std::process::id() != *OWNER {
+        return Err(Error::Other(
+            "asyncjobs cannot be used from a forked child process (for example inside parallel::mclapply)".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn raw(x: &Robj, what: &str) -> Result<Vec<u8>> {
+    x.as_raw_slice().map(<[u8]>::to_vec).ok_or_else(|| Error::Other(format!("{what} must be a raw vector")))
+}
+
+fn parse_id(id: &str) -> Option<Uuid> {
+    Uuid::try_parse(id).ok()
+}
+
+fn ms(x: f64) -> Duration {
+    Duration::from_millis(if x.is_finite() && x > 0.0 { x as u64 } else { 0 })
+}
+
+fn limit(x: f64) -> u64 {
+    if x.is_finite() { x.max(0.0) as u64 } else { u64::MAX }
+}
+
+fn named(names: &[&str], values: Vec<Robj>) -> Robj {
+    List::from_names_and_values(names, values).map(Robj::from).unwrap_or_else(|_| ().into())
+}
+
+/// Records the owning process id; called from .onLoad.
+#[extendr]
+fn aj_init() -> i32 {
+    *OWNER as i32
+}
+
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn aj_start(
+    program: &str,
+    args: Robj,
+    cwd: &str,
+    init: Robj,
+    size: i32,
+    max_queued: i32,
+    max_jobs_per_worker: f64,
+    max_rss_mb: f64,
+    max_result_bytes: f64,
+    echo_output: bool,
+    setup_timeout_ms: f64,
+    stop_grace_ms: f64,
+) -> Result<()> {
+    check_owner()?;
+    let mut pool = POOL.lock();
+    if pool.is_some() {
+        return Err(Error::Other("a worker pool is already running".into()));
+    }
+    let args = args.as_str_vector().unwrap_or_default().into_iter().map(str::to_owned).collect();
+    let config = Config {
+        size: size.max(1) as usize,
+        max_queued: max_queued.max(0) as usize,
+        spec: Spec {
+            program: program.into(),
+            args,
+            cwd: cwd.into(),
+            env: vec![("ASYNCJOBS_WORKER".into(), "1".into())],
+            // Set by R CMD check; a worker started elsewhere would try to source it.
+            env_remove: vec!["R_TESTS".into()],
+        },
+        init: raw(&init, "init")?,
+        max_jobs_per_worker: limit(max_jobs_per_worker),
+        max_rss_bytes: limit(max_rss_mb * 1024.0 * 1024.0),
+        max_result_bytes: limit(max_result_bytes).min(u32::MAX as u64 / 2) as usize,
+        echo_output,
+        setup_timeout: ms(setup_timeout_ms),
+        stop_grace: ms(stop_grace_ms),
+        max_setup_failures: 5,
+    };
+    let started = Pool::start(REGISTRY.clone(), config).map_err(|e| Error::Other(format!("cannot start the pool: {e}")))?;
+    *pool = Some(started);
+    Ok(())
+}
+
+/// Fails every unfinished job with SHUTDOWN and tells the workers to stop.
+#[extendr]
+fn aj_stop_begin() -> Result<bool> {
+    check_owner()?;
+    let pool = POOL.lock();
+    if let Some(p) = pool.as_ref() {
+        p.begin_stop();
+    }
+    Ok(pool.is_some())
+}
+
+/// Waits at most `wait_ms` for the pool to end. TRUE once it has.
+#[extendr]
+fn aj_stop_wait(wait_ms: f64) -> Result<bool> {
+    check_owner()?;
+    let mut pool = POOL.lock();
+    let done = match pool.as_mut() {
+        Some(p) => p.wait_stopped(ms(wait_ms)),
+        None => true,
+    };
+    if done {
+        *pool = None;
+    }
+    Ok(done)
+}
+
+/// list(running, size, capacity, unavailable)
+#[extendr]
+fn aj_pool_info() -> Result<Robj> {
+    check_owner()?;
+    let pool = POOL.lock();
+    let (running, size, capacity, why) = match pool.as_ref() {
+        Some(p) => (true, p.size() as i32, p.capacity() as i32, p.unavailable()),
+        None => (false, 0, 0, None),
+    };
+    Ok(named(
+        &["running", "size", "capacity", "unavailable"],
+        vec![running.into(), size.into(), capacity.into(), why.map_or_else(|| ().into(), Robj::from)],
+    ))
+}
+
+/// c(outcome, detail, estimate): accepted/id/seconds, full/limit, unavailable/reason, stopped.
+#[extendr]
+fn aj_submit(operation: &str, executor: Robj, params: Robj, timeout_ms: f64) -> Result<Vec<String>> {
+    check_owner()?;
+    let fn_bytes = executor.as_raw_slice().ok_or_else(|| Error::Other("executor must be raw".into()))?;
+    let params_bytes = params.as_raw_slice().ok_or_else(|| Error::Other("params must be raw".into()))?;
+    let pool = POOL.lock();
+    let Some(pool) = pool.as_ref() else { return Ok(vec!["stopped".into(), String::new()]) };
+    if let Some(why) = pool.unavailable() {
+        return Ok(vec!["unavailable".into(), why]);
+    }
+    let mut payload = Vec::with_capacity(fn_bytes.len() + params_bytes.len());
+    payload.extend_from_slice(fn_bytes);
+    payload.extend_from_slice(params_bytes);
+    let id = Uuid::new_v4();
+    let operation_name = operation;
+    let job = NewJob {
+        id,
+        operation: operation.to_owned(),
+        params_hash: registry::sha256(params_bytes),
+        payload,
+        fn_len: fn_bytes.len(),
+        timeout_ms: limit(timeout_ms),
+        submitted_at: registry::now(),
+    };
+    Ok(match pool.submit(job) {
+        Submit::Accepted => {
+            let estimate = REGISTRY.with(|s| s.typical_duration(operation_name)).unwrap_or(30.0);
+            vec!["accepted".into(), id.to_string(), format!("{}", estimate.round())]
+        }
+        Submit::Full { limit } => vec!["full".into(), limit.to_string()],
+    })
+}
+
+/// The id of a pending or running job with the same operation and params, or NULL.
+#[extendr]
+fn aj_duplicate(operation: &str, params: Robj) -> Result<Robj> {
+    check_owner()?;
+    let bytes = params.as_raw_slice().ok_or_else(|| Error::Other("params must be raw".into()))?;
+    let hash = registry::sha256(bytes);
+    Ok(REGISTRY.with(|s| s.find_active(operation, &hash)).map_or_else(|| ().into(), |id| id.to_string().into()))
+}
+
+const JOB_FIELDS: [&str; 19] = [
+    "job_id",
+    "operation",
+    "status",
+    "submitted_at",
+    "started_at",
+    "completed_at",
+    "timeout_ms",
+    "params_hash",
+    "result",
+    "error_code",
+    "error_message",
+    "error_detail",
+    "step",
+    "current",
+    "total",
+    "position",
+    "estimated_seconds",
+    "worker_pid",
+    "now",
+];
+
+/// One job's record as a named list, or NULL when the id is unknown.
+#[extendr]
+fn aj_job(id: &str) -> Result<Robj> {
+    check_owner()?;
+    let Some(uuid) = parse_id(id) else { return Ok(().into()) };
+    let now = registry::now();
+    let found = REGISTRY.with(|s| {
+        let job = s.get(&uuid)?;
+        let typical = s.typical_duration(&job.operation);
+        let position = if job.status == Status::Pending { s.queue_position(&uuid) } else { None };
+        Some((job, typical, position))
+    });
+    let Some((job, typical, position)) = found else { return Ok(().into()) };
+    let estimate = estimate_seconds(&job, typical, now);
+    let progress = job.progress.as_deref();
+    let err = job.error.as_deref();
+    let null = || Robj::from(());
+    Ok(named(
+        &JOB_FIELDS,
+        vec![
+            job.id.to_string().into(),
+            job.operation.as_ref().into(),
+            job.status.as_str().into(),
+            job.submitted_at.into(),
+            job.started_at.into(),
+            job.completed_at.into(),
+            (job.timeout_ms as f64).into(),
+            hex(&job.params_hash).into(),
+            job.result.as_deref().map_or_else(null, |b| Raw::from_bytes(b).into()),
+            err.map_or_else(null, |e| e.code.as_str().into()),
+            err.map_or_else(null, |e| e.message.as_str().into()),
+            err.and_then(|e| e.detail.as_deref()).map_or_else(null, |b| Raw::from_bytes(b).into()),
+            progress.and_then(|p| p.step.as_deref()).map_or_else(null, Robj::from),
+            progress.and_then(|p| p.current).map_or_else(null, Robj::from),
+            progress.and_then(|p| p.total).map_or_else(null, Robj::from),
+            position.map_or_else(null, |p| (p as i32).into()),
+            estimate.into(),
+            job.worker_pid.map_or_else(null, |p| (p as i32).into()),
+            now.into(),
+        ],
+    ))
+}
+
+/// Waits at most `wait_ms` for the job to finish; TRUE once it has (or is unknown).
+#[extendr]
+fn aj_wait(id: &str, wait_ms: f64) -> Result<bool> {
+    check_owner()?;
+    let Some(uuid) = parse_id(id) else { return Ok(true) };
+    Ok(REGISTRY.wait_finished(&uuid, ms(wait_ms)))
+}
+
+/// "not_found", "cancelled", or "finished" followed by the status.
+#[extendr]
+fn aj_cancel(id: &str) -> Result<Vec<String>> {
+    check_owner()?;
+    let Some(uuid) = parse_id(id) else { return Ok(vec!["not_found".into()]) };
+    let outcome = match POOL.lock().as_ref() {
+        Some(p) => p.cancel(&uuid),
+        None => REGISTRY.with(|s| s.cancel(&uuid, registry::now())),
+    };
+    Ok(match outcome {
+        Cancel::NotFound => vec!["not_found".into()],
+        Cancel::Finished(st) => vec!["finished".into(), st.as_str().into()],
+        Cancel::WasPending | Cancel::WasRunning { .. } => vec!["cancelled".into()],
+    })
+}
+
+/// Removes finished jobs older than `cutoff` (seconds since the epoch); returns their ids.
+#[extendr]
+fn aj_cleanup(cutoff: f64) -> Result<Vec<String>> {
+    check_owner()?;
+    Ok(REGISTRY.with(|s| s.remove_finished_before(cutoff)).iter().map(Uuid::to_string).collect())
+}
+
+/// Every job as columns, oldest first.
+#[extendr]
+fn aj_list() -> Result<Robj> {
+    check_owner()?;
+    let jobs = REGISTRY.with(|s| s.jobs());
+    let strs = |f: &dyn Fn(&registry::Job) -> Option<String>| -> Robj {
+        jobs.iter().map(f).collect::<Vec<Option<String>>>().into()
+    };
+    let nums = |f: &dyn Fn(&registry::Job) -> Option<f64>| -> Robj {
+        jobs.iter().map(f).collect::<Vec<Option<f64>>>().into()
+    };
+    Ok(named(
+        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code"],
+        vec![
+            strs(&|j| Some(j.id.to_string())),
+            strs(&|j| Some(j.operation.to_string())),
+            strs(&|j| Some(j.status.as_str().to_owned())),
+            nums(&|j| Some(j.submitted_at)),
+            nums(&|j| j.started_at),
+            nums(&|j| j.completed_at),
+            strs(&|j| j.error.as_ref().map(|e| e.code.clone())),
+        ],
+    ))
+}
+
+/// The pool's slots as columns.
+#[extendr]
+fn aj_workers() -> Result<Robj> {
+    check_owner()?;
+    let slots = POOL.lock().as_ref().map(Pool::workers).unwrap_or_default();
+    let col_i = |f: &dyn Fn(&crate::pool::SlotInfo) -> Option<f64>| -> Robj {
+        slots.iter().map(f).collect::<Vec<Option<f64>>>().into()
+    };
+    let col_s = |f: &dyn Fn(&crate::pool::SlotInfo) -> Option<String>| -> Robj {
+        slots.iter().map(f).collect::<Vec<Option<String>>>().into()
+    };
+    Ok(named(
+        &["slot", "pid", "state", "jobs_done", "spawned", "job_id", "rss_mb", "last_exit", "reason"],
+        vec![
+            col_i(&|s| Some(s.slot as f64 + 1.0)),
+            col_i(&|s| s.pid.map(f64::from)),
+            col_s(&|s| Some(s.state.name().to_owned())),
+            col_i(&|s| Some(s.jobs_done as f64)),
+            col_i(&|s| Some(s.spawned as f64)),
+            col_s(&|s| match &s.state {
+                SlotState::Busy(id) => Some(id.to_string()),
+                _ => None,
+            }),
+            col_i(&|s| s.rss_bytes.map(|b| b as f64 / 1048576.0)),
+            col_s(&|s| s.last_exit.clone()),
+            col_s(&|s| match &s.state {
+                SlotState::Failed(r) => Some(r.clone()),
+                _ => None,
+            }),
+        ],
+    ))
+}
+
+/// The job's captured output as a string, or NULL for an unknown id.
+#[extendr]
+fn aj_output(id: &str) -> Result<Robj> {
+    check_owner()?;
+    let Some(uuid) = parse_id(id) else { return Ok(().into()) };
+    Ok(REGISTRY
+        .with(|s| s.output(&uuid))
+        .map_or_else(|| ().into(), |b| String::from_utf8_lossy(&b).replace('\0', "").into()))
+}
+
+/// c(pending, running, total)
+#[extendr]
+fn aj_counts() -> Result<Vec<f64>> {
+    check_owner()?;
+    let c = REGISTRY.with(|s| s.counts());
+    Ok(vec![c.pending as f64, c.running as f64, c.total as f64])
+}
+
+extendr_module! {
+    mod asyncjobs;
+    fn aj_init;
+    fn aj_start;
+    fn aj_stop_begin;
+    fn aj_stop_wait;
+    fn aj_pool_info;
+    fn aj_submit;
+    fn aj_duplicate;
+    fn aj_job;
+    fn aj_wait;
+    fn aj_cancel;
+    fn aj_cleanup;
+    fn aj_list;
+    fn aj_workers;
+    fn aj_output;
+    fn aj_counts;
+}

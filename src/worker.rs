@@ -1,0 +1,390 @@
+//! One R worker process: how it is spawned, read, written and stopped.
+//!
+//! The child gets stdin from /dev/null, stdout and stderr as pipes (job
+//! output), fd 3 for frames from the core and fd 4 for frames to the core. It
+//! leads its own process group so that a stop reaches every process a job
+//! started, and it dies with the thread that spawned it (`PR_SET_PDEATHSIG`).
+//! Exit is observed through a pidfd, so no SIGCHLD handler is installed in
+//! the R process.
+
+use crate::protocol::{self, Decoder, Frame, Kind, ProtocolError};
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+/// What to run: the R binary, its arguments, where and with which environment.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub env_remove: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Frame(Frame),
+    Output(Stream, Vec<u8>),
+    /// The process ended; every frame and byte of output it sent came before.
+    Exited(ExitStatus),
+    Protocol(ProtocolError),
+}
+
+/// A raw wait status, described the way a person reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitStatus(pub i32);
+
+impl ExitStatus {
+    pub fn signal(self) -> Option<i32> {
+        libc::WIFSIGNALED(self.0).then(|| libc::WTERMSIG(self.0))
+    }
+    pub fn code(self) -> Option<i32> {
+        libc::WIFEXITED(self.0).then(|| libc::WEXITSTATUS(self.0))
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code(), self.signal()) {
+            (Some(c), _) => write!(f, "exited with status {c}"),
+            (_, Some(s)) => write!(f, "was killed by signal {s} ({})", signal_name(s)),
+            _ => write!(f, "ended with wait status {}", self.0),
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGINT => "SIGINT",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGPIPE => "SIGPIPE",
+        _ => "signal",
+    }
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A pipe pair, both ends close-on-exec and numbered above the fds the child
+/// dups into place, so the dups never clobber each other.
+fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    let raise = |fd: RawFd| -> io::Result<OwnedFd> {
+        let high = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) });
+        unsafe { libc::close(fd) };
+        Ok(unsafe { OwnedFd::from_raw_fd(high?) })
+    };
+    Ok((raise(fds[0])?, raise(fds[1])?))
+}
+
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd stays open, and is the same fd, for as long as it is owned.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
+}
+
+fn nonblocking(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    register(fd, interest)
+}
+
+/// Reads what is in the pipe now, without waiting. Ok(0) is end of file.
+fn read_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+struct Pipe {
+    fd: AsyncFd<OwnedFd>,
+    eof: bool,
+}
+
+impl Pipe {
+    fn new(fd: OwnedFd) -> io::Result<Pipe> {
+        Ok(Pipe { fd: nonblocking(fd, Interest::READABLE)?, eof: false })
+    }
+
+    /// Everything readable right now, or None at end of file.
+    fn drain(&mut self, buf: &mut [u8], mut sink: impl FnMut(&[u8])) {
+        while !self.eof {
+            match read_now(self.fd.as_raw_fd(), buf) {
+                Ok(0) => self.eof = true,
+                Ok(n) => sink(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.eof = true,
+            }
+        }
+    }
+}
+
+/// A running (or just ended) worker process and its pipes.
+pub struct Process {
+    pub pid: u32,
+    pidfd: AsyncFd<OwnedFd>,
+    status: Option<ExitStatus>,
+    to_worker: AsyncFd<OwnedFd>,
+    frames: Pipe,
+    stdout: Pipe,
+    stderr: Pipe,
+    decoder: Decoder,
+    queued: VecDeque<Event>,
+    buf: Vec<u8>,
+}
+
+impl Process {
+    /// Spawns the worker. Call from the pool's own thread: the child's
+    /// PDEATHSIG fires when the spawning thread exits.
+    pub fn spawn(spec: &Spec, max_frame: usize) -> io::Result<Process> {
+        let (in_r, in_w) = pipe_pair()?; // core -> worker, child reads fd 3
+        let (out_r, out_w) = pipe_pair()?; // worker -> core, child writes fd 4
+        let (in_fd, out_fd) = (in_r.as_raw_fd(), out_w.as_raw_fd());
+        let parent = unsafe { libc::getpid() };
+
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(&spec.args)
+            .current_dir(&spec.cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        for k in &spec.env_remove {
+            cmd.env_remove(k);
+        }
+        // Only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                cvt(libc::setpgid(0, 0))?;
+                cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong))?;
+                if libc::getppid() != parent {
+                    return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                // The runtime thread blocks async signals; the worker must not.
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGPIPE, libc::SIGQUIT] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                cvt(libc::dup2(in_fd, 3))?;
+                cvt(libc::dup2(out_fd, 4))?;
+                // The API's own descriptors (its listening socket) stay behind.
+                libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        drop((in_r, out_w));
+        let pid = child.id();
+        let stdout = OwnedFd::from(child.stdout.take().expect("piped stdout"));
+        let stderr = OwnedFd::from(child.stderr.take().expect("piped stderr"));
+        // From here on the pidfd owns the child's lifecycle; `child` is not waited on.
+        drop(child);
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if pidfd < 0 {
+            let err = io::Error::last_os_error();
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            return Err(err);
+        }
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+        Ok(Process {
+            pid,
+            pidfd: register(pidfd, Interest::READABLE)?,
+            status: None,
+            to_worker: nonblocking(in_w, Interest::WRITABLE)?,
+            frames: Pipe::new(out_r)?,
+            stdout: Pipe::new(stdout)?,
+            stderr: Pipe::new(stderr)?,
+            decoder: Decoder::new(max_frame),
+            queued: VecDeque::new(),
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    pub fn exited(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    /// Writes one frame. An error means the worker is gone or broken.
+    pub async fn send(&mut self, kind: Kind, text: &str, blobs: &[&[u8]]) -> io::Result<()> {
+        let bytes = protocol::encode(kind, text, blobs);
+        let mut at = 0;
+        while at < bytes.len() {
+            let mut guard = self.to_worker.writable().await?;
+            let rest = &bytes[at..];
+            match guard.try_io(|fd| {
+                let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            }) {
+                Ok(Ok(n)) => at += n,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves what the pipes hold now into the event queue, frames first.
+    fn collect(&mut self) {
+        let Process { frames, stdout, stderr, decoder, queued, buf, .. } = self;
+        stdout.drain(buf, |b| queued.push_back(Event::Output(Stream::Stdout, b.to_vec())));
+        stderr.drain(buf, |b| queued.push_back(Event::Output(Stream::Stderr, b.to_vec())));
+        frames.drain(buf, |b| decoder.push(b));
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => queued.push_back(Event::Frame(frame)),
+                Ok(None) => break,
+                Err(e) => {
+                    queued.push_back(Event::Protocol(e));
+                    frames.eof = true;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn reap(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            let mut raw = 0;
+            let r = unsafe { libc::waitpid(self.pid as i32, &mut raw, libc::WNOHANG) };
+            if r == self.pid as i32 {
+                self.status = Some(ExitStatus(raw));
+            } else if r < 0 {
+                // Not our child any more (reaped elsewhere): report it as gone.
+                self.status = Some(ExitStatus(raw));
+            }
+        }
+        self.status
+    }
+
+    /// The next thing the worker did. Cancel-safe: all reads happen
+    /// synchronously once a pipe is ready, and land in the queue.
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            if let Some(ev) = self.queued.pop_front() {
+                return ev;
+            }
+            if let Some(status) = self.status {
+                return Event::Exited(status);
+            }
+            tokio::select! {
+                biased;
+                g = self.frames.fd.readable(), if !self.frames.eof => {
+                    if let Ok(mut g) = g { g.clear_ready(); }
+                }
+                g = self.stdout.fd.readable(), if !self.stdout.eof => {
+                    if let Ok(mut g) = g { g.clear_ready(); }
+                }
+                g = self.stderr.fd.readable(), if !self.stderr.eof => {
+                    if let Ok(mut g) = g { g.clear_ready(); }
+                }
+                g = self.pidfd.readable() => {
+                    if let Ok(mut g) = g { g.clear_ready(); }
+                    // Whatever it wrote before dying counts, in order.
+                    self.collect();
+                    if self.reap().is_some() {
+                        // Processes the job left in the group go with it.
+                        self.kill_group(libc::SIGKILL);
+                    }
+                    continue;
+                }
+            }
+            // Edge-triggered readiness was cleared above; read until EAGAIN.
+            self.collect();
+        }
+    }
+
+    pub fn kill_group(&self, sig: i32) {
+        unsafe { libc::kill(-(self.pid as i32), sig) };
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> bool {
+        let wait = async {
+            while self.reap().is_none() {
+                match self.pidfd.readable().await {
+                    Ok(mut g) => g.clear_ready(),
+                    Err(_) => return,
+                }
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
+    /// Ends the worker and its process group: SIGTERM, `grace`, SIGKILL.
+    pub async fn terminate(&mut self, grace: Duration) -> ExitStatus {
+        if self.reap().is_none() {
+            self.kill_group(libc::SIGTERM);
+            if !self.wait_exit(grace).await {
+                self.kill_group(libc::SIGKILL);
+                self.wait_exit(Duration::from_secs(3600)).await;
+            }
+        }
+        // Children that ignored SIGTERM, or outlived their leader.
+        self.kill_group(libc::SIGKILL);
+        self.status.unwrap_or(ExitStatus(0))
+    }
+
+    /// Asks the worker to exit on its own, then terminates it if it does not.
+    pub async fn shutdown(&mut self, grace: Duration) -> ExitStatus {
+        if self.send(Kind::Shutdown, "", &[]).await.is_ok() && self.wait_exit(grace).await {
+            self.kill_group(libc::SIGKILL);
+            return self.status.unwrap_or(ExitStatus(0));
+        }
+        self.terminate(grace).await
+    }
+
+    /// Resident memory, from /proc.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            self.kill_group(libc::SIGKILL);
+            // SIGKILL cannot be caught: this wait is short, and leaves no zombie.
+            let mut raw = 0;
+            unsafe { libc::waitpid(self.pid as i32, &mut raw, 0) };
+        }
+    }
+}
