@@ -1,0 +1,219 @@
+//! The pool against real processes: the fake worker from fake_worker.rs.
+
+use asyncjobs::pool::{Config, Pool, SlotState};
+use asyncjobs::registry::*;
+use asyncjobs::worker::Spec;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn config(size: usize, init: &[u8]) -> Config {
+    Config {
+        size,
+        max_queued: 100,
+        spec: Spec {
+            program: env!("CARGO_BIN_EXE_fake-worker").into(),
+            args: vec![],
+            cwd: std::env::temp_dir(),
+            env: vec![],
+            env_remove: vec![],
+        },
+        init: init.to_vec(),
+        max_jobs_per_worker: u64::MAX,
+        max_rss_bytes: u64::MAX,
+        max_result_bytes: 1 << 20,
+        echo_output: false,
+        setup_timeout: Duration::from_secs(30),
+        stop_grace: Duration::from_millis(500),
+        max_setup_failures: 3,
+    }
+}
+
+fn start(cfg: Config) -> Pool {
+    Pool::start(Arc::new(Registry::new(Box::new(MemoryStore::new()))), cfg).unwrap()
+}
+
+fn submit(pool: &Pool, cmd: &str, timeout_ms: u64) -> Uuid {
+    let id = Uuid::new_v4();
+    let job = NewJob {
+        id,
+        operation: "test".into(),
+        params_hash: sha256(cmd.as_bytes()),
+        payload: cmd.as_bytes().to_vec(),
+        fn_len: 0,
+        timeout_ms,
+        submitted_at: now(),
+    };
+    assert_eq!(pool.submit(job), Submit::Accepted);
+    id
+}
+
+fn finished(pool: &Pool, id: Uuid) -> Job {
+    assert!(pool.registry().wait_finished(&id, LONG), "job {id} did not finish");
+    pool.registry().with(|s| s.get(&id)).unwrap()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LONG;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Dead means gone or a zombie: a zombie has exited, only its parent's wait is pending.
+fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(')').map_or(true, |(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn pids(pool: &Pool) -> Vec<u32> {
+    pool.workers().iter().filter_map(|w| w.pid).collect()
+}
+
+fn stop(mut pool: Pool, seen: &[u32]) {
+    pool.begin_stop();
+    assert!(pool.wait_stopped(LONG));
+    for pid in seen {
+        assert!(dead(*pid), "process {pid} survived the pool");
+    }
+}
+
+#[test]
+fn runs_jobs_and_reports_outcomes() {
+    let pool = start(config(2, b""));
+    let ok = submit(&pool, "ok:hello", 10_000);
+    let fail = submit(&pool, "fail:boom", 10_000);
+    let printed = submit(&pool, "print:some output", 10_000);
+    let progress = submit(&pool, "progress", 10_000);
+    let j = finished(&pool, ok);
+    assert_eq!(j.status, Status::Completed);
+    assert_eq!(j.result.as_deref(), Some(&b"hello"[..]));
+    let j = finished(&pool, fail);
+    assert_eq!(j.status, Status::Failed);
+    let e = j.error.unwrap();
+    assert_eq!((e.code.as_str(), e.message.as_str()), ("EXECUTION_ERROR", "boom"));
+    finished(&pool, printed);
+    assert_eq!(pool.registry().with(|s| s.output(&printed)).unwrap(), b"some output");
+    assert_eq!(finished(&pool, progress).status, Status::Completed);
+    let seen = pids(&pool);
+    assert_eq!(seen.len(), 2);
+    stop(pool, &seen);
+}
+
+#[test]
+fn timeout_kills_the_worker_and_its_children_then_replaces_it() {
+    let pool = start(config(1, b""));
+    let id = submit(&pool, "spawn-hang", 300);
+    wait_until("the child's pid", || {
+        pool.registry().with(|s| s.get(&id)).and_then(|j| j.progress.and_then(|p| p.step)).is_some()
+    });
+    let child: u32 = pool.registry().with(|s| s.get(&id)).unwrap().progress.unwrap().step.unwrap().parse().unwrap();
+    let first = pids(&pool)[0];
+    let j = finished(&pool, id);
+    assert_eq!(j.error.unwrap().code, "TIMEOUT");
+    wait_until("the job's child to die", || dead(child));
+    wait_until("the first worker to die", || dead(first));
+    wait_until("a replacement", || pool.workers()[0].state == SlotState::Idle && pids(&pool) != vec![first]);
+    assert_eq!(pool.workers()[0].spawned, 2);
+    let after = submit(&pool, "ok:again", 10_000);
+    assert_eq!(finished(&pool, after).status, Status::Completed);
+    let seen = [pids(&pool), vec![first, child]].concat();
+    stop(pool, &seen);
+}
+
+#[test]
+fn crash_fails_the_job_with_the_exit_status() {
+    let pool = start(config(1, b""));
+    let first = pids_when_ready(&pool);
+    let id = submit(&pool, "exit:7", 10_000);
+    let e = finished(&pool, id).error.unwrap();
+    assert_eq!(e.code, "WORKER_CRASHED");
+    assert!(e.message.contains("exited with status 7"), "{}", e.message);
+    let next = submit(&pool, "ok:still here", 10_000);
+    assert_eq!(finished(&pool, next).status, Status::Completed);
+    let seen = [pids(&pool), first].concat();
+    stop(pool, &seen);
+}
+
+fn pids_when_ready(pool: &Pool) -> Vec<u32> {
+    wait_until("workers", || pool.workers().iter().all(|w| w.state == SlotState::Idle));
+    pids(pool)
+}
+
+#[test]
+fn cancel_of_a_running_job_replaces_its_worker() {
+    let pool = start(config(1, b""));
+    let first = pids_when_ready(&pool);
+    let id = submit(&pool, "sleep:60000", 120_000);
+    wait_until("running", || pool.registry().with(|s| s.get(&id)).unwrap().status == Status::Running);
+    let queued = submit(&pool, "ok:after", 10_000);
+    assert_eq!(pool.cancel(&id), Cancel::WasRunning { slot: Some(0) });
+    assert_eq!(finished(&pool, id).status, Status::Cancelled);
+    assert_eq!(finished(&pool, queued).status, Status::Completed);
+    wait_until("the cancelled worker to die", || dead(first[0]));
+    let seen = [pids(&pool), first].concat();
+    stop(pool, &seen);
+}
+
+#[test]
+fn oversized_frame_fails_the_job() {
+    let pool = start(config(1, b""));
+    let id = submit(&pool, "huge", 10_000);
+    assert_eq!(finished(&pool, id).error.unwrap().code, "RESULT_TOO_LARGE");
+    let next = submit(&pool, "ok:fine", 10_000);
+    assert_eq!(finished(&pool, next).status, Status::Completed);
+    let seen = pids(&pool);
+    stop(pool, &seen);
+}
+
+#[test]
+fn recycling_replaces_workers_between_jobs() {
+    let mut cfg = config(1, b"");
+    cfg.max_jobs_per_worker = 2;
+    let pool = start(cfg);
+    let mut seen = Vec::new();
+    for i in 0..5 {
+        seen.extend(pids(&pool));
+        let id = submit(&pool, &format!("ok:{i}"), 10_000);
+        assert_eq!(finished(&pool, id).status, Status::Completed);
+    }
+    wait_until("the third process", || pool.workers()[0].spawned >= 3);
+    seen.extend(pids(&pool));
+    stop(pool, &seen);
+}
+
+#[test]
+fn failing_setup_gives_up_and_fails_queued_jobs() {
+    let pool = start(config(2, b"fail-setup"));
+    let id = submit(&pool, "ok:never", 10_000);
+    let j = finished(&pool, id);
+    assert_eq!(j.status, Status::Failed);
+    let e = j.error.unwrap();
+    assert_eq!(e.code, "POOL_UNAVAILABLE");
+    assert!(e.message.contains("setup exploded"), "{}", e.message);
+    let why = pool.unavailable().expect("pool reports why");
+    assert!(why.contains("setup exploded"));
+    assert!(pool.workers().iter().all(|w| matches!(w.state, SlotState::Failed(_))));
+    assert!(pool.workers().iter().all(|w| w.spawned == 3));
+    stop(pool, &[]);
+}
+
+#[test]
+fn stop_fails_unfinished_jobs_with_shutdown() {
+    let pool = start(config(1, b""));
+    let running = submit(&pool, "sleep:60000", 120_000);
+    let queued = submit(&pool, "ok:never", 10_000);
+    wait_until("running", || pool.registry().with(|s| s.get(&running)).unwrap().status == Status::Running);
+    let seen = pids(&pool);
+    let reg = pool.registry().clone();
+    stop(pool, &seen);
+    for id in [running, queued] {
+        let j = reg.with(|s| s.get(&id)).unwrap();
+        assert_eq!((j.status, j.error.unwrap().code.as_str()), (Status::Failed, "SHUTDOWN"));
+    }
+}
