@@ -2,16 +2,12 @@
 # environment, and serialize() carries that environment to the worker with
 # every job. Warn once when an executor's payload is unexpectedly large.
 
-.payload_warn_bytes <- 256 * 1024
-
+# The threshold is the option `asyncjobs.warn_payload_bytes` (default 256 KiB).
 check_payload <- function(fn, bytes) {
-  if (bytes <= .payload_warn_bytes || isTRUE(.state$payload_warned)) return(invisible())
-  env <- environment(fn)
-  if (is.null(env) || identical(env, globalenv()) || isNamespace(env)) return(invisible())
-  vars <- ls(env, all.names = TRUE)
-  sizes <- vapply(vars, function(v) {
-    length(tryCatch(serialize(get(v, envir = env), NULL, xdr = FALSE), error = function(e) raw()))
-  }, 0)
+  limit <- getOption("asyncjobs.warn_payload_bytes", 256 * 1024)
+  if (bytes <= limit || isTRUE(.state$payload_warned)) return(invisible())
+  sizes <- captured_sizes(environment(fn))
+  if (!length(sizes)) return(invisible())
   big <- names(sort(sizes, decreasing = TRUE))[seq_len(min(3L, length(sizes)))]
   .state$payload_warned <- TRUE
   warning(structure(class = c("asyncjobs_warning_payload", "warning", "condition"), list(
@@ -21,4 +17,23 @@ check_payload <- function(fn, bytes) {
       "and pass what it needs in `params`. (Shown once per session.)"),
       bytes / 1024, paste0("`", big, "`", collapse = ", ")),
     call = NULL)))
+}
+
+# Bytes each captured variable adds, up the chain of enclosing environments
+# that serialize() copies (it stops at global, package and namespace ones).
+captured_sizes <- function(env) {
+  sizes <- numeric()
+  while (is.environment(env) && !is_reference_env(env)) {
+    for (v in setdiff(ls(env, all.names = TRUE), names(sizes))) {
+      sizes[[v]] <- length(tryCatch(serialize(get(v, envir = env), NULL, xdr = FALSE),
+                                    error = function(e) raw()))
+    }
+    env <- parent.env(env)
+  }
+  sizes
+}
+
+is_reference_env <- function(env) {
+  identical(env, globalenv()) || identical(env, baseenv()) || identical(env, emptyenv()) ||
+    isNamespace(env) || startsWith(environmentName(env), "package:")
 }

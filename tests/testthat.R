@@ -1,0 +1,3 @@
+library(testthat)
+library(asyncjobs)
+test_check("asyncjobs")
