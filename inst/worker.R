@@ -79,8 +79,8 @@ local({
   trim_calls <- function(calls) {
     start <- Position(function(cl) identical(cl, quote(executor(params))), calls, nomatch = 0L)
     calls <- calls[seq_along(calls) > start]
-    n <- length(calls)
-    if (n && identical(calls[[n]][[1L]], quote(h))) calls <- calls[-n]
+    # The last frame is the calling handler that took the snapshot.
+    calls <- calls[-length(calls)]
     n <- length(calls)
     if (n && identical(calls[[n]][[1L]], quote(.handleSimpleError))) calls <- calls[-n]
     vapply(calls, function(cl) deparse1(cl, collapse = " ")[[1L]], "")

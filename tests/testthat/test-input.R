@@ -1,0 +1,52 @@
+# Bad input gets a classed error that names the argument; no crash, no hang.
+
+test_that("create_job checks its arguments", {
+  expect_error(create_job("op", 1, "not a function"), class = "asyncjobs_error_argument")
+  expect_error(create_job("op", 1, "not a function"), "executor_fn")
+  expect_error(create_job(c("a", "b"), 1, identity), "operation")
+  expect_error(create_job(NA_character_, 1, identity), class = "asyncjobs_error")
+  expect_error(create_job(1, 1, identity), "operation")
+  expect_error(create_job("op", 1, identity, timeout_ms = -1), "timeout_ms")
+  expect_error(create_job("op", 1, identity, timeout_ms = NA), "timeout_ms")
+})
+
+test_that("params that cannot be serialized get a clear error from create_job", {
+  deep <- NULL
+  for (i in 1:2e5) deep <- list(deep)
+  err <- tryCatch(create_job("op", params = deep, identity), error = function(e) e)
+  expect_s3_class(err, "asyncjobs_error_serialize")
+  expect_match(conditionMessage(err), "`params` cannot be serialized")
+  expect_false(asyncjobs:::pool_info()$running)
+})
+
+test_that("job ids must be single non-empty strings", {
+  for (bad in list(NA_character_, "", c("a", "b"), 1, NULL, NA)) {
+    expect_error(get_job_status(bad), class = "asyncjobs_error_job_id")
+    expect_error(cancel_job(bad), "job_id")
+    expect_error(wait_for_job(bad, 10), class = "asyncjobs_error_job_id")
+    expect_error(get_job_output(bad), class = "asyncjobs_error_job_id")
+  }
+})
+
+test_that("start_workers checks its arguments", {
+  expect_error(start_workers(0), "`n`")
+  expect_error(start_workers(-1), class = "asyncjobs_error_argument")
+  expect_error(start_workers(1.5), "`n`")
+  expect_error(start_workers(NA), "`n`")
+  expect_error(start_workers(2, setup = 42), "setup")
+  expect_error(start_workers(2, max_queued = -1), "max_queued")
+  expect_error(start_workers(2, max_result_bytes = 3e9), "max_result_bytes")
+  expect_error(start_workers(2, echo_output = NA), "echo_output")
+  expect_identical(nrow(get_worker_status()), 0L)
+})
+
+test_that("a second start_workers is refused while a pool runs", {
+  local_pool(1)
+  expect_error(start_workers(1), class = "asyncjobs_error_pool_running")
+})
+
+test_that("check_duplicate_job and cleanup_old_jobs check their arguments", {
+  expect_error(check_duplicate_job(NULL, 1), "operation")
+  expect_error(cleanup_old_jobs(-5), "max_age_seconds")
+  expect_error(cleanup_old_jobs("a"), class = "asyncjobs_error_argument")
+})

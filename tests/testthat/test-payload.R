@@ -1,0 +1,33 @@
+# Executors defined in handlers capture the request; create_job warns once.
+
+test_that("a large captured environment is named in a one-time warning", {
+  local_pool(1)
+  withr::local_options(asyncjobs.warn_payload_bytes = 100 * 1024)
+  state <- asyncjobs:::.state
+  old <- state$payload_warned
+  state$payload_warned <- FALSE
+  withr::defer(state$payload_warned <- old)
+  handler <- function(req, res) {
+    create_job("op", list(n = 1), function(p) p$n)
+  }
+  req <- list(body = raw(500 * 1024))
+  expect_warning(j <- handler(req, list()), class = "asyncjobs_warning_payload")
+  expect_identical(finish(j)$result, 1)
+  expect_silent(handler(req, list()))
+  # The recommended pattern carries only params.
+  run_n <- function(p) p$n
+  environment(run_n) <- globalenv()
+  expect_lt(length(serialize(run_n, NULL)), 100 * 1024)
+})
+
+test_that("the warning names the captured variables", {
+  local_pool(1)
+  withr::local_options(asyncjobs.warn_payload_bytes = 100 * 1024)
+  state <- asyncjobs:::.state
+  old <- state$payload_warned
+  state$payload_warned <- FALSE
+  withr::defer(state$payload_warned <- old)
+  make <- function(big_request) function(p) 1
+  w <- tryCatch(create_job("op", 1, make(raw(300 * 1024))), warning = function(w) w)
+  expect_match(conditionMessage(w), "`big_request`")
+})
