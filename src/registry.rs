@@ -471,9 +471,10 @@ pub fn estimate_seconds(job: &Job, typical: Option<f64>, now: f64) -> f64 {
     let elapsed = job.started_at.map(|s| (now - s).max(0.0));
     let fraction = job.progress.as_ref().and_then(|p| p.fraction());
     let estimate = match (job.status, elapsed, fraction, typical) {
-        (Status::Running, Some(e), Some(f), _) if e > 0.0 => e * (1.0 - f) / f,
-        (Status::Running, Some(e), None, Some(t)) => (t - e).max(1.0),
-        (Status::Running, Some(e), None, None) => timeout_s - e,
+        // Progress needs some run time before its rate means anything.
+        (Status::Running, Some(e), Some(f), _) if e >= 1.0 => e * (1.0 - f) / f,
+        (Status::Running, Some(e), _, Some(t)) => (t - e).max(1.0),
+        (Status::Running, Some(e), _, None) => timeout_s - e,
         (Status::Pending, _, _, Some(t)) => t,
         (Status::Pending, _, _, None) => 30.0,
         _ => 0.0,
