@@ -1,12 +1,17 @@
 # Executors defined in handlers capture the request; create_job warns once.
 
-test_that("a large captured environment is named in a one-time warning", {
-  local_pool(1)
-  withr::local_options(asyncjobs.warn_payload_bytes = 100 * 1024)
+# Arms the once-per-session warning at `bytes` for the calling test.
+local_payload_warning <- function(bytes, env = parent.frame()) {
+  withr::local_options(asyncjobs.warn_payload_bytes = bytes, .local_envir = env)
   state <- asyncjobs:::.state
   old <- state$payload_warned
   state$payload_warned <- FALSE
-  withr::defer(state$payload_warned <- old)
+  withr::defer(state$payload_warned <- old, envir = env)
+}
+
+test_that("a large captured environment is named in a one-time warning", {
+  local_pool(1)
+  local_payload_warning(100 * 1024)
   handler <- function(req, res) {
     create_job("op", list(n = 1), function(p) p$n)
   }
@@ -22,11 +27,7 @@ test_that("a large captured environment is named in a one-time warning", {
 
 test_that("the warning names the captured variables", {
   local_pool(1)
-  withr::local_options(asyncjobs.warn_payload_bytes = 100 * 1024)
-  state <- asyncjobs:::.state
-  old <- state$payload_warned
-  state$payload_warned <- FALSE
-  withr::defer(state$payload_warned <- old)
+  local_payload_warning(100 * 1024)
   make <- function(big_request) function(p) 1
   w <- tryCatch(create_job("op", 1, make(raw(300 * 1024))), warning = function(w) w)
   expect_match(conditionMessage(w), "`big_request`")
