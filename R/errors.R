@@ -8,18 +8,15 @@ abort <- function(kind, message, arg = NULL, call = sys.call(-1L)) {
   stop(cnd)
 }
 
-check_string <- function(x, arg, call = sys.call(-1L)) {
+check_string <- function(x, arg, call = sys.call(-1L), kind = "argument") {
   if (!is.character(x) || length(x) != 1L || is.na(x) || !nzchar(x)) {
-    abort("argument", sprintf("`%s` must be a single non-empty string, not %s.", arg, describe(x)),
+    abort(kind, sprintf("`%s` must be a single non-empty string, not %s.", arg, describe(x)),
           arg, call)
   }
 }
 
 check_job_id <- function(x, arg = "job_id", call = sys.call(-1L)) {
-  if (!is.character(x) || length(x) != 1L || is.na(x) || !nzchar(x)) {
-    abort("job_id", sprintf("`%s` must be a single non-empty string, not %s.", arg, describe(x)),
-          arg, call)
-  }
+  check_string(x, arg, call, kind = "job_id")
 }
 
 check_number <- function(x, arg, min = 0, allow_inf = FALSE, integer = FALSE, call = sys.call(-1L)) {

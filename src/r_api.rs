@@ -28,8 +28,8 @@ fn check_owner() -> Result<()> {
     Ok(())
 }
 
-fn raw(x: &Robj, what: &str) -> Result<Vec<u8>> {
-    x.as_raw_slice().map(<[u8]>::to_vec).ok_or_else(|| Error::Other(format!("{what} must be a raw vector")))
+fn raw<'a>(x: &'a Robj, what: &str) -> Result<&'a [u8]> {
+    x.as_raw_slice().ok_or_else(|| Error::Other(format!("{what} must be a raw vector")))
 }
 
 fn parse_id(id: &str) -> Option<Uuid> {
@@ -87,7 +87,7 @@ fn aj_start(
             // Set by R CMD check; a worker started elsewhere would try to source it.
             env_remove: vec!["R_TESTS".into()],
         },
-        init: raw(&init, "init")?,
+        init: raw(&init, "init")?.to_vec(),
         max_jobs_per_worker: limit(max_jobs_per_worker),
         max_rss_bytes: limit(max_rss_mb * 1024.0 * 1024.0),
         max_result_bytes: limit(max_result_bytes).min(u32::MAX as u64 / 2) as usize,
@@ -146,8 +146,8 @@ fn aj_pool_info() -> Result<Robj> {
 #[extendr]
 fn aj_submit(operation: &str, executor: Robj, params: Robj, timeout_ms: f64) -> Result<Vec<String>> {
     check_owner()?;
-    let fn_bytes = executor.as_raw_slice().ok_or_else(|| Error::Other("executor must be raw".into()))?;
-    let params_bytes = params.as_raw_slice().ok_or_else(|| Error::Other("params must be raw".into()))?;
+    let fn_bytes = raw(&executor, "executor")?;
+    let params_bytes = raw(&params, "params")?;
     let pool = POOL.lock();
     let Some(pool) = pool.as_ref() else { return Ok(vec!["stopped".into(), String::new()]) };
     if let Some(why) = pool.unavailable() {
@@ -157,7 +157,6 @@ fn aj_submit(operation: &str, executor: Robj, params: Robj, timeout_ms: f64) -> 
     payload.extend_from_slice(fn_bytes);
     payload.extend_from_slice(params_bytes);
     let id = Uuid::new_v4();
-    let operation_name = operation;
     let job = NewJob {
         id,
         operation: operation.to_owned(),
@@ -169,7 +168,7 @@ fn aj_submit(operation: &str, executor: Robj, params: Robj, timeout_ms: f64) -> 
     };
     Ok(match pool.submit(job) {
         Submit::Accepted => {
-            let estimate = REGISTRY.with(|s| s.typical_duration(operation_name)).unwrap_or(30.0);
+            let estimate = REGISTRY.with(|s| s.typical_duration(operation)).unwrap_or(30.0);
             vec!["accepted".into(), id.to_string(), format!("{}", estimate.round())]
         }
         Submit::Full { limit } => vec!["full".into(), limit.to_string()],
@@ -180,8 +179,7 @@ fn aj_submit(operation: &str, executor: Robj, params: Robj, timeout_ms: f64) -> 
 #[extendr]
 fn aj_duplicate(operation: &str, params: Robj) -> Result<Robj> {
     check_owner()?;
-    let bytes = params.as_raw_slice().ok_or_else(|| Error::Other("params must be raw".into()))?;
-    let hash = registry::sha256(bytes);
+    let hash = registry::sha256(raw(&params, "params")?);
     Ok(REGISTRY.with(|s| s.find_active(operation, &hash)).map_or_else(|| ().into(), |id| id.to_string().into()))
 }
 
