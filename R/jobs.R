@@ -25,7 +25,7 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000) {
   check_number(timeout_ms, "timeout_ms", min = 1)
   params_bytes <- serialize_arg(params, "params")
   fn_bytes <- serialize_arg(executor_fn, "executor_fn")
-  check_payload(executor_fn, length(fn_bytes))
+  check_payload(executor_fn, length(fn_bytes), operation)
   ensure_pool()
   r <- .Call(wrap__aj_submit, operation, fn_bytes, params_bytes, as.numeric(timeout_ms))
   switch(r[[1L]],

@@ -1,23 +1,26 @@
 # Executors defined inside plumber handlers capture `req` and `res` in their
 # environment, and serialize() carries that environment to the worker with
-# every job. Warn once when an executor's payload is unexpectedly large.
+# every job (a plumber `req` holds the whole router: megabytes). Warn once per
+# operation when an executor's payload is unexpectedly large.
 
 # The threshold is the option `asyncjobs.warn_payload_bytes` (default 256 KiB).
-check_payload <- function(fn, bytes) {
+check_payload <- function(fn, bytes, operation) {
   limit <- getOption("asyncjobs.warn_payload_bytes", 256 * 1024)
-  if (bytes <= limit || isTRUE(.state$payload_warned)) return(invisible())
+  if (bytes <= limit || operation %in% .state$payload_warned) return(invisible())
   sizes <- captured_sizes(environment(fn))
   if (!length(sizes)) return(invisible())
-  big <- names(sort(sizes, decreasing = TRUE))[seq_len(min(3L, length(sizes)))]
-  .state$payload_warned <- TRUE
+  sizes <- sort(sizes, decreasing = TRUE)[seq_len(min(3L, length(sizes)))]
+  .state$payload_warned <- c(.state$payload_warned, operation)
   warning(structure(class = c("asyncjobs_warning_payload", "warning", "condition"), list(
     message = sprintf(paste0(
-      "The executor serializes to %.0f KiB because its environment captures %s. ",
+      "The executor of \"%s\" serializes to %s because its environment captures %s. ",
       "Every job carries it to a worker. Define the executor outside the handler ",
-      "and pass what it needs in `params`. (Shown once per session.)"),
-      bytes / 1024, paste0("`", big, "`", collapse = ", ")),
+      "and pass what it needs in `params`. (Shown once per operation.)"),
+      operation, kib(bytes), paste0("`", names(sizes), "` (", kib(sizes), ")", collapse = ", ")),
     call = NULL)))
 }
+
+kib <- function(bytes) sprintf("%.0f KiB", bytes / 1024)
 
 # Bytes each captured variable adds, up the chain of enclosing environments
 # that serialize() copies (it stops at global, package and namespace ones).

@@ -22,11 +22,13 @@
 #'   start and run `setup`.
 #' @param wait (logical) return only when every worker is ready (or has
 #'   failed to start).
+#' @param nice (integer) added to the workers' nice value, 0 to 19: busy
+#'   workers then leave CPU to the API process first. See bench/RESULTS.md.
 #' @return (invisible) the worker status, as [get_worker_status()].
 #' @export
 start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_worker = Inf,
                           max_worker_memory_mb = Inf, max_result_bytes = 256 * 1024^2,
-                          echo_output = FALSE, setup_timeout_ms = 600000, wait = FALSE) {
+                          echo_output = FALSE, setup_timeout_ms = 600000, wait = FALSE, nice = 10L) {
   check_process()
   check_number(n, "n", min = 1, integer = TRUE)
   check_number(max_queued, "max_queued", min = 0, integer = TRUE)
@@ -38,6 +40,8 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
           "max_result_bytes")
   }
   check_number(setup_timeout_ms, "setup_timeout_ms", min = 1)
+  check_number(nice, "nice", min = 0, integer = TRUE)
+  if (nice > 19) abort("argument", sprintf("`nice` must be a whole number from 0 to 19, not %s.", describe(nice)), "nice")
   if (!is.logical(echo_output) || length(echo_output) != 1L || is.na(echo_output)) {
     abort("argument", "`echo_output` must be TRUE or FALSE.", "echo_output")
   }
@@ -54,7 +58,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   args <- c("--no-echo", "--no-restore", "--no-save", "--no-init-file", paste0("--file=", script))
   .Call(wrap__aj_start, file.path(R.home("bin"), "R"), args, getwd(), init, as.integer(n),
         as.integer(max_queued), as.numeric(max_jobs_per_worker), as.numeric(max_worker_memory_mb),
-        as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000)
+        as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice))
   .state$size <- as.integer(n)
   if (isTRUE(wait)) {
     deadline <- Sys.time() + setup_timeout_ms / 1000 + 5

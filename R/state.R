@@ -29,7 +29,7 @@ jobs_env <- new.env(parent = emptyenv())
   .state$pid <- Sys.getpid()
   .state$size <- 8L
   .state$messages <- .default_messages
-  .state$payload_warned <- FALSE
+  .state$payload_warned <- character()
   .Call(wrap__aj_init)
   ns <- topenv()
   makeActiveBinding("MAX_CONCURRENT_JOBS", function() .state$size, ns)

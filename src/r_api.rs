@@ -69,6 +69,7 @@ fn aj_start(
     echo_output: bool,
     setup_timeout_ms: f64,
     stop_grace_ms: f64,
+    nice: i32,
 ) -> Result<()> {
     check_owner()?;
     let mut pool = POOL.lock();
@@ -86,6 +87,7 @@ fn aj_start(
             env: vec![("ASYNCJOBS_WORKER".into(), "1".into())],
             // Set by R CMD check; a worker started elsewhere would try to source it.
             env_remove: vec!["R_TESTS".into()],
+            nice,
         },
         init: raw(&init, "init")?.to_vec(),
         max_jobs_per_worker: limit(max_jobs_per_worker),

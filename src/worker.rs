@@ -26,6 +26,9 @@ pub struct Spec {
     pub cwd: PathBuf,
     pub env: Vec<(String, String)>,
     pub env_remove: Vec<String>,
+    /// Added to the worker's nice value (0-19), so that busy workers leave
+    /// CPU to the API process on a small machine.
+    pub nice: i32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +186,7 @@ impl Process {
         for k in &spec.env_remove {
             cmd.env_remove(k);
         }
+        let nice = spec.nice.clamp(0, 19);
         // Only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -190,6 +194,10 @@ impl Process {
                 cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong))?;
                 if libc::getppid() != parent {
                     return Err(io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                // Raising the nice value cannot fail; -1 is a valid result.
+                if nice > 0 {
+                    libc::nice(nice);
                 }
                 // The runtime thread blocks async signals; the worker must not.
                 let mut set: libc::sigset_t = std::mem::zeroed();

@@ -16,6 +16,7 @@ else
     Rscript -e "quit(status = !requireNamespace('$p', quietly = TRUE))" >/dev/null 2>&1 || need+=("r-cran-$p")
   done
 fi
+command -v curl >/dev/null 2>&1 || need+=(curl) # the demo's client
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "asyncjobs: missing ${need[*]}; run this as root, or install them with apt-get." >&2

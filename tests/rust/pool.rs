@@ -19,6 +19,7 @@ fn config(size: usize, init: &[u8]) -> Config {
             cwd: std::env::temp_dir(),
             env: vec![],
             env_remove: vec![],
+            nice: 0,
         },
         init: init.to_vec(),
         max_jobs_per_worker: u64::MAX,

@@ -37,7 +37,20 @@ test_that("start_workers checks its arguments", {
   expect_error(start_workers(2, max_queued = -1), "max_queued")
   expect_error(start_workers(2, max_result_bytes = 3e9), "max_result_bytes")
   expect_error(start_workers(2, echo_output = NA), "echo_output")
+  expect_error(start_workers(2, nice = 20), "`nice`", class = "asyncjobs_error_argument")
+  expect_error(start_workers(2, nice = -1), "`nice`", class = "asyncjobs_error_argument")
   expect_identical(nrow(get_worker_status()), 0L)
+})
+
+test_that("workers run at the nice value asked for, above the API's", {
+  nice_of <- function(pid) as.integer(strsplit(sub("^.*\\) ", "", readLines(sprintf("/proc/%d/stat", pid))), " ")[[1L]][[17L]])
+  own <- nice_of(Sys.getpid())
+  for (n in c(0L, 7L)) {
+    local({
+      local_pool(1, nice = n)
+      expect_identical(nice_of(get_worker_status()$pid), min(own + n, 19L), info = n)
+    })
+  }
 })
 
 test_that("a second start_workers is refused while a pool runs", {

@@ -1,11 +1,11 @@
 # Executors defined in handlers capture the request; create_job warns once.
 
-# Arms the once-per-session warning at `bytes` for the calling test.
+# Arms the once-per-operation warning at `bytes` for the calling test.
 local_payload_warning <- function(bytes, env = parent.frame()) {
   withr::local_options(asyncjobs.warn_payload_bytes = bytes, .local_envir = env)
   state <- asyncjobs:::.state
   old <- state$payload_warned
-  state$payload_warned <- FALSE
+  state$payload_warned <- character()
   withr::defer(state$payload_warned <- old, envir = env)
 }
 
@@ -18,7 +18,12 @@ test_that("a large captured environment is named in a one-time warning", {
   req <- list(body = raw(500 * 1024))
   expect_warning(j <- handler(req, list()), class = "asyncjobs_warning_payload")
   expect_identical(finish(j)$result, 1)
-  expect_silent(handler(req, list()))
+  expect_silent(j <- handler(req, list()))
+  finish(j)
+  # Another operation gets its own warning.
+  expect_warning(j2 <- create_job("other_op", 2, function(p) p + length(req)), "other_op",
+                 class = "asyncjobs_warning_payload")
+  finish(j2)
   # The recommended pattern carries only params.
   run_n <- function(p) p$n
   environment(run_n) <- globalenv()
@@ -30,5 +35,5 @@ test_that("the warning names the captured variables", {
   local_payload_warning(100 * 1024)
   make <- function(big_request) function(p) 1
   w <- tryCatch(create_job("op", 1, make(raw(300 * 1024))), warning = function(w) w)
-  expect_match(conditionMessage(w), "`big_request`")
+  expect_match(conditionMessage(w), "`big_request` (300 KiB)", fixed = TRUE)
 })

@@ -1,0 +1,192 @@
+# The HTTP edge: every list asyncjobs returns maps to one status code and a
+# few headers, so a plumber endpoint is `job_response(create_job(...), res)`.
+
+# Status codes for the error codes asyncjobs returns.
+.http_codes <- c(
+  CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L,
+  JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, DUPLICATE_JOB = 409L
+)
+
+#' Turn an asyncjobs result into an HTTP response
+#'
+#' Sets the status code and headers on a plumber response and returns the
+#' body, ready for plumber's JSON serializers:
+#'
+#' | result                                   | status | headers               |
+#' |------------------------------------------|--------|-----------------------|
+#' | accepted ([create_job()])                | 202    | Location, Retry-After |
+#' | duplicate ([check_duplicate_job()])      | 409    | Location (of the existing job) |
+#' | `CAPACITY_EXCEEDED`, `POOL_UNAVAILABLE`  | 503    | Retry-After           |
+#' | `JOB_NOT_FOUND`                          | 404    |                       |
+#' | `JOB_FINISHED`, `JOB_NOT_FINISHED`, `JOB_FAILED` | 409 | Retry-After when not finished |
+#' | pending or running job                   | 200    | Retry-After           |
+#' | anything else                            | 200    |                       |
+#'
+#' An error code not in the table gives 500. Accepted and duplicate bodies
+#' gain `status_url`. In the body, date-times become ISO 8601 strings in UTC
+#' and `NULL` fields become `NA` (JSON `null`).
+#'
+#' @param x (list) what [create_job()], [get_job_status()],
+#'   [check_duplicate_job()], [cancel_job()], [get_job_result()] or
+#'   [get_job_output()] returned.
+#' @param res (PlumberResponse) the handler's `res`.
+#' @param prefix (string) the path (or URL) the job routes are mounted at;
+#'   `Location` is `<prefix>/<job_id>`.
+#' @return (list) the response body.
+#' @export
+job_response <- function(x, res, prefix = "/jobs") {
+  if (!is.list(x)) abort("argument", sprintf("`x` must be a list asyncjobs returned, not %s.", describe(x)), "x")
+  if (!is.environment(res) || !is.function(res$setHeader)) {
+    abort("argument", sprintf("`res` must be a plumber response (with `setHeader()`), not %s.", describe(res)), "res")
+  }
+  check_string(prefix, "prefix")
+  url <- function(id) paste0(sub("/+$", "", prefix), "/", id)
+  status <- 200L
+  if (is.character(x$error) && length(x$error) == 1L) {
+    status <- if (x$error %in% names(.http_codes)) .http_codes[[x$error]] else 500L
+  } else if (isTRUE(x$duplicate)) {
+    status <- 409L
+    x <- c(list(error = "DUPLICATE_JOB", message = "An identical job is already pending or running."), x,
+           list(status_url = url(x$existing_job_id)))
+    res$setHeader("Location", x$status_url)
+  } else if (identical(x$status, "accepted")) {
+    status <- 202L
+    x$status_url <- url(x$job_id)
+    res$setHeader("Location", x$status_url)
+    x$retry_after <- x$retry_after %||% 5
+  }
+  if (is.numeric(x$retry_after) && length(x$retry_after) == 1L && !is.na(x$retry_after)) {
+    res$setHeader("Retry-After", as.character(ceiling(x$retry_after)))
+  }
+  res$status <- status
+  json_ready(x)
+}
+
+#' The result of a finished job
+#'
+#' @param job_id (string) the job's id.
+#' @return (list) `list(job_id, status = "completed", result)` for a completed
+#'   job; `list(error = "JOB_NOT_FINISHED", message, status, retry_after)`
+#'   while it is pending or running; `list(error = "JOB_FAILED", message,
+#'   status, details)` for a failed or cancelled job, `details` being its
+#'   `error`; `list(error = "JOB_NOT_FOUND", message)` for an unknown id.
+#' @export
+get_job_result <- function(job_id) {
+  st <- get_job_status(job_id)
+  if (!is.null(st$error) && is.character(st$error)) return(st)
+  switch(st$status,
+    completed = list(job_id = st$job_id, status = "completed", result = st$result),
+    pending = , running = list(error = "JOB_NOT_FINISHED", message = sprintf("Job is %s", st$status),
+                               job_id = st$job_id, status = st$status, retry_after = st$retry_after),
+    list(error = "JOB_FAILED", message = sprintf("Job %s: %s", st$status, st$error$message %||% "no result"),
+         job_id = st$job_id, status = st$status, details = st$error))
+}
+
+#' Job endpoints for a plumber API
+#'
+#' `pr_job_routes(pr, prefix)` mounts the job endpoints on a router, the
+#' plumber way (`pr() |> pr_job_routes("/jobs")`); `job_routes(prefix)` returns
+#' them as a router of their own for `plumber::pr_mount()`. Paths, relative to
+#' `prefix`:
+#'
+#' - `GET /` lists jobs, the newest `limit` (default 1000) of them, oldest
+#'   first; query parameters `status` and `operation` take comma-separated
+#'   values. `pr_job_routes()` also answers it without the trailing slash.
+#' - `GET /workers`: the worker pool, as [get_worker_status()].
+#' - `GET /<id>`: [get_job_status()].
+#' - `GET /<id>/result`: [get_job_result()].
+#' - `GET /<id>/output`: [get_job_output()], as `list(job_id, output)`.
+#' - `DELETE /<id>`: [cancel_job()].
+#'
+#' Bodies are JSON (plumber's unboxed JSON serializer); status codes and
+#' headers follow [job_response()].
+#'
+#' @param pr (Plumber) the API's router.
+#' @param prefix (string) where the endpoints are mounted; also the start of
+#'   `Location` URLs.
+#' @return (Plumber) `pr` with the endpoints mounted, or for `job_routes()` a
+#'   new router.
+#' @export
+pr_job_routes <- function(pr, prefix = "/jobs") {
+  check_string(prefix, "prefix")
+  need_plumber()
+  if (!inherits(pr, "Plumber")) abort("argument", sprintf("`pr` must be a plumber router, not %s.", describe(pr)), "pr")
+  path <- sub("/+$", "", prefix)
+  pr <- plumber::pr_mount(pr, path, job_routes(prefix))
+  if (nzchar(path)) {
+    pr <- plumber::pr_get(pr, path, list_route(prefix), serializer = plumber::serializer_unboxed_json(na = "null"))
+  }
+  pr
+}
+
+#' @rdname pr_job_routes
+#' @export
+job_routes <- function(prefix = "/jobs") {
+  check_string(prefix, "prefix")
+  need_plumber()
+  reply <- function(x, res) job_response(x, res, prefix)
+  routes <- list(
+    list("GET", "/", list_route(prefix)),
+    list("GET", "/workers", function(res) reply(list(size = MAX_CONCURRENT_JOBS, workers = get_worker_status()), res)),
+    list("GET", "/<id>", function(id, res) reply(get_job_status(id), res)),
+    list("GET", "/<id>/result", function(id, res) reply(get_job_result(id), res)),
+    list("GET", "/<id>/output", function(id, res) {
+      out <- get_job_output(id)
+      reply(if (is.character(out)) list(job_id = id, output = out) else out, res)
+    }),
+    list("DELETE", "/<id>", function(id, res) reply(cancel_job(id), res))
+  )
+  json <- plumber::serializer_unboxed_json(na = "null")
+  pr <- plumber::pr()
+  for (r in routes) pr <- plumber::pr_handle(pr, r[[1L]], r[[2L]], r[[3L]], serializer = json)
+  pr
+}
+
+list_route <- function(prefix) {
+  function(res, status = "", operation = "", limit = "1000") {
+    n <- suppressWarnings(as.numeric(limit))
+    if (length(n) != 1L || is.na(n) || n < 0) return(bad_request(res, "`limit` must be a number >= 0."))
+    jobs <- list_jobs(status = split_query(status), operation = split_query(operation))
+    job_response(list(count = nrow(jobs), jobs = utils::tail(jobs, n)), res, prefix)
+  }
+}
+
+need_plumber <- function(call = sys.call(-1L)) {
+  if (!requireNamespace("plumber", quietly = TRUE)) {
+    abort("missing_package", "The job routes need the plumber package (Debian: r-cran-plumber).", call = call)
+  }
+}
+
+split_query <- function(x) {
+  x <- unlist(strsplit(paste(x, collapse = ","), ",", fixed = TRUE))
+  x <- trimws(x[nzchar(trimws(x))])
+  if (length(x)) x
+}
+
+bad_request <- function(res, message) {
+  res$status <- 400L
+  list(error = "BAD_REQUEST", message = message)
+}
+
+# Plain values for any JSON serializer: ISO 8601 date-times; NULL and a single
+# NA as logical NA, which jsonlite writes as null (a numeric NA would be "NA").
+json_ready <- function(x) {
+  if (inherits(x, "POSIXt")) return(iso8601(x))
+  if (is.atomic(x) && length(x) == 1L && is.na(x)) return(NA)
+  if (is.data.frame(x)) {
+    x[] <- lapply(x, function(col) if (inherits(col, "POSIXt")) iso8601(col) else col)
+    return(x)
+  }
+  if (is.list(x) && !is.object(x)) {
+    nulls <- vapply(x, is.null, TRUE)
+    x[!nulls] <- lapply(x[!nulls], json_ready)
+    x[nulls] <- list(NA)
+  }
+  x
+}
+
+iso8601 <- function(x) {
+  out <- format(as.POSIXct(x), "%Y-%m-%dT%H:%M:%OS3Z", tz = "UTC")
+  out[is.na(x)] <- NA_character_
+  out
+}

@@ -1,0 +1,69 @@
+# asyncjobs demo API: submit endpoints that accept at once (202) and run the
+# work on the pool; job endpoints mounted at /jobs. Built by demo_api(); run
+# by serve.R.
+library(plumber)
+library(asyncjobs)
+
+set_progress_messages(list(kmeans = "Generating points...", refresh = "Contacting the source..."))
+
+# POST /analysis/kmeans?n=200000&k=6&seed=1: k-means for 2..k centres (CPU-bound).
+submit_kmeans <- function(req, res, n = "200000", k = "6", seed = "1") {
+  params <- list(n = as.integer(n), k = as.integer(k), seed = as.integer(seed))
+  if (anyNA(params) || params$n < 10 || params$k < 2 || params$k > 20) {
+    return(bad_input(res, "n must be >= 10 and k between 2 and 20."))
+  }
+  dup <- check_duplicate_job("kmeans", params)
+  if (dup$duplicate) return(job_response(dup, res))
+  executor <- function(p) {
+    set.seed(p$seed)
+    x <- matrix(rnorm(p$n * 2), ncol = 2) + sample(0:4, p$n, replace = TRUE) * 3
+    withinss <- numeric()
+    for (centres in 2:p$k) {
+      report_progress(sprintf("k-means with %d centres", centres), centres - 1, p$k - 1)
+      withinss[[as.character(centres)]] <- kmeans(x, centres, nstart = 5, iter.max = 100, algorithm = "Lloyd")$tot.withinss
+    }
+    list(n = p$n, withinss = round(withinss, 1))
+  }
+  # The executor is a closure, like every handler's; it must not carry
+  # `req` and `res` (a request holds the whole router) to the worker.
+  environment(executor) <- globalenv()
+  job_response(create_job("kmeans", params, executor, timeout_ms = 600000), res)
+}
+
+# POST /analysis/refresh?seconds=3&fail=false: a slow job that prints and
+# reports steps; fail=true makes it fail half-way.
+submit_refresh <- function(req, res, seconds = "3", fail = "false", source = "HPO") {
+  params <- list(seconds = as.numeric(seconds), fail = identical(tolower(fail), "true"), source = source)
+  if (is.na(params$seconds) || params$seconds < 0 || params$seconds > 3600) {
+    return(bad_input(res, "seconds must be between 0 and 3600."))
+  }
+  dup <- check_duplicate_job("refresh", params)
+  if (dup$duplicate) return(job_response(dup, res))
+  executor <- function(p) {
+    steps <- 10
+    for (i in seq_len(steps)) {
+      report_progress(sprintf("Downloading %s part %d", p$source, i), i, steps)
+      cat(sprintf("part %d of %d\n", i, steps))
+      if (p$fail && i > steps / 2) stop(sprintf("%s answered 503", p$source))
+      Sys.sleep(p$seconds / steps)
+    }
+    sprintf("%s refreshed", p$source)
+  }
+  environment(executor) <- globalenv()
+  job_response(create_job("refresh", params, executor), res)
+}
+
+bad_input <- function(res, message) {
+  res$status <- 400L
+  list(error = "BAD_REQUEST", message = message)
+}
+
+demo_api <- function(prefix = "/jobs") {
+  json <- serializer_unboxed_json()
+  pr() |>
+    pr_get("/health", function() list(ok = TRUE, busy_workers = sum(get_worker_status()$state == "busy")),
+           serializer = json) |>
+    pr_post("/analysis/kmeans", submit_kmeans, serializer = json) |>
+    pr_post("/analysis/refresh", submit_refresh, serializer = json) |>
+    pr_job_routes(prefix)
+}
