@@ -23,14 +23,16 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000) {
           "executor_fn")
   }
   check_number(timeout_ms, "timeout_ms", min = 1)
-  params_bytes <- serialize_arg(params, "params")
-  fn_bytes <- serialize_arg(executor_fn, "executor_fn")
-  check_payload(executor_fn, length(fn_bytes), operation)
-  ensure_pool()
-  r <- .Call(wrap__aj_submit, operation, fn_bytes, params_bytes, as.numeric(timeout_ms))
+  bytes <- serialize_job(params, executor_fn, call = sys.call())
+  check_payload(executor_fn, length(bytes$fn), operation)
+  r <- .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms))
+  if (r[[1L]] == "stopped") {
+    ensure_pool()
+    r <- .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms))
+  }
   switch(r[[1L]],
     accepted = {
-      bind_job(r[[2L]])
+      if (!identical(getOption("asyncjobs.jobs_env"), FALSE)) bind_job(r[[2L]])
       list(job_id = r[[2L]], status = "accepted", estimated_seconds = as.numeric(r[[3L]]))
     },
     full = list(error = "CAPACITY_EXCEEDED",
@@ -43,10 +45,19 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000) {
   )
 }
 
-serialize_arg <- function(x, arg) {
+# Both in one tryCatch: it is the dearest part of a submit.
+serialize_job <- function(params, executor_fn, call) {
+  tryCatch(list(params = serialize(params, NULL, xdr = FALSE), fn = serialize(executor_fn, NULL, xdr = FALSE)),
+           error = function(e) {
+             serialize_arg(params, "params", call)
+             serialize_arg(executor_fn, "executor_fn", call)
+           })
+}
+
+serialize_arg <- function(x, arg, call = sys.call(-4L)) {
   tryCatch(serialize(x, NULL, xdr = FALSE), error = function(e) {
     abort("serialize", sprintf("`%s` cannot be serialized for a worker: %s", arg, conditionMessage(e)),
-          arg, call = sys.call(-4L))
+          arg, call = call)
   })
 }
 
@@ -66,7 +77,7 @@ serialize_arg <- function(x, arg) {
 get_job_status <- function(job_id) {
   check_process()
   check_job_id(job_id)
-  local <- .overrides[[job_id]]
+  local <- overridden(job_id)
   rec <- if (is.null(local)) .Call(wrap__aj_job, job_id)
   if (is.null(rec)) {
     local <- local %||% written_record(job_id)
@@ -76,8 +87,15 @@ get_job_status <- function(job_id) {
   status_of(rec)
 }
 
+# Looking a name up in an environment installs it as a symbol, which R never
+# frees: a client polling random ids would grow the API without bound. So
+# jobs_env and .overrides are only searched when they hold records a caller
+# wrote (jobs_env then has more bindings than the ones create_job made).
+overridden <- function(id) if (length(.overrides)) .overrides[[id]]
+
 # A record a caller wrote into jobs_env itself (not a live binding).
 written_record <- function(id) {
+  if (length(jobs_env) == .state$bound) return(NULL)
   if (!exists(id, envir = jobs_env, inherits = FALSE) || bindingIsActive(id, jobs_env)) return(NULL)
   rec <- get(id, envir = jobs_env, inherits = FALSE)
   if (is.list(rec)) rec
@@ -133,7 +151,7 @@ status_of_written <- function(id, rec) {
 
 # What jobs_env[[id]] shows: the contract's record.
 job_record <- function(id) {
-  local <- .overrides[[id]]
+  local <- overridden(id)
   if (!is.null(local)) return(local)
   rec <- .Call(wrap__aj_job, id)
   if (is.null(rec)) return(NULL)
@@ -170,20 +188,25 @@ cleanup_old_jobs <- function(max_age_seconds = 86400) {
   check_number(max_age_seconds, "max_age_seconds", min = 0)
   cutoff <- as.numeric(Sys.time()) - max_age_seconds
   ids <- .Call(wrap__aj_cleanup, cutoff)
-  # Records callers wrote themselves age the same way.
-  for (id in ls(jobs_env, all.names = TRUE)) {
-    if (bindingIsActive(id, jobs_env)) next
-    rec <- get(id, envir = jobs_env)
-    when <- if (is.list(rec)) rec$completed_at %||% rec$submitted_at
-    if (is.list(rec) && (rec$status %||% "completed") %in% c("completed", "failed", "cancelled") &&
-        !is.null(when) && as.numeric(when) < cutoff) {
-      ids <- c(ids, id)
+  names <- ls(jobs_env, all.names = TRUE, sorted = FALSE)
+  written <- character()
+  if (length(names) != .state$bound) {
+    # Records callers wrote themselves age the same way.
+    for (id in names) {
+      if (bindingIsActive(id, jobs_env)) next
+      rec <- get(id, envir = jobs_env)
+      when <- if (is.list(rec)) rec$completed_at %||% rec$submitted_at
+      if (is.list(rec) && (rec$status %||% "completed") %in% c("completed", "failed", "cancelled") &&
+          !is.null(when) && as.numeric(when) < cutoff) {
+        written <- c(written, id)
+      }
     }
   }
-  gone <- ids[vapply(ids, exists, TRUE, envir = jobs_env, inherits = FALSE)]
-  rm(list = gone, envir = jobs_env)
-  rm(list = intersect(ids, ls(.overrides, all.names = TRUE)), envir = .overrides)
-  n <- length(unique(ids))
+  bound <- intersect(ids, names)
+  .state$bound <- .state$bound - length(bound)
+  rm(list = union(bound, written), envir = jobs_env)
+  if (length(.overrides)) rm(list = intersect(c(ids, written), ls(.overrides, all.names = TRUE)), envir = .overrides)
+  n <- length(union(ids, written))
   message(sprintf("Cleaned up %d old jobs", n))
   invisible(n)
 }
@@ -201,10 +224,11 @@ wait_for_job <- function(job_id, timeout_ms = 60000) {
   check_process()
   check_job_id(job_id)
   check_number(timeout_ms, "timeout_ms", min = 0, allow_inf = TRUE)
-  deadline <- Sys.time() + min(timeout_ms, 1e12) / 1000
+  left <- min(timeout_ms, 1e12)
+  deadline <- now_ms() + left
   repeat {
-    left <- as.numeric(deadline - Sys.time(), units = "secs") * 1000
     if (.Call(wrap__aj_wait, job_id, max(0, min(left, 100))) || left <= 0) break
+    left <- deadline - now_ms()
   }
   get_job_status(job_id)
 }

@@ -54,6 +54,15 @@ stop_workers()
 if (requireNamespace("future", quietly = TRUE)) {
   future::plan(future::multisession, workers = 8)
   for (i in 1:50) future::value(future::future(i))
+  sub8 <- replicate(REPS, median(vapply(1:25, function(r) {
+    t0 <- now(); fs <- lapply(1:8, function(i) future::future(i)); el <- (now() - t0) / 8
+    future::value(fs)
+    us(el)
+  }, 0)))
+  add("submit one trivial job (main thread)", "future multisession", summ(sub8, "us"))
+  f <- future::future(1); future::value(f)
+  st <- replicate(REPS, { t0 <- now(); for (i in 1:2000) future::resolved(f); us((now() - t0) / 2000) })
+  add("status of a finished job (future::resolved)", "future multisession", summ(st, "us"))
   rt <- vapply(1:200, function(i) { t0 <- now(); future::value(future::future(i)); us(now() - t0) }, 0)
   add("round trip, trivial job", "future multisession", pct(rt))
   n <- 500L
@@ -70,6 +79,11 @@ if (requireNamespace("future", quietly = TRUE)) {
 if (requireNamespace("callr", quietly = TRUE)) {
   rt <- vapply(1:20, function(i) { t0 <- now(); p <- callr::r_bg(function(x) x, list(i)); p$wait(); p$get_result(); us(now() - t0) }, 0)
   add("round trip, trivial job", "callr::r_bg", pct(rt))
+  sub1 <- replicate(REPS, { t0 <- now(); p <- callr::r_bg(function(x) x, list(1)); el <- now() - t0; p$wait(); us(el) })
+  add("submit one trivial job (main thread)", "callr::r_bg", summ(sub1, "us"))
+  p <- callr::r_bg(function() 1); p$wait()
+  st <- replicate(REPS, { t0 <- now(); for (i in 1:2000) p$is_alive(); us((now() - t0) / 2000) })
+  add("status of a finished job (process$is_alive)", "callr::r_bg", summ(st, "us"))
   run8 <- function(n, f) {
     t0 <- now(); todo <- seq_len(n); live <- list()
     while (length(todo) || length(live)) {
@@ -90,6 +104,8 @@ if (requireNamespace("callr", quietly = TRUE)) {
 ## parallel::mcparallel: a fork per job --------------------------------------
 rt <- vapply(1:500, function(i) { t0 <- now(); mccollect(mcparallel(i)); us(now() - t0) }, 0)
 add("round trip, trivial job", "parallel::mcparallel", pct(rt))
+sub1 <- replicate(REPS, median(vapply(1:200, function(i) { t0 <- now(); j <- mcparallel(i); el <- now() - t0; mccollect(j); us(el) }, 0)))
+add("submit one trivial job (main thread)", "parallel::mcparallel", summ(sub1, "us"))
 fork8 <- function(n, expr_fn) {
   t0 <- now(); todo <- seq_len(n); live <- list()
   while (length(todo) || length(live)) {

@@ -7,18 +7,31 @@ local({
   con_in <- file("/dev/fd/3", open = "rb")
   con_out <- file("/dev/fd/4", open = "wb")
 
+  # A job's blob is the executor's bytes then the params' (text: "id<SEP>fn_len");
+  # they are read apart, since splitting a large raw vector in R copies it.
   read_frame <- function() {
     h <- readBin(con_in, "integer", n = 3L, size = 4L, endian = "little")
     if (length(h) < 3L) quit(save = "no", status = 0L) # the pool closed the pipe
     text <- if (h[[2L]] > 0L) rawToChar(readBin(con_in, "raw", n = h[[2L]])) else ""
+    if (h[[1L]] == KIND[["job"]]) {
+      fields <- strsplit(text, SEP, fixed = TRUE)[[1L]]
+      fn_len <- as.integer(fields[[2L]])
+      return(list(kind = h[[1L]], id = fields[[1L]], fn = readBin(con_in, "raw", n = fn_len),
+                  params = readBin(con_in, "raw", n = h[[3L]] - fn_len)))
+    }
     blob <- if (h[[3L]] > 0L) readBin(con_in, "raw", n = h[[3L]]) else raw()
     list(kind = h[[1L]], text = text, blob = blob)
   }
+  # One write per small frame; a large blob is not copied to join it.
   write_frame <- function(kind, text = "", blob = raw()) {
     text <- charToRaw(enc2utf8(text))
-    writeBin(c(kind, length(text), length(blob)), con_out, size = 4L, endian = "little")
-    if (length(text)) writeBin(text, con_out)
-    if (length(blob)) writeBin(blob, con_out)
+    head <- c(writeBin(c(kind, length(text), length(blob)), raw(), size = 4L, endian = "little"), text)
+    if (length(blob) > 65536L) {
+      writeBin(head, con_out)
+      writeBin(blob, con_out)
+    } else {
+      writeBin(c(head, blob), con_out)
+    }
     flush(con_out)
   }
   failure <- function(code, message, detail = NULL) {
@@ -86,14 +99,13 @@ local({
     vapply(calls, function(cl) deparse1(cl, collapse = " ")[[1L]], "")
   }
 
-  run <- function(blob, fn_len) {
+  run <- function(frame) {
     warnings <- character()
     calls <- list()
     value <- tryCatch(
       withCallingHandlers({
-        executor <- unserialize(blob[seq_len(fn_len)])
-        params <- unserialize(blob[-seq_len(fn_len)])
-        rm(blob)
+        executor <- unserialize(frame$fn)
+        params <- unserialize(frame$params)
         executor(params)
       },
       warning = function(w) {
@@ -135,16 +147,18 @@ local({
   repeat {
     frame <- read_frame()
     if (frame$kind == KIND[["shutdown"]]) break
-    fields <- strsplit(frame$text, SEP, fixed = TRUE)[[1L]]
-    state$job <- fields[[1L]]
+    state$job <- frame$id
     state$at <- -Inf
     state$step <- NULL
-    out <- run(frame$blob, as.integer(fields[[2L]]))
+    out <- run(frame)
     state$job <- NULL
     write_frame(out$kind, out$text, out$blob)
+    rm(frame, out)
     # A clean slate: what the job left in the global environment goes.
-    extra <- setdiff(ls(globalenv(), all.names = TRUE), baseline)
-    if (length(extra)) rm(list = extra, envir = globalenv())
+    now <- names(globalenv())
+    if (length(now) != length(baseline) || !all(now %in% baseline)) {
+      rm(list = setdiff(now, baseline), envir = globalenv())
+    }
   }
   quit(save = "no", status = 0L)
 })

@@ -24,7 +24,9 @@
 //!   Waits from R are sliced so that R can check for interrupts.
 //!
 //! Nothing here calls into R from a runtime thread: results cross as
-//! `serialize()` bytes and are unserialized by R on the main thread.
+//! `serialize()` bytes and are unserialized by R on the main thread. The
+//! HTTP side (status codes, plumber routes) is R code on top of the same
+//! calls; it needs nothing from the core.
 
 pub mod pool;
 pub mod protocol;

@@ -4,8 +4,9 @@
 //! output), fd 3 for frames from the core and fd 4 for frames to the core. It
 //! leads its own process group so that a stop reaches every process a job
 //! started, and it dies with the thread that spawned it (`PR_SET_PDEATHSIG`).
-//! Exit is observed through a pidfd, so no SIGCHLD handler is installed in
-//! the R process.
+//! It may run at a higher nice value, so that busy workers leave CPU to the
+//! API. Exit is observed through a pidfd, so no SIGCHLD handler is installed
+//! in the R process.
 
 use crate::protocol::{self, Decoder, Frame, Kind, ProtocolError};
 use std::collections::VecDeque;

@@ -53,6 +53,25 @@ test_that("unknown ids answer JOB_NOT_FOUND", {
   expect_identical(get_job_status("6f1c9a4e-2b7d-4c1e-9f0a-3d5b7e9c1a2b")$error, "JOB_NOT_FOUND")
 })
 
+test_that("polling unknown ids does not grow the API's memory", {
+  # Looking a name up in an environment would make it a symbol, which R never frees.
+  poll <- function(from) for (i in from + seq_len(20000)) get_job_status(sprintf("no-such-job-%d", i))
+  poll(0)
+  before <- gc(full = TRUE)[1L, "used"]
+  poll(20000)
+  expect_lt(gc(full = TRUE)[1L, "used"] - before, 5000)
+})
+
+test_that("with options(asyncjobs.jobs_env = FALSE) jobs get no binding but work alike", {
+  local_pool(1)
+  withr::local_options(asyncjobs.jobs_env = FALSE)
+  job <- create_job("op", 20, function(p) p + 1)
+  expect_false(job$job_id %in% ls(jobs_env))
+  expect_identical(finish(job)$result, 21)
+  expect_gte(suppressMessages(cleanup_old_jobs(0)), 1L)
+  expect_identical(get_job_status(job$job_id)$error, "JOB_NOT_FOUND")
+})
+
 test_that("jobs_env reflects the registry", {
   local_pool(1)
   job <- create_job("op", 1, function(p) p + 1)

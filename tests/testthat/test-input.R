@@ -16,6 +16,7 @@ test_that("params that cannot be serialized get a clear error from create_job", 
   err <- tryCatch(create_job("op", params = deep, identity), error = function(e) e)
   expect_s3_class(err, "asyncjobs_error_serialize")
   expect_match(conditionMessage(err), "`params` cannot be serialized")
+  expect_identical(conditionCall(err)[[1L]], as.name("create_job"))
   expect_false(asyncjobs:::pool_info()$running)
 })
 
