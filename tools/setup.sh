@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:$HOME/.cargo/bin"
 
-pkgs=(testthat withr ps callr processx curl jsonlite plumber)
+pkgs=(testthat withr ps callr processx curl jsonlite plumber ${ASYNCJOBS_EXTRA_PKGS:-})
 need=()
 if ! command -v Rscript >/dev/null 2>&1; then
   need=(r-base-dev)
