@@ -72,20 +72,22 @@ local({
   assign("emit", emit, envir = get(".worker", envir = asNamespace("asyncjobs")))
 
   # A result R can carry to another process only if it holds no pointers
-  # or connections (they would arrive dangling).
-  unportable <- function(x, budget = 10000L) {
-    seen <- 0L
-    walk <- function(x) {
-      seen <<- seen + 1L
-      if (seen > budget) return(NULL)
-      if (typeof(x) %in% c("externalptr", "weakref")) return(paste("an", typeof(x)))
-      if (inherits(x, "connection")) return("a connection")
-      if (is.list(x) && !is.data.frame(x)) {
-        for (el in x) if (!is.null(r <- walk(el))) return(r)
-      }
-      for (a in attributes(x)) if (!is.null(r <- walk(a))) return(r)
-      NULL
+  # or connections (they would arrive dangling). Defined once: a closure made
+  # per job would be byte-compiled per job.
+  walked <- new.env()
+  walk <- function(x) {
+    walked$n <- walked$n - 1L
+    if (walked$n < 0L) return(NULL)
+    if (typeof(x) %in% c("externalptr", "weakref")) return(paste("an", typeof(x)))
+    if (inherits(x, "connection")) return("a connection")
+    if (is.list(x) && !is.data.frame(x)) {
+      for (el in x) if (!is.null(r <- walk(el))) return(r)
     }
+    for (a in attributes(x)) if (!is.null(r <- walk(a))) return(r)
+    NULL
+  }
+  unportable <- function(x, budget = 10000L) {
+    walked$n <- budget
     walk(x)
   }
 
@@ -142,7 +144,7 @@ local({
     list(kind = KIND[["result"]], text = "", blob = bytes)
   }
 
-  baseline <- ls(globalenv(), all.names = TRUE)
+  baseline <- names(globalenv())
   write_frame(KIND[["ready"]])
   repeat {
     frame <- read_frame()
@@ -153,11 +155,12 @@ local({
     out <- run(frame)
     state$job <- NULL
     write_frame(out$kind, out$text, out$blob)
-    rm(frame, out)
+    frame <- out <- NULL
     # A clean slate: what the job left in the global environment goes.
     now <- names(globalenv())
-    if (length(now) != length(baseline) || !all(now %in% baseline)) {
+    if (!identical(now, baseline)) {
       rm(list = setdiff(now, baseline), envir = globalenv())
+      baseline <- names(globalenv())
     }
   }
   quit(save = "no", status = 0L)
