@@ -4,7 +4,8 @@
 # Status codes for the error codes asyncjobs returns.
 .http_codes <- c(
   CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L,
-  JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, DUPLICATE_JOB = 409L
+  JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, DUPLICATE_JOB = 409L,
+  BAD_REQUEST = 400L
 )
 
 #' Turn an asyncjobs result into an HTTP response
@@ -18,6 +19,7 @@
 #' | duplicate ([check_duplicate_job()])      | 409    | Location (of the existing job) |
 #' | `CAPACITY_EXCEEDED`, `POOL_UNAVAILABLE`  | 503    | Retry-After           |
 #' | `JOB_NOT_FOUND`                          | 404    |                       |
+#' | `BAD_REQUEST`                            | 400    |                       |
 #' | `JOB_FINISHED`, `JOB_NOT_FINISHED`, `JOB_FAILED` | 409 | Retry-After when not finished |
 #' | pending or running job                   | 200    | Retry-After           |
 #' | anything else                            | 200    |                       |
@@ -102,8 +104,9 @@ get_job_result <- function(job_id) {
 #' headers follow [job_response()].
 #'
 #' @param pr (Plumber) the API's router.
-#' @param prefix (string) where the endpoints are mounted; also the start of
-#'   `Location` URLs.
+#' @param prefix (string) where the endpoints are mounted, a path such as
+#'   "/jobs"; also the start of `Location` URLs. `job_routes()` also takes a
+#'   full URL, for an API behind a proxy that rewrites paths.
 #' @return (Plumber) `pr` with the endpoints mounted, or for `job_routes()` a
 #'   new router.
 #' @export
@@ -111,8 +114,11 @@ pr_job_routes <- function(pr, prefix = "/jobs") {
   check_string(prefix, "prefix")
   need_plumber()
   if (!inherits(pr, "Plumber")) abort("argument", sprintf("`pr` must be a plumber router, not %s.", describe(pr)), "pr")
+  if (!startsWith(prefix, "/")) {
+    abort("argument", sprintf("`prefix` must be a path starting with \"/\", not \"%s\"; job_routes() takes a full URL.", prefix), "prefix")
+  }
   path <- sub("/+$", "", prefix)
-  pr <- plumber::pr_mount(pr, path, job_routes(prefix))
+  pr <- plumber::pr_mount(pr, if (nzchar(path)) path else "/", job_routes(prefix))
   if (nzchar(path)) {
     pr <- plumber::pr_get(pr, path, list_route(prefix), serializer = plumber::serializer_unboxed_json(na = "null"))
   }
@@ -163,10 +169,7 @@ split_query <- function(x) {
   if (length(x)) x
 }
 
-bad_request <- function(res, message) {
-  res$status <- 400L
-  list(error = "BAD_REQUEST", message = message)
-}
+bad_request <- function(res, message) job_response(list(error = "BAD_REQUEST", message = message), res)
 
 # Plain values for any JSON serializer: ISO 8601 date-times; NULL and a single
 # NA as logical NA, which jsonlite writes as null (a numeric NA would be "NA").

@@ -53,10 +53,7 @@ submit_refresh <- function(req, res, seconds = "3", fail = "false", source = "HP
   job_response(create_job("refresh", params, executor), res)
 }
 
-bad_input <- function(res, message) {
-  res$status <- 400L
-  list(error = "BAD_REQUEST", message = message)
-}
+bad_input <- function(res, message) job_response(list(error = "BAD_REQUEST", message = message), res)
 
 demo_api <- function(prefix = "/jobs") {
   json <- serializer_unboxed_json()

@@ -15,7 +15,7 @@ test_that("job_response maps each result to a status code and headers", {
   expect_identical(body$error, "DUPLICATE_JOB")
   expect_identical(body$existing_job_id, "abc")
 
-  codes <- c(CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L,
+  codes <- c(CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L, BAD_REQUEST = 400L,
              JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, SOMETHING_ELSE = 500L)
   for (code in names(codes)) {
     res <- fake_res()
@@ -59,6 +59,8 @@ test_that("job_response and the routes reject bad arguments with classed errors"
   skip_if_not_installed("plumber")
   expect_error(job_routes(prefix = 1), "`prefix`", class = "asyncjobs_error_argument")
   expect_error(pr_job_routes(list()), "`pr`", class = "asyncjobs_error_argument")
+  expect_error(pr_job_routes(plumber::pr(), "https://x.org/jobs"), "`prefix`", class = "asyncjobs_error_argument")
+  expect_s3_class(job_routes("https://x.org/api/jobs"), "Plumber")
 })
 
 test_that("get_job_result reports not-found, unfinished, failed and completed jobs", {
