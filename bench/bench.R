@@ -49,6 +49,15 @@ big <- list(x = runif(10 * 1024^2 / 8))
 p10 <- replicate(REPS, { t0 <- now(); wait_for_job(create_job("big", big, function(p) length(p$x))$job_id); 1000 * (now() - t0) })
 add("10 MB params round trip", "asyncjobs", summ(p10, "ms"))
 stop_workers()
+# The default nice value (10) trades a little of this for the API's responsiveness.
+start_workers(8, max_queued = 1e6, wait = TRUE, nice = 0)
+sl0 <- replicate(REPS, {
+  t0 <- now(); ids <- vapply(1:64, function(i) create_job("sl", i, sleeper)$job_id, "")
+  for (id in ids) wait_for_job(id)
+  100 * ((now() - t0) / 2 - 1)
+})
+add("64 x Sys.sleep(0.25) on 8 workers, overhead over 2.0 s", "asyncjobs, nice = 0", summ(sl0, "%"))
+stop_workers()
 
 ## future multisession -----------------------------------------------------
 if (requireNamespace("future", quietly = TRUE)) {
