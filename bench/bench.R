@@ -16,6 +16,8 @@ rows <- list()
 add <- function(metric, peer, value) rows[[length(rows) + 1L]] <<- data.frame(metric = metric, peer = peer, value = value)
 trivial <- function(p) p
 sleeper <- function(p) { Sys.sleep(0.25); p }
+# The same, reporting how long Sys.sleep itself took inside the job.
+timed_sleeper <- function(p) { t0 <- proc.time()[[3L]]; Sys.sleep(0.25); proc.time()[[3L]] - t0 }
 
 ## asyncjobs ---------------------------------------------------------------
 start_workers(8, max_queued = 1e6, wait = TRUE)
@@ -39,24 +41,29 @@ tp <- replicate(REPS, {
   N_THROUGHPUT / (now() - t0)
 })
 add(sprintf("throughput, %d trivial jobs", N_THROUGHPUT), "asyncjobs", summ(tp, "jobs/s"))
-sl <- replicate(REPS, {
-  t0 <- now(); ids <- vapply(1:64, function(i) create_job("sl", i, sleeper)$job_id, "")
-  for (id in ids) wait_for_job(id)
-  100 * ((now() - t0) / 2 - 1)
-})
-add("64 x Sys.sleep(0.25) on 8 workers, overhead over 2.0 s", "asyncjobs", summ(sl, "%"))
+# Splits the overhead into Sys.sleep's own oversleeping inside the jobs and
+# what asyncjobs adds per job (dispatch to the worker, result back).
+sleeps <- function(label) {
+  parts <- replicate(REPS, {
+    t0 <- now(); ids <- vapply(1:64, function(i) create_job("sl", i, timed_sleeper)$job_id, "")
+    st <- lapply(ids, wait_for_job)
+    el <- now() - t0
+    inner <- vapply(st, function(s) s$result, 0)
+    c(total = 100 * (el / 2 - 1), oversleep = 1000 * (mean(inner) - 0.25),
+      pool = 1000 * mean(vapply(st, function(s) s$duration_seconds, 0) - inner))
+  })
+  add("64 x Sys.sleep(0.25) on 8 workers, overhead over 2.0 s", label, summ(parts["total", ], "%"))
+  add("  of which Sys.sleep oversleeping inside each job", label, summ(parts["oversleep", ], "ms"))
+  add("  of which asyncjobs per job (dispatch, result)", label, summ(parts["pool", ], "ms"))
+}
+sleeps("asyncjobs")
 big <- list(x = runif(10 * 1024^2 / 8))
 p10 <- replicate(REPS, { t0 <- now(); wait_for_job(create_job("big", big, function(p) length(p$x))$job_id); 1000 * (now() - t0) })
 add("10 MB params round trip", "asyncjobs", summ(p10, "ms"))
 stop_workers()
 # The default nice value (10) trades a little of this for the API's responsiveness.
 start_workers(8, max_queued = 1e6, wait = TRUE, nice = 0)
-sl0 <- replicate(REPS, {
-  t0 <- now(); ids <- vapply(1:64, function(i) create_job("sl", i, sleeper)$job_id, "")
-  for (id in ids) wait_for_job(id)
-  100 * ((now() - t0) / 2 - 1)
-})
-add("64 x Sys.sleep(0.25) on 8 workers, overhead over 2.0 s", "asyncjobs, nice = 0", summ(sl0, "%"))
+sleeps("asyncjobs, nice = 0")
 stop_workers()
 
 ## future multisession -----------------------------------------------------
