@@ -91,6 +91,8 @@ get_job_status <- function(job_id) {
 # frees: a client polling random ids would grow the API without bound. So
 # jobs_env and .overrides are only searched when they hold records a caller
 # wrote (jobs_env then has more bindings than the ones create_job made).
+# length(jobs_env) walks its table (about 1.5 ms at 100k jobs), but only for
+# ids the registry does not know.
 overridden <- function(id) if (length(.overrides)) .overrides[[id]]
 
 # A record a caller wrote into jobs_env itself (not a live binding).
