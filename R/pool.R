@@ -61,10 +61,10 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
         as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice))
   .state$size <- as.integer(n)
   if (isTRUE(wait)) {
-    deadline <- Sys.time() + setup_timeout_ms / 1000 + 5
+    deadline <- now_ms() + setup_timeout_ms + 5000
     repeat {
       st <- get_worker_status()
-      if (all(st$state %in% c("idle", "busy", "failed")) || Sys.time() > deadline) break
+      if (all(st$state %in% c("idle", "busy", "failed")) || now_ms() > deadline) break
       Sys.sleep(0.02)
     }
   }
@@ -88,11 +88,11 @@ stop_workers <- function(timeout_ms = 30000) {
 
 stop_pool <- function(timeout_ms) {
   .Call(wrap__aj_stop_begin)
-  deadline <- Sys.time() + timeout_ms / 1000
+  deadline <- now_ms() + timeout_ms
   # Slices, so that Ctrl-C is seen between them.
   repeat {
     if (.Call(wrap__aj_stop_wait, 100)) return(TRUE)
-    if (Sys.time() > deadline) return(FALSE)
+    if (now_ms() > deadline) return(FALSE)
   }
 }
 

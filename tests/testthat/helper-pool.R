@@ -5,10 +5,17 @@ options(asyncjobs.warn_payload_bytes = Inf)
 # Helpers shared by the suites: start a pool for one test, stop it when the
 # test ends, and prove that no process it started is left.
 
-proc_state <- function(pid) {
+# The fields of /proc/<pid>/stat after the command name (state first), or
+# NULL when the process is gone.
+proc_stat <- function(pid) {
   stat <- tryCatch(suppressWarnings(readLines(sprintf("/proc/%d/stat", pid), warn = FALSE)), error = function(e) "")
-  if (!length(stat) || !nzchar(stat[[1L]])) return("gone")
-  substr(sub("^.*\\) ", "", stat[[1L]]), 1L, 1L)
+  if (!length(stat) || !nzchar(stat[[1L]])) return(NULL)
+  strsplit(sub("^.*\\) ", "", stat[[1L]]), " ")[[1L]]
+}
+
+proc_state <- function(pid) {
+  stat <- proc_stat(pid)
+  if (is.null(stat)) "gone" else stat[[1L]]
 }
 
 # Dead: gone, or a zombie (it has exited; only its parent's wait is pending).
@@ -17,9 +24,8 @@ proc_dead <- function(pid) proc_state(pid) %in% c("gone", "Z", "X")
 live_children <- function(parent = Sys.getpid()) {
   pids <- as.integer(basename(Sys.glob("/proc/[0-9]*")))
   ppid <- vapply(pids, function(p) {
-    stat <- tryCatch(suppressWarnings(readLines(sprintf("/proc/%d/stat", p), warn = FALSE)), error = function(e) "")
-    if (!length(stat) || !nzchar(stat[[1L]])) return(NA_integer_)
-    as.integer(strsplit(sub("^.*\\) ", "", stat[[1L]]), " ")[[1L]][[2L]])
+    stat <- proc_stat(p)
+    if (is.null(stat)) NA_integer_ else as.integer(stat[[2L]])
   }, 1L)
   kids <- pids[!is.na(ppid) & ppid == parent]
   kids[!vapply(kids, proc_dead, TRUE)]

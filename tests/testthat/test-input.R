@@ -44,7 +44,7 @@ test_that("start_workers checks its arguments", {
 })
 
 test_that("workers run at the nice value asked for, above the API's", {
-  nice_of <- function(pid) as.integer(strsplit(sub("^.*\\) ", "", readLines(sprintf("/proc/%d/stat", pid))), " ")[[1L]][[17L]])
+  nice_of <- function(pid) as.integer(proc_stat(pid)[[17L]])
   own <- nice_of(Sys.getpid())
   for (n in c(0L, 7L)) {
     local({
