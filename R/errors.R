@@ -42,9 +42,23 @@ describe <- function(x) {
   sprintf("a %s of length %d", class(x)[[1L]], length(x))
 }
 
-check_process <- function(call = sys.call(-1L)) {
+check_process <- function(call = sys.call(-1L), open_store = TRUE) {
   if (!identical(Sys.getpid(), .state$pid)) {
     abort("fork", "asyncjobs cannot be used from a forked child process (for example inside parallel::mclapply); call it from the process that loaded the package.",
           call = call)
   }
+  if (open_store && is.null(.state$store)) use_store(NULL, call = call)
+}
+
+check_flag <- function(x, arg, call = sys.call(-1L)) {
+  if (!is.logical(x) || length(x) != 1L || is.na(x)) {
+    abort("argument", sprintf("`%s` must be TRUE or FALSE, not %s.", arg, describe(x)), arg, call)
+  }
+}
+
+# A store the call could not reach: a value, like every outcome, not a condition.
+store_failed <- function(r) inherits(r, "asyncjobs_store_error")
+
+store_unavailable <- function(message) {
+  list(error = "STORE_UNAVAILABLE", message = as.vector(message), retry_after = 5)
 }

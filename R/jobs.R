@@ -10,12 +10,27 @@
 #' @param executor_fn (function) called as `executor_fn(params)` in a worker.
 #' @param timeout_ms (number) time in milliseconds the job may run before its
 #'   worker is killed and the job fails with `TIMEOUT`.
+#' @param unique (logical) refuse the job when an identical one (same
+#'   operation, same params bytes) is pending or running anywhere in the
+#'   store, atomically with the insert: two replicas racing the same request
+#'   create one job.
+#' @param queue (string) the queue the job waits in; workers take jobs from
+#'   the queues they serve (`start_workers(queues = )`).
+#' @param priority (integer) higher runs first; first in, first out within a
+#'   priority.
+#' @param max_attempts (integer) runs allowed when the host running the job is
+#'   lost or stopped (`HOST_LOST`, `SHUTDOWN`): with attempts left the job
+#'   goes back to the queue instead of failing.
 #' @return (list) `list(job_id, status = "accepted", estimated_seconds)`, or
 #'   `list(error = "CAPACITY_EXCEEDED", message, retry_after = 60)` when the
-#'   pool is full, or `list(error = "POOL_UNAVAILABLE", message, retry_after)`
-#'   when no worker can start.
+#'   store holds its cap of active jobs, `list(error = "DUPLICATE_JOB",
+#'   message, existing_job_id)` for a refused unique job,
+#'   `list(error = "POOL_UNAVAILABLE", message, retry_after)` when no worker
+#'   can start, `list(error = "STORE_UNAVAILABLE", message, retry_after)`
+#'   when the store cannot be reached.
 #' @export
-create_job <- function(operation, params, executor_fn, timeout_ms = 1800000) {
+create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, unique = FALSE,
+                       queue = "default", priority = 0L, max_attempts = 1L) {
   check_process()
   check_string(operation, "operation")
   if (!is.function(executor_fn)) {
@@ -23,12 +38,20 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000) {
           "executor_fn")
   }
   check_number(timeout_ms, "timeout_ms", min = 1)
+  check_flag(unique, "unique")
+  check_queue(queue, "queue")
+  check_number(priority, "priority", min = -1e6, integer = TRUE)
+  if (priority > 1e6) abort("argument", sprintf("`priority` must be a whole number from -1e6 to 1e6, not %s.", describe(priority)), "priority")
+  check_number(max_attempts, "max_attempts", min = 1, integer = TRUE)
+  if (max_attempts > 1000) abort("argument", sprintf("`max_attempts` must be a whole number from 1 to 1000, not %s.", describe(max_attempts)), "max_attempts")
   bytes <- serialize_job(params, executor_fn, call = sys.call())
   check_payload(executor_fn, length(bytes$fn), operation)
-  r <- .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms))
+  submit <- function() .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms),
+                             queue, as.integer(priority), as.integer(max_attempts), unique)
+  r <- submit()
   if (r[[1L]] == "stopped") {
     ensure_pool()
-    r <- .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms))
+    r <- submit()
   }
   switch(r[[1L]],
     accepted = {
@@ -38,11 +61,21 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000) {
     full = list(error = "CAPACITY_EXCEEDED",
                 message = sprintf("Maximum %s concurrent jobs reached. Try again later.", r[[2L]]),
                 retry_after = 60),
+    duplicate = list(error = "DUPLICATE_JOB", message = "An identical job is already pending or running.",
+                     existing_job_id = r[[2L]]),
     unavailable = list(error = "POOL_UNAVAILABLE",
                        message = sprintf("No worker is available: %s", r[[2L]]),
                        retry_after = 60),
+    store_error = store_unavailable(r[[2L]]),
     abort("pool_stopped", "The worker pool stopped while the job was submitted.")
   )
+}
+
+check_queue <- function(x, arg, call = sys.call(-1L)) {
+  check_string(x, arg, call)
+  if (nchar(x, type = "bytes") > 255L || !validUTF8(x)) {
+    abort("argument", sprintf("`%s` must be valid UTF-8 of at most 255 bytes.", arg), arg, call)
+  }
 }
 
 # Both in one tryCatch: it is the dearest part of a submit.
@@ -79,6 +112,7 @@ get_job_status <- function(job_id) {
   check_job_id(job_id)
   local <- overridden(job_id)
   rec <- if (is.null(local)) .Call(wrap__aj_job, job_id)
+  if (store_failed(rec)) return(store_unavailable(rec))
   if (is.null(rec)) {
     local <- local %||% written_record(job_id)
     if (is.null(local)) return(list(error = "JOB_NOT_FOUND", message = "Job ID not found"))
@@ -156,6 +190,7 @@ job_record <- function(id) {
   local <- overridden(id)
   if (!is.null(local)) return(local)
   rec <- .Call(wrap__aj_job, id)
+  if (store_failed(rec)) return(store_unavailable(rec))
   if (is.null(rec)) return(NULL)
   out <- if (!is.null(rec$result)) unserialize(rec$result)
   list(job_id = rec$job_id, operation = rec$operation, status = rec$status,
@@ -170,12 +205,15 @@ job_record <- function(id) {
 #' @param params (any) the job's params; compared by the SHA-256 of their
 #'   serialization, the same bytes [create_job()] stores.
 #' @return (list) `list(duplicate = TRUE, existing_job_id)` or
-#'   `list(duplicate = FALSE)`.
+#'   `list(duplicate = FALSE)`; `list(error = "STORE_UNAVAILABLE", message,
+#'   retry_after)` when the store cannot be reached. With a shared store it
+#'   reads the whole store.
 #' @export
 check_duplicate_job <- function(operation, params) {
   check_process()
   check_string(operation, "operation")
   id <- .Call(wrap__aj_duplicate, operation, serialize_arg(params, "params"))
+  if (store_failed(id)) return(store_unavailable(id))
   if (is.null(id)) list(duplicate = FALSE) else list(duplicate = TRUE, existing_job_id = id)
 }
 
@@ -183,13 +221,17 @@ check_duplicate_job <- function(operation, params) {
 #'
 #' @param max_age_seconds (number) finished jobs whose `completed_at` (or
 #'   `submitted_at`) is older than this many seconds are removed.
-#' @return (invisible integer) the number of jobs removed.
+#' @return (invisible integer) the number of jobs removed. With a shared
+#'   store, old jobs of every process are deleted, in batches of 1,000.
 #' @export
 cleanup_old_jobs <- function(max_age_seconds = 86400) {
   check_process()
   check_number(max_age_seconds, "max_age_seconds", min = 0)
   cutoff <- as.numeric(Sys.time()) - max_age_seconds
-  ids <- .Call(wrap__aj_cleanup, cutoff)
+  ids <- .Call(wrap__aj_cleanup, as.numeric(max_age_seconds))
+  if (store_failed(ids)) {
+    abort("store_unavailable", paste("Old jobs could not be removed:", ids))
+  }
   names <- ls(jobs_env, all.names = TRUE, sorted = FALSE)
   written <- character()
   if (length(names) != .state$bound) {
@@ -242,15 +284,21 @@ wait_for_job <- function(job_id, timeout_ms = 60000) {
 #' `error$code = "CANCELLED"`.
 #'
 #' @param job_id (string) the job's id.
+#' With a shared store the job may run on another host: it is cancelled in
+#' the store at once and its host stops the worker within about a second.
+#'
+#' @param job_id (string) the job's id.
 #' @return (list) `list(job_id, status = "cancelled")`, or
 #'   `list(error = "JOB_NOT_FOUND", message)`, or
-#'   `list(error = "JOB_FINISHED", message, status)` for a finished job.
+#'   `list(error = "JOB_FINISHED", message, status)` for a finished job, or
+#'   `list(error = "STORE_UNAVAILABLE", message, retry_after)`.
 #' @export
 cancel_job <- function(job_id) {
   check_process()
   check_job_id(job_id)
   r <- .Call(wrap__aj_cancel, job_id)
   switch(r[[1L]],
+    store_error = store_unavailable(r[[2L]]),
     cancelled = list(job_id = job_id, status = "cancelled"),
     finished = list(error = "JOB_FINISHED", message = sprintf("Job already %s", r[[2L]]),
                     status = r[[2L]]),
@@ -266,7 +314,9 @@ cancel_job <- function(job_id) {
 get_job_output <- function(job_id) {
   check_process()
   check_job_id(job_id)
-  .Call(wrap__aj_output, job_id) %||% list(error = "JOB_NOT_FOUND", message = "Job ID not found")
+  out <- .Call(wrap__aj_output, job_id)
+  if (store_failed(out)) return(store_unavailable(out))
+  out %||% list(error = "JOB_NOT_FOUND", message = "Job ID not found")
 }
 
 #' All jobs in the registry
@@ -274,7 +324,8 @@ get_job_output <- function(job_id) {
 #' @param status (character or NULL) keep jobs with these statuses.
 #' @param operation (character or NULL) keep jobs of these operations.
 #' @return (data.frame) `job_id`, `operation`, `status`, `submitted_at`,
-#'   `started_at`, `completed_at`, `duration_seconds`, `error_code`, oldest first.
+#'   `started_at`, `completed_at`, `duration_seconds`, `error_code`, `queue`,
+#'   `priority`, oldest first. With a shared store, every job in the store.
 #' @export
 list_jobs <- function(status = NULL, operation = NULL) {
   check_process()
@@ -285,11 +336,13 @@ list_jobs <- function(status = NULL, operation = NULL) {
     }
   }
   cols <- .Call(wrap__aj_list)
+  if (store_failed(cols)) abort("store_unavailable", paste("Jobs could not be listed:", cols))
   df <- data.frame(job_id = cols$job_id, operation = cols$operation, status = cols$status,
                    submitted_at = .POSIXct(cols$submitted_at), started_at = .POSIXct(cols$started_at),
                    completed_at = .POSIXct(cols$completed_at),
                    duration_seconds = cols$completed_at - cols$started_at,
-                   error_code = cols$error_code, stringsAsFactors = FALSE)
+                   error_code = cols$error_code, queue = cols$queue,
+                   priority = as.integer(cols$priority), stringsAsFactors = FALSE)
   keep <- (is.null(status) | df$status %in% status) & (is.null(operation) | df$operation %in% operation)
   df <- df[keep, , drop = FALSE]
   rownames(df) <- NULL

@@ -5,11 +5,13 @@
 #' paths; a worker started later to replace one runs it again. Job code may
 #' print, read stdin or crash: the pool's protocol runs on private pipes.
 #'
-#' @param n (integer) number of workers, the number of jobs that run at once.
+#' @param n (integer) number of workers, the number of jobs that run at once
+#'   here; 0 for a replica that submits and reads jobs but runs none.
 #' @param setup (language, expression or function) code each worker runs
 #'   before its first job, for example `quote({ library(dplyr) })`; `NULL` for none.
 #' @param max_queued (integer) jobs accepted beyond `n` before [create_job()]
 #'   answers `CAPACITY_EXCEEDED`; 0 keeps at most `n` jobs pending or running.
+#'   Used when `max_active` is NULL.
 #' @param max_jobs_per_worker (number) jobs a worker runs before it is
 #'   replaced (between jobs); `Inf` for no limit.
 #' @param max_worker_memory_mb (number) resident memory in MiB above which a
@@ -24,13 +26,28 @@
 #'   failed to start).
 #' @param nice (integer) added to the workers' nice value, 0 to 19: busy
 #'   workers then leave CPU to the API process first. See bench/RESULTS.md.
+#' @param store (string or NULL) where jobs live: `"memory"` (this process
+#'   only), `"sqlite:///abs/path/jobs.db"`, `"postgres://user@host:5432/db"` or
+#'   `"mysql://user:pass@host:3306/db"` (shared by every process that opens
+#'   it). NULL takes `getOption("asyncjobs.store")`, then the environment
+#'   variable `ASYNCJOBS_STORE`, then memory. A password in the URL never
+#'   appears in a message.
+#' @param queues (character) the queues this pool's workers take jobs from.
+#' @param max_active (number or NULL) the cap on active (pending + running)
+#'   jobs, counted over the whole store and enforced atomically at submit.
+#'   NULL: `n + max_queued`, or no cap when `n` is 0.
+#' @param retention (number or NULL) seconds after which finished jobs are
+#'   deleted by a timer in the pool (as [cleanup_old_jobs()] does); NULL keeps
+#'   them until [cleanup_old_jobs()] is called.
 #' @return (invisible) the worker status, as [get_worker_status()].
 #' @export
 start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_worker = Inf,
                           max_worker_memory_mb = Inf, max_result_bytes = 256 * 1024^2,
-                          echo_output = FALSE, setup_timeout_ms = 600000, wait = FALSE, nice = 10L) {
-  check_process()
-  check_number(n, "n", min = 1, integer = TRUE)
+                          echo_output = FALSE, setup_timeout_ms = 600000, wait = FALSE, nice = 10L,
+                          store = NULL, queues = "default", max_active = NULL, retention = NULL) {
+  check_process(open_store = FALSE)
+  check_number(n, "n", min = 0, integer = TRUE)
+  if (n > 1024) abort("argument", sprintf("`n` must be a whole number from 0 to 1024, not %s.", describe(n)), "n")
   check_number(max_queued, "max_queued", min = 0, integer = TRUE)
   check_number(max_jobs_per_worker, "max_jobs_per_worker", min = 1, allow_inf = TRUE, integer = TRUE)
   check_number(max_worker_memory_mb, "max_worker_memory_mb", min = 1, allow_inf = TRUE)
@@ -42,9 +59,14 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   check_number(setup_timeout_ms, "setup_timeout_ms", min = 1)
   check_number(nice, "nice", min = 0, integer = TRUE)
   if (nice > 19) abort("argument", sprintf("`nice` must be a whole number from 0 to 19, not %s.", describe(nice)), "nice")
-  if (!is.logical(echo_output) || length(echo_output) != 1L || is.na(echo_output)) {
-    abort("argument", "`echo_output` must be TRUE or FALSE.", "echo_output")
+  check_flag(echo_output, "echo_output")
+  check_flag(wait, "wait")
+  if (!is.character(queues) || !length(queues) || anyNA(queues)) {
+    abort("argument", sprintf("`queues` must be a character vector of queue names, not %s.", describe(queues)), "queues")
   }
+  for (q in queues) check_queue(q, "queues")
+  if (!is.null(max_active)) check_number(max_active, "max_active", min = 1, allow_inf = TRUE, integer = TRUE)
+  if (!is.null(retention)) check_number(retention, "retention", min = 0)
   if (!is.null(setup) && !is.language(setup) && !is.expression(setup) && !is.function(setup)) {
     abort("argument", sprintf("`setup` must be NULL, a quoted expression or a function, not %s.",
                               describe(setup)), "setup")
@@ -52,13 +74,16 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   if (pool_info()$running) {
     abort("pool_running", "A worker pool is already running; call stop_workers() first.")
   }
+  use_store(store)
+  capacity <- max_active %||% (if (n > 0) n + max_queued else Inf)
   init <- serialize(list(libpaths = .libPaths(), setup = setup, max_result_bytes = max_result_bytes,
                          progress_interval_ms = 100), NULL)
   script <- system.file("worker.R", package = "asyncjobs", mustWork = TRUE)
   args <- c("--no-echo", "--no-restore", "--no-save", "--no-init-file", paste0("--file=", script))
   .Call(wrap__aj_start, file.path(R.home("bin"), "R"), args, getwd(), init, as.integer(n),
-        as.integer(max_queued), as.numeric(max_jobs_per_worker), as.numeric(max_worker_memory_mb),
-        as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice))
+        as.numeric(max_jobs_per_worker), as.numeric(max_worker_memory_mb),
+        as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice),
+        as.numeric(capacity), unique(queues), if (is.null(retention)) -1 else as.numeric(retention))
   .state$size <- as.integer(n)
   if (isTRUE(wait)) {
     deadline <- now_ms() + setup_timeout_ms + 5000
@@ -98,11 +123,31 @@ stop_pool <- function(timeout_ms) {
 
 pool_info <- function() .Call(wrap__aj_pool_info)
 
+# Opens the store a URL names (NULL: the option, the environment, memory).
+# Store calls wait at most getOption("asyncjobs.store_timeout_ms", 5000); a
+# lease lasts getOption("asyncjobs.lease_seconds", 15) without renewal.
+use_store <- function(url, call = sys.call(-1L)) {
+  url <- url %||% getOption("asyncjobs.store")
+  if (is.null(url)) url <- Sys.getenv("ASYNCJOBS_STORE", "")
+  if (identical(url, "")) url <- "memory"
+  check_string(url, "store", call)
+  timeout <- getOption("asyncjobs.store_timeout_ms", 5000)
+  lease <- getOption("asyncjobs.lease_seconds", 15)
+  check_number(timeout, "asyncjobs.store_timeout_ms", min = 1, call = call)
+  check_number(lease, "asyncjobs.lease_seconds", min = 2, call = call)
+  r <- .Call(wrap__aj_open_store, url, as.numeric(timeout), as.numeric(lease) * 1000)
+  if (r[[1L]] != "ok") abort("store_unavailable", r[[2L]], "store", call)
+  .state$store <- r[[2L]]
+  invisible(r[[2L]])
+}
+
 ensure_pool <- function() {
   if (!pool_info()$running) start_workers(n = .state$size)
 }
 
 #' Status of the worker processes
+#'
+#' The store the pool uses is `attr(, "store")` (its URL without password).
 #'
 #' @return (data.frame) one row per worker slot: `slot`, `pid`, `state`
 #'   ("starting", "idle", "busy", "stopping", "failed" or "stopped"),
@@ -118,5 +163,6 @@ get_worker_status <- function() {
   df$pid <- as.integer(df$pid)
   df$jobs_done <- as.integer(df$jobs_done)
   df$spawned <- as.integer(df$spawned)
+  attr(df, "store") <- .state$store
   df
 }

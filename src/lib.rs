@@ -31,6 +31,8 @@
 pub mod pool;
 pub mod protocol;
 pub mod registry;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub mod sql;
 pub mod worker;
 
 #[cfg(feature = "r")]

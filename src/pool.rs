@@ -1,17 +1,31 @@
 //! The pool: a thread of its own running a single-threaded tokio runtime,
-//! with one task per worker slot.
+//! with one task per worker slot, one that claims work and one that keeps
+//! the leases.
 //!
-//! Each slot task owns its worker process and runs one `select!` loop over the
-//! worker's events, the job's deadline, a kick (cancel) and shutdown. Work is
-//! handed out through the registry's queue plus a `Notify`; callers on the R
-//! main thread never wait on the runtime.
+//! * The claimer takes up to k jobs from the store for k idle slots, when a
+//!   job is submitted here, a slot frees up, or (for a shared store) on an
+//!   adaptive poll: 50 ms after work was found, backing off to 1 s.
+//! * Each slot task owns its worker process and runs one `select!` loop over
+//!   the worker's events, the job's deadline, a kick (cancel, lost lease) and
+//!   shutdown.
+//! * The keeper renews this pool's leases every second while it runs jobs
+//!   (every 10 s when idle), notices jobs it no longer holds (cancelled or
+//!   rescued elsewhere) and kicks their slots, rescues jobs of lost hosts,
+//!   and deletes old jobs when a retention is set. It runs on this thread,
+//!   not in the R workers, so a CPU-bound job can never look stalled.
+//!
+//! Callers on the R main thread never wait on this runtime.
 
 use crate::protocol::{Kind, ProtocolError, FIELD_SEP};
-use crate::registry::{now, Cancel, Dispatch, JobError, NewJob, Outcome, Progress, Registry, Status, Submit};
+use crate::registry::{
+    Cancel, Claimed, HostInfo, JobError, Lease, NewJob, Outcome, Progress, Report, Store, StoreResult, Submit,
+    OUTPUT_LIMIT,
+};
 use crate::worker::{Event, ExitStatus, Process, Spec, Stream};
 use parking_lot::Mutex;
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -21,8 +35,9 @@ use uuid::Uuid;
 #[derive(Clone, Debug)]
 pub struct Config {
     pub size: usize,
-    /// Jobs accepted beyond `size` before submit says Full.
-    pub max_queued: usize,
+    /// Active (pending + running) jobs across the store at which submit says
+    /// Full; `usize::MAX` for no cap.
+    pub capacity: usize,
     pub spec: Spec,
     /// Serialized list(setup, libpaths, ...) sent to every new worker.
     pub init: Vec<u8>,
@@ -34,6 +49,10 @@ pub struct Config {
     pub stop_grace: Duration,
     /// Consecutive setup failures after which a slot stops respawning.
     pub max_setup_failures: u32,
+    /// Queues this pool's workers take jobs from.
+    pub queues: Vec<String>,
+    /// Finished jobs older than this are deleted on a timer.
+    pub retention: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -73,13 +92,41 @@ pub struct SlotInfo {
     pub rss_bytes: Option<u64>,
 }
 
+/// A job running here: its slot and lease, and whether it was taken from us.
+struct Running {
+    slot: usize,
+    lease: Lease,
+    abandoned: bool,
+}
+
+/// Whether the store answers the keeper, and since when.
+#[derive(Default)]
+struct Health {
+    up_since: Option<Instant>,
+    last_renew: Option<Instant>,
+    down: bool,
+}
+
 struct Shared {
-    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
     config: Config,
+    host: HostInfo,
     slots: Mutex<Vec<SlotInfo>>,
-    work: Notify,
+    /// Jobs claimed for idle slots, not yet taken by one.
+    ready: Mutex<VecDeque<Claimed>>,
+    ready_signal: Notify,
+    claim_signal: Notify,
+    idle: AtomicUsize,
+    running: Mutex<HashMap<Uuid, Running>>,
     kicks: Vec<Notify>,
     stop: watch::Sender<bool>,
+    health: Mutex<Health>,
+}
+
+/// One line on stderr with a UTC timestamp: what a pool tells its operator.
+pub fn log(msg: &str) {
+    let t = crate::registry::iso8601(crate::registry::now());
+    let _ = writeln!(std::io::stderr(), "{t} asyncjobs: {msg}");
 }
 
 impl Shared {
@@ -103,12 +150,44 @@ impl Shared {
         let _ = std::io::stderr().write_all(&out);
     }
 
-    /// When no slot can run jobs any more, queued jobs fail instead of waiting forever.
-    fn fail_queue_if_dead(&self) {
-        if let Some(reason) = dead_reason(&self.slots.lock()) {
+    /// Records a store failure (logged once per outage) or success.
+    fn store_result<T>(&self, what: &str, r: StoreResult<T>) -> Option<T> {
+        let mut h = self.health.lock();
+        match r {
+            Ok(v) => {
+                if h.down {
+                    h.down = false;
+                    log(&format!("store {} reachable again", self.store.describe()));
+                }
+                h.up_since.get_or_insert_with(Instant::now);
+                Some(v)
+            }
+            Err(e) => {
+                if !h.down {
+                    h.down = true;
+                    log(&format!("{what} failed, retrying: {e}"));
+                }
+                h.up_since = None;
+                None
+            }
+        }
+    }
+
+    /// Marks a job running here as lost and stops its worker.
+    fn abandon(&self, id: &Uuid) {
+        if let Some(r) = self.running.lock().get_mut(id) {
+            r.abandoned = true;
+            self.kicks[r.slot].notify_one();
+        }
+    }
+
+    /// When no slot can run jobs any more, queued jobs fail instead of
+    /// waiting forever. In a shared store other hosts may still run them.
+    async fn fail_queue_if_dead(&self) {
+        let reason = dead_reason(&self.slots.lock());
+        if let (Some(reason), false) = (reason, self.store.shared()) {
             let err = JobError::new("POOL_UNAVAILABLE", format!("No worker can start: {reason}"));
-            self.registry.with(|s| s.fail_active(&err, false, now()));
-            self.registry.notify();
+            let _ = self.store.release(&self.host.id, &err, true).await;
         }
     }
 }
@@ -131,11 +210,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn start(registry: Arc<Registry>, config: Config) -> std::io::Result<Pool> {
+    pub fn start(store: Arc<dyn Store>, config: Config) -> std::io::Result<Pool> {
         let size = config.size;
         let (stop, _) = watch::channel(false);
+        let host = HostInfo::this_process(size, config.queues.clone());
         let shared = Arc::new(Shared {
-            registry,
+            store,
+            host,
             slots: Mutex::new(
                 (0..size)
                     .map(|slot| SlotInfo {
@@ -149,9 +230,14 @@ impl Pool {
                     })
                     .collect(),
             ),
-            work: Notify::new(),
+            ready: Mutex::new(VecDeque::new()),
+            ready_signal: Notify::new(),
+            claim_signal: Notify::new(),
+            idle: AtomicUsize::new(0),
+            running: Mutex::new(HashMap::new()),
             kicks: (0..size).map(|_| Notify::new()).collect(),
             stop,
+            health: Mutex::new(Health::default()),
             config,
         });
         let sh = shared.clone();
@@ -159,13 +245,7 @@ impl Pool {
             block_async_signals();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             let Ok(rt) = rt else { return };
-            rt.block_on(async move {
-                let tasks: Vec<_> =
-                    (0..sh.config.size).map(|slot| tokio::spawn(run_slot(sh.clone(), slot))).collect();
-                for t in tasks {
-                    let _ = t.await;
-                }
-            });
+            rt.block_on(run_pool(sh));
         })?;
         Ok(Pool { shared, thread: Some(thread) })
     }
@@ -175,28 +255,33 @@ impl Pool {
     }
 
     pub fn capacity(&self) -> usize {
-        self.shared.config.size + self.shared.config.max_queued
+        self.shared.config.capacity
     }
 
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.shared.registry
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
     }
 
-    pub fn submit(&self, job: NewJob) -> Submit {
-        let r = self.shared.registry.with(|s| s.submit(job, self.capacity()));
+    pub fn host(&self) -> &HostInfo {
+        &self.shared.host
+    }
+
+    pub async fn submit(&self, job: NewJob) -> StoreResult<Submit> {
+        let r = self.shared.store.submit(job, self.capacity()).await?;
         if r == Submit::Accepted {
-            self.shared.work.notify_one();
+            self.shared.claim_signal.notify_one();
         }
-        r
+        Ok(r)
     }
 
-    pub fn cancel(&self, id: &Uuid) -> Cancel {
-        let r = self.shared.registry.with(|s| s.cancel(id, now()));
-        if let Cancel::WasRunning { slot: Some(slot) } = r {
-            self.shared.kicks[slot].notify_one();
+    /// Cancels a job; a worker running it here is stopped at once. A job
+    /// running on another host is stopped by that host's keeper.
+    pub async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
+        let r = self.shared.store.cancel(id).await?;
+        if let Cancel::WasRunning(_) = r {
+            self.shared.abandon(id);
         }
-        self.shared.registry.notify();
-        r
+        Ok(r)
     }
 
     pub fn workers(&self) -> Vec<SlotInfo> {
@@ -208,11 +293,9 @@ impl Pool {
         dead_reason(&self.shared.slots.lock())
     }
 
-    /// Fails what is pending or running with SHUTDOWN and tells every slot to stop.
+    /// Tells every slot to stop. The pool thread then fails (or re-queues)
+    /// what this pool was running, and with the memory store what is pending.
     pub fn begin_stop(&self) {
-        let err = JobError::new("SHUTDOWN", "The worker pool was stopped before the job finished");
-        self.shared.registry.with(|s| s.fail_active(&err, true, now()));
-        self.shared.registry.notify();
         self.shared.stop.send_replace(true);
     }
 
@@ -241,7 +324,7 @@ impl Drop for Pool {
 }
 
 /// R's signal handlers must only ever run on the R main thread.
-fn block_async_signals() {
+pub fn block_async_signals() {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
@@ -259,6 +342,162 @@ fn stopping(stop: &watch::Receiver<bool>) -> bool {
 /// Resolves once the pool is told to stop (or its handle is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await;
+}
+
+async fn run_pool(sh: Arc<Shared>) {
+    let slots: Vec<_> = (0..sh.config.size).map(|slot| tokio::spawn(run_slot(sh.clone(), slot))).collect();
+    let claimer = tokio::spawn(claimer(sh.clone()));
+    let keeper = tokio::spawn(keeper(sh.clone()));
+    for t in slots {
+        let _ = t.await;
+    }
+    let _ = claimer.await;
+    let _ = keeper.await;
+    // Every worker is gone: what this pool still holds fails (or goes back
+    // to the queue when attempts remain). Bounded: with the store away, the
+    // leases expire and another host rescues the jobs.
+    let err = JobError::new("SHUTDOWN", "The worker pool was stopped before the job finished");
+    let pending = !sh.store.shared();
+    for attempt in 0..5 {
+        match sh.store.release(&sh.host.id, &err, pending).await {
+            Ok(_) => break,
+            Err(e) if attempt == 4 => log(&format!("could not release this pool's jobs: {e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Claims jobs for idle slots.
+async fn claimer(sh: Arc<Shared>) {
+    let mut stop = sh.stop.subscribe();
+    let (min_poll, max_poll) = (Duration::from_millis(50), Duration::from_secs(1));
+    let mut poll = min_poll;
+    while !stopping(&stop) {
+        let wake = sh.claim_signal.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        let free = sh.idle.load(Ordering::SeqCst).saturating_sub(sh.ready.lock().len());
+        if free > 0 {
+            let claimed = sh.store.claim(&sh.host.id, &sh.config.queues, free).await;
+            match sh.store_result("claiming jobs", claimed) {
+                Some(jobs) => {
+                    let (n, all) = (jobs.len(), jobs.len() == free);
+                    if n > 0 {
+                        sh.ready.lock().extend(jobs);
+                        for _ in 0..n {
+                            sh.ready_signal.notify_one();
+                        }
+                        poll = min_poll;
+                        if all {
+                            // More may be waiting for slots that free up.
+                            tokio::task::yield_now().await;
+                            continue;
+                        }
+                    } else {
+                        poll = (poll * 2).min(max_poll);
+                    }
+                }
+                None => poll = max_poll,
+            }
+        }
+        // Work submitted elsewhere is only seen by polling a shared store.
+        let timer = tokio::time::sleep(if sh.store.shared() && free > 0 { poll } else { Duration::from_secs(3600) });
+        tokio::select! {
+            _ = wake => {}
+            _ = timer => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+}
+
+/// Renews leases, notices lost ones, rescues lost hosts' jobs, applies retention.
+async fn keeper(sh: Arc<Shared>) {
+    let mut stop = sh.stop.subscribe();
+    let shared = sh.store.shared();
+    if shared {
+        loop {
+            let r = sh.store.register_host(&sh.host).await;
+            if sh.store_result("registering this host", r).is_some() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopped(&mut stop) => return,
+            }
+        }
+        sh.health.lock().last_renew = Some(Instant::now());
+    }
+    let lease = sh.store.lease();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_cleanup = Instant::now();
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => break,
+        }
+        n += 1;
+        if shared {
+            // Only jobs that were running before the renewal can be missing from it.
+            let mine: Vec<(Uuid, Lease)> = sh.running.lock().iter().map(|(id, r)| (*id, r.lease)).collect();
+            if !mine.is_empty() || n % 10 == 0 {
+                let renewed = sh.store.renew(&sh.host.id).await;
+                if let Some(held) = sh.store_result("renewing leases", renewed) {
+                    sh.health.lock().last_renew = Some(Instant::now());
+                    let held: HashSet<Lease> = held.into_iter().collect();
+                    for (id, l) in mine {
+                        if !held.contains(&l) {
+                            sh.abandon(&id);
+                        }
+                    }
+                }
+            }
+            let may_rescue = {
+                let h = sh.health.lock();
+                // After an outage every host renews before any rescues.
+                h.up_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3))
+                    && h.last_renew.is_some_and(|t| t.elapsed() < lease)
+            };
+            if n % 5 == 0 && may_rescue {
+                let rescued = sh.store.rescue().await;
+                if let Some(ids) = sh.store_result("rescuing jobs", rescued) {
+                    if !ids.is_empty() {
+                        log(&format!("rescued {} job(s) of lost hosts", ids.len()));
+                        sh.claim_signal.notify_one();
+                    }
+                }
+            }
+        }
+        if let Some(age) = sh.config.retention {
+            let every = (age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            if last_cleanup.elapsed() >= every {
+                last_cleanup = Instant::now();
+                for _ in 0..20 {
+                    match sh.store.cleanup(age.as_secs_f64(), 1000).await {
+                        Ok(ids) if ids.len() == 1000 => continue,
+                        _ => break,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts a slot as idle while it lives.
+struct IdleGuard<'a>(&'a AtomicUsize);
+
+impl<'a> IdleGuard<'a> {
+    fn new(n: &'a AtomicUsize) -> IdleGuard<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        IdleGuard(n)
+    }
+}
+
+impl Drop for IdleGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Why a worker's service ended.
@@ -316,7 +555,7 @@ async fn run_slot(sh: Arc<Shared>, slot: usize) {
                         s.state = SlotState::Failed(reason);
                         s.pid = None;
                     });
-                    sh.fail_queue_if_dead();
+                    sh.fail_queue_if_dead().await;
                     stopped(&mut stop).await;
                     return;
                 }
@@ -389,32 +628,42 @@ async fn start_worker(
 async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Receiver<bool>) -> End {
     let mut jobs_done = 0u64;
     loop {
-        // Idle: wait for work, watching the worker meanwhile.
-        let job = loop {
-            if stopping(stop) {
-                return End::Stop;
-            }
-            let notified = sh.work.notified();
-            if let Some(d) = sh.registry.with(|s| s.take_next(slot, w.pid, now())) {
-                break d;
-            }
-            tokio::select! {
-                _ = notified => {}
-                ev = w.next_event() => match ev {
-                    Event::Output(_, bytes) => sh.echo(None, &bytes),
-                    Event::Exited(_) => return End::Died,
-                    Event::Frame(_) | Event::Protocol(_) => return End::Replace,
-                },
-                _ = stopped(stop) => return End::Stop,
+        // Idle: wait for a claimed job, watching the worker meanwhile.
+        let job = {
+            let _idle = IdleGuard::new(&sh.idle);
+            loop {
+                if stopping(stop) {
+                    return End::Stop;
+                }
+                let notified = sh.ready_signal.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(c) = sh.ready.lock().pop_front() {
+                    break c;
+                }
+                sh.claim_signal.notify_one();
+                tokio::select! {
+                    _ = notified => {}
+                    ev = w.next_event() => match ev {
+                        Event::Output(_, bytes) => sh.echo(None, &bytes),
+                        Event::Exited(_) => return End::Died,
+                        Event::Frame(_) | Event::Protocol(_) => return End::Replace,
+                    },
+                    _ = stopped(stop) => return End::Stop,
+                }
             }
         };
-        sh.update_slot(slot, |s| s.state = SlotState::Busy(job.id));
+        let id = job.lease.id;
+        sh.running.lock().insert(id, Running { slot, lease: job.lease, abandoned: false });
+        sh.update_slot(slot, |s| s.state = SlotState::Busy(id));
         let end = run_job(sh, slot, w, stop, job).await;
+        sh.running.lock().remove(&id);
         if let Some(end) = end {
             return end;
         }
         jobs_done += 1;
-        let rss = w.rss_bytes();
+        // Reading /proc costs a system call per job: only when a limit needs it.
+        let rss = if sh.config.max_rss_bytes < u64::MAX { w.rss_bytes() } else { None };
         sh.update_slot(slot, |s| {
             s.state = SlotState::Idle;
             s.jobs_done = jobs_done;
@@ -423,8 +672,57 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
         if jobs_done >= sh.config.max_jobs_per_worker || rss.is_some_and(|r| r > sh.config.max_rss_bytes) {
             return End::Replace;
         }
-        // Another task may have been woken for work this one can take.
-        tokio::task::yield_now().await;
+    }
+}
+
+/// What a running job has reported and not yet written to the store.
+struct Unwritten {
+    progress: Option<Progress>,
+    output: VecDeque<u8>,
+    pid: Option<u32>,
+    dirty: bool,
+}
+
+impl Unwritten {
+    fn push_output(&mut self, bytes: &[u8]) {
+        let bytes = &bytes[bytes.len().saturating_sub(OUTPUT_LIMIT)..];
+        let overflow = (self.output.len() + bytes.len()).saturating_sub(OUTPUT_LIMIT);
+        self.output.drain(..overflow);
+        self.output.extend(bytes);
+        self.dirty = true;
+    }
+
+    fn output(&mut self) -> &[u8] {
+        self.output.make_contiguous()
+    }
+}
+
+/// Writes what a job reported; false once its lease is lost.
+async fn write_report(sh: &Shared, lease: &Lease, u: &mut Unwritten) -> bool {
+    u.dirty = false;
+    let pid = u.pid.take();
+    let progress = u.progress.take();
+    let out = u.output.make_contiguous();
+    let report = Report { pid, progress: progress.as_ref(), output: (!out.is_empty()).then_some(&*out) };
+    // A failed write is retried with the next report; the outcome is what must land.
+    sh.store.report(lease, report).await.unwrap_or(true)
+}
+
+/// Writes a job's outcome, retrying while the store is away (the job is done;
+/// only the record is missing). False when the lease was lost meanwhile.
+async fn write_outcome(sh: &Shared, lease: &Lease, outcome: Outcome, u: &mut Unwritten, stop: &watch::Receiver<bool>) -> bool {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let out = u.output();
+        let r = sh.store.finish(lease, &outcome, (!out.is_empty()).then_some(out)).await;
+        match sh.store_result("writing a job's outcome", r) {
+            Some(done) => return done,
+            None if stopping(stop) => return false,
+            None => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
     }
 }
 
@@ -434,77 +732,91 @@ async fn run_job(
     slot: usize,
     w: &mut Process,
     stop: &mut watch::Receiver<bool>,
-    job: Dispatch,
+    job: Claimed,
 ) -> Option<End> {
-    let id = job.id;
-    let finish = |outcome| sh.registry.finish(&id, outcome);
-    let fail = |code: &str, msg: String| sh.registry.finish(&id, Outcome::Failed(JobError::new(code, msg)));
-    let text = format!("{id}{FIELD_SEP}{}", job.fn_len);
+    let lease = job.lease;
+    let id = lease.id;
+    let mut u = Unwritten { progress: None, output: VecDeque::new(), pid: Some(w.pid), dirty: true };
+    let interval = sh.store.report_interval();
+    let text = format!("{id}{FIELD_SEP}{}", job.executor.len());
+    let timeout_ms = job.timeout_ms;
     let deadline = tokio::time::sleep(Duration::from_millis(job.timeout_ms));
     tokio::pin!(deadline);
-    let blobs: [&[u8]; 1] = [&job.payload];
+    let blobs: [&[u8]; 2] = [&job.executor, &job.params];
     let sent = tokio::select! {
         r = w.send(Kind::Job, &text, &blobs) => r.is_ok(),
         _ = &mut deadline => false,
     };
-    drop(job.payload);
+    drop(job);
     if !sent && w.exited().is_none() {
-        fail("WORKER_CRASHED", format!("worker {} stopped reading its job", w.pid));
+        let err = JobError::new("WORKER_CRASHED", format!("worker {} stopped reading its job", w.pid));
+        write_outcome(sh, &lease, Outcome::Failed(err), &mut u, stop).await;
         return Some(End::Replace);
     }
+    let every = interval.max(Duration::from_millis(1));
+    let mut flush = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        if u.dirty && interval.is_zero() && !write_report(sh, &lease, &mut u).await {
+            return Some(End::Replace);
+        }
+        let (outcome, end) = tokio::select! {
             ev = w.next_event() => match ev {
                 Event::Frame(f) => match f.kind {
                     Kind::Progress => {
-                        sh.registry.with(|s| s.set_progress(&id, Progress::parse(&f.text)));
+                        u.progress = Some(Progress::parse(&f.text));
+                        u.dirty = true;
+                        continue;
                     }
-                    Kind::Result => {
-                        finish(Outcome::Completed(f.blob));
-                        return None;
-                    }
+                    Kind::Result => (Outcome::Completed(f.blob), None),
                     Kind::Failed => {
                         let (code, message) = f.text.split_once(FIELD_SEP).unwrap_or(("EXECUTION_ERROR", &f.text));
                         let mut err = JobError::new(code, message);
                         err.detail = (!f.blob.is_empty()).then(|| Arc::from(f.blob));
-                        finish(Outcome::Failed(err));
-                        return None;
+                        (Outcome::Failed(err), None)
                     }
                     other => {
-                        fail("PROTOCOL_ERROR", format!("worker {} sent an unexpected {other:?} frame", w.pid));
-                        return Some(End::Replace);
+                        let msg = format!("worker {} sent an unexpected {other:?} frame", w.pid);
+                        (Outcome::Failed(JobError::new("PROTOCOL_ERROR", msg)), Some(End::Replace))
                     }
                 },
                 Event::Output(_, bytes) => {
-                    sh.registry.with(|s| s.append_output(&id, &bytes));
                     sh.echo(Some(&id), &bytes);
+                    u.push_output(&bytes);
+                    continue;
                 }
                 Event::Exited(status) => {
-                    fail("WORKER_CRASHED", format!("worker process {} {status} while running the job", w.pid));
-                    return Some(End::Died);
+                    let msg = format!("worker process {} {status} while running the job", w.pid);
+                    (Outcome::Failed(JobError::new("WORKER_CRASHED", msg)), Some(End::Died))
                 }
                 Event::Protocol(e) => {
                     let code = match e {
                         ProtocolError::TooLarge { .. } => "RESULT_TOO_LARGE",
                         _ => "PROTOCOL_ERROR",
                     };
-                    fail(code, format!("worker {}: {e}", w.pid));
-                    return Some(End::Replace);
+                    (Outcome::Failed(JobError::new(code, format!("worker {}: {e}", w.pid))), Some(End::Replace))
                 }
             },
             _ = &mut deadline => {
-                let ms = sh.registry.with(|s| s.get(&id).map(|j| j.timeout_ms)).unwrap_or(0);
-                fail("TIMEOUT", format!("Job exceeded its timeout of {ms} ms; its worker was stopped"));
-                return Some(End::Replace);
+                let msg = format!("Job exceeded its timeout of {timeout_ms} ms; its worker was stopped");
+                (Outcome::Failed(JobError::new("TIMEOUT", msg)), Some(End::Replace))
             }
             _ = sh.kicks[slot].notified() => {
-                // Cancelled, or failed by a stop: the worker's work is abandoned.
-                let status = sh.registry.with(|s| s.get(&id).map(|j| j.status));
-                if status != Some(Status::Running) {
+                // Cancelled, or rescued by another host: the work is abandoned.
+                if sh.running.lock().get(&id).is_some_and(|r| r.abandoned) {
                     return Some(End::Replace);
                 }
+                continue;
+            }
+            _ = flush.tick(), if u.dirty && !interval.is_zero() => {
+                if !write_report(sh, &lease, &mut u).await {
+                    return Some(End::Replace);
+                }
+                continue;
             }
             _ = stopped(stop) => return Some(End::Stop),
-        }
+        };
+        write_outcome(sh, &lease, outcome, &mut u, stop).await;
+        return end;
     }
 }

@@ -5,7 +5,9 @@
 //! of the process that loaded the package: a fork has no pool thread.
 
 use crate::pool::{Config, Pool, SlotState};
-use crate::registry::{self, estimate_seconds, hex, Cancel, MemoryStore, NewJob, Registry, Status, Submit};
+use crate::registry::{
+    self, block_on, estimate_seconds, hex, Cancel, MemoryStore, NewJob, Status, Store, StoreError, Submit,
+};
 use crate::worker::Spec;
 use extendr_api::prelude::*;
 use extendr_api::Result;
@@ -15,7 +17,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-static REGISTRY: Lazy<Arc<Registry>> = Lazy::new(|| Arc::new(Registry::new(Box::new(MemoryStore::new()))));
+/// The store every call reads and writes: memory until `aj_open_store` picks
+/// another. Kept across pool restarts, so finished jobs stay readable.
+static STORE: Lazy<Mutex<(String, Arc<dyn Store>)>> =
+    Lazy::new(|| Mutex::new(("memory".into(), Arc::new(MemoryStore::new()))));
 static POOL: Lazy<Mutex<Option<Pool>>> = Lazy::new(|| Mutex::new(None));
 static OWNER: Lazy<u32> = Lazy::new(std::process::id);
 
@@ -26,6 +31,22 @@ fn check_owner() -> Result<()> {
         ));
     }
     Ok(())
+}
+
+fn store() -> Arc<dyn Store> {
+    STORE.lock().1.clone()
+}
+
+/// A store failure as R sees it: the message, classed, for R to turn into
+/// `list(error = "STORE_UNAVAILABLE", ...)`.
+fn store_error(e: StoreError) -> Robj {
+    let mut r = Robj::from(e.0);
+    let _ = r.set_class(&["asyncjobs_store_error"]);
+    r
+}
+
+fn or_store_error(r: std::result::Result<Robj, StoreError>) -> Result<Robj> {
+    Ok(r.unwrap_or_else(store_error))
 }
 
 fn raw<'a>(x: &'a Robj, what: &str) -> Result<&'a [u8]> {
@@ -48,6 +69,43 @@ fn named(names: &[&str], values: Vec<Robj>) -> Robj {
     List::from_names_and_values(names, values).map(Robj::from).unwrap_or_else(|_| ().into())
 }
 
+/// Chooses the store ("memory" or a database URL). c("ok", description) or
+/// c("error", message); the message never holds the URL's password.
+#[extendr]
+fn aj_open_store(url: &str, timeout_ms: f64, lease_ms: f64) -> Result<Vec<String>> {
+    check_owner()?;
+    let mut current = STORE.lock();
+    if current.0 == url {
+        return Ok(vec!["ok".into(), current.1.describe()]);
+    }
+    if POOL.lock().is_some() {
+        return Ok(vec!["error".into(), "a worker pool is running on another store; call stop_workers() first".into()]);
+    }
+    let opened: std::result::Result<Arc<dyn Store>, StoreError> = if url == "memory" {
+        Ok(Arc::new(MemoryStore::new()))
+    } else {
+        open_sql(url, ms(timeout_ms), ms(lease_ms))
+    };
+    Ok(match opened {
+        Ok(s) => {
+            let described = s.describe();
+            *current = (url.to_owned(), s);
+            vec!["ok".into(), described]
+        }
+        Err(e) => vec!["error".into(), e.0],
+    })
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+fn open_sql(url: &str, timeout: Duration, lease: Duration) -> std::result::Result<Arc<dyn Store>, StoreError> {
+    Ok(Arc::new(crate::sql::SqlStore::open(url, timeout, lease)?))
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+fn open_sql(_: &str, _: Duration, _: Duration) -> std::result::Result<Arc<dyn Store>, StoreError> {
+    Err(StoreError("this build of asyncjobs has no database drivers".into()))
+}
+
 /// Records the owning process id; called from .onLoad.
 #[extendr]
 fn aj_init() -> i32 {
@@ -62,7 +120,6 @@ fn aj_start(
     cwd: &str,
     init: Robj,
     size: i32,
-    max_queued: i32,
     max_jobs_per_worker: f64,
     max_rss_mb: f64,
     max_result_bytes: f64,
@@ -70,6 +127,9 @@ fn aj_start(
     setup_timeout_ms: f64,
     stop_grace_ms: f64,
     nice: i32,
+    capacity: f64,
+    queues: Vec<String>,
+    retention_s: f64,
 ) -> Result<()> {
     check_owner()?;
     let mut pool = POOL.lock();
@@ -78,8 +138,8 @@ fn aj_start(
     }
     let args = args.as_str_vector().unwrap_or_default().into_iter().map(str::to_owned).collect();
     let config = Config {
-        size: size.max(1) as usize,
-        max_queued: max_queued.max(0) as usize,
+        size: size.max(0) as usize,
+        capacity: limit(capacity).min(usize::MAX as u64) as usize,
         spec: Spec {
             program: program.into(),
             args,
@@ -97,8 +157,10 @@ fn aj_start(
         setup_timeout: ms(setup_timeout_ms),
         stop_grace: ms(stop_grace_ms),
         max_setup_failures: 5,
+        queues,
+        retention: (retention_s.is_finite() && retention_s >= 0.0).then(|| Duration::from_secs_f64(retention_s)),
     };
-    let started = Pool::start(REGISTRY.clone(), config).map_err(|e| Error::Other(format!("cannot start the pool: {e}")))?;
+    let started = Pool::start(store(), config).map_err(|e| Error::Other(format!("cannot start the pool: {e}")))?;
     *pool = Some(started);
     Ok(())
 }
@@ -129,51 +191,81 @@ fn aj_stop_wait(wait_ms: f64) -> Result<bool> {
     Ok(done)
 }
 
-/// list(running, size, capacity, unavailable)
+/// list(running, size, capacity, unavailable, store, shared, host)
 #[extendr]
 fn aj_pool_info() -> Result<Robj> {
     check_owner()?;
     let pool = POOL.lock();
-    let (running, size, capacity, why) = match pool.as_ref() {
-        Some(p) => (true, p.size() as i32, p.capacity() as i32, p.unavailable()),
-        None => (false, 0, 0, None),
+    let (running, size, capacity, why, host) = match pool.as_ref() {
+        Some(p) => (true, p.size() as f64, p.capacity() as f64, p.unavailable(), Some(p.host().id.clone())),
+        None => (false, 0.0, 0.0, None, None),
     };
+    let s = store();
+    let null = || Robj::from(());
     Ok(named(
-        &["running", "size", "capacity", "unavailable"],
-        vec![running.into(), size.into(), capacity.into(), why.map_or_else(|| ().into(), Robj::from)],
+        &["running", "size", "capacity", "unavailable", "store", "shared", "host"],
+        vec![
+            running.into(),
+            size.into(),
+            capacity.into(),
+            why.map_or_else(null, Robj::from),
+            s.describe().into(),
+            s.shared().into(),
+            host.map_or_else(null, Robj::from),
+        ],
     ))
 }
 
-/// c(outcome, detail, estimate): accepted/id/seconds, full/limit, unavailable/reason, stopped.
+/// c(outcome, detail, estimate): accepted/id/seconds, full/limit,
+/// duplicate/id, unavailable/reason, store_error/message, stopped.
 #[extendr]
-fn aj_submit(operation: &str, executor: Robj, params: Robj, timeout_ms: f64) -> Result<Vec<String>> {
+#[allow(clippy::too_many_arguments)]
+fn aj_submit(
+    operation: &str,
+    executor: Robj,
+    params: Robj,
+    timeout_ms: f64,
+    queue: &str,
+    priority: i32,
+    max_attempts: i32,
+    unique: bool,
+) -> Result<Vec<String>> {
     check_owner()?;
-    let fn_bytes = raw(&executor, "executor")?;
-    let params_bytes = raw(&params, "params")?;
+    let executor = raw(&executor, "executor")?;
+    let params = raw(&params, "params")?;
     let pool = POOL.lock();
     let Some(pool) = pool.as_ref() else { return Ok(vec!["stopped".into(), String::new()]) };
     if let Some(why) = pool.unavailable() {
         return Ok(vec!["unavailable".into(), why]);
     }
-    let mut payload = Vec::with_capacity(fn_bytes.len() + params_bytes.len());
-    payload.extend_from_slice(fn_bytes);
-    payload.extend_from_slice(params_bytes);
     let id = Uuid::new_v4();
     let job = NewJob {
         id,
         operation: operation.to_owned(),
-        params_hash: registry::sha256(params_bytes),
-        payload,
-        fn_len: fn_bytes.len(),
+        params_hash: registry::sha256(params),
+        executor: executor.to_vec(),
+        params: params.to_vec(),
         timeout_ms: limit(timeout_ms),
-        submitted_at: registry::now(),
+        queue: queue.to_owned(),
+        priority,
+        max_attempts: max_attempts.max(1) as u32,
+        unique,
     };
-    Ok(match pool.submit(job) {
-        Submit::Accepted => {
-            let estimate = REGISTRY.with(|s| s.typical_duration(operation)).unwrap_or(30.0);
-            vec!["accepted".into(), id.to_string(), format!("{}", estimate.round())]
+    let submitted = block_on(async {
+        let r = pool.submit(job).await?;
+        let typical = match r {
+            Submit::Accepted => pool.store().typical_duration(operation).await?,
+            _ => None,
+        };
+        Ok::<_, StoreError>((r, typical))
+    });
+    Ok(match submitted {
+        Ok((Submit::Accepted, typical)) => {
+            vec!["accepted".into(), id.to_string(), format!("{}", typical.unwrap_or(30.0).round())]
         }
-        Submit::Full { limit } => vec!["full".into(), limit.to_string()],
+        Ok((Submit::Full { limit }, _)) => vec!["full".into(), limit.to_string()],
+        Ok((Submit::Duplicate(existing), _)) => vec!["duplicate".into(), existing.to_string()],
+        Err(e) => vec!["store_error".into(), e.0],
     })
 }
 
@@ -182,10 +274,11 @@ fn aj_submit(operation: &str, executor: Robj, params: Robj, timeout_ms: f64) -> 
 fn aj_duplicate(operation: &str, params: Robj) -> Result<Robj> {
     check_owner()?;
     let hash = registry::sha256(raw(&params, "params")?);
-    Ok(REGISTRY.with(|s| s.find_active(operation, &hash)).map_or_else(|| ().into(), |id| id.to_string().into()))
+    let found = block_on(store().find_active(operation, &hash));
+    or_store_error(found.map(|id| id.map_or_else(|| ().into(), |id| id.to_string().into())))
 }
 
-const JOB_FIELDS: [&str; 19] = [
+const JOB_FIELDS: [&str; 23] = [
     "job_id",
     "operation",
     "status",
@@ -205,6 +298,10 @@ const JOB_FIELDS: [&str; 19] = [
     "estimated_seconds",
     "worker_pid",
     "now",
+    "queue",
+    "priority",
+    "attempts",
+    "max_attempts",
 ];
 
 /// One job's record as a named list, or NULL when the id is unknown.
@@ -212,15 +309,13 @@ const JOB_FIELDS: [&str; 19] = [
 fn aj_job(id: &str) -> Result<Robj> {
     check_owner()?;
     let Some(uuid) = parse_id(id) else { return Ok(().into()) };
-    let now = registry::now();
-    let found = REGISTRY.with(|s| {
-        let job = s.get(&uuid)?;
-        let typical = s.typical_duration(&job.operation);
-        let position = if job.status == Status::Pending { s.queue_position(&uuid) } else { None };
-        Some((job, typical, position))
-    });
-    let Some((job, typical, position)) = found else { return Ok(().into()) };
-    let estimate = estimate_seconds(&job, typical, now);
+    let view = match block_on(store().get(&uuid, true)) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Ok(().into()),
+        Err(e) => return Ok(store_error(e)),
+    };
+    let job = &view.job;
+    let estimate = estimate_seconds(job, view.typical, view.now);
     let progress = job.progress.as_deref();
     let err = job.error.as_deref();
     let null = || Robj::from(());
@@ -242,50 +337,73 @@ fn aj_job(id: &str) -> Result<Robj> {
             progress.and_then(|p| p.step.as_deref()).map_or_else(null, Robj::from),
             progress.and_then(|p| p.current).map_or_else(null, Robj::from),
             progress.and_then(|p| p.total).map_or_else(null, Robj::from),
-            position.map_or_else(null, |p| (p as i32).into()),
+            view.position.map_or_else(null, |p| (p as i32).into()),
             estimate.into(),
             job.worker_pid.map_or_else(null, |p| (p as i32).into()),
-            now.into(),
+            view.now.into(),
+            job.queue.as_ref().into(),
+            job.priority.into(),
+            (job.attempts as i32).into(),
+            (job.max_attempts as i32).into(),
         ],
     ))
 }
 
-/// Waits at most `wait_ms` for the job to finish; TRUE once it has (or is unknown).
+/// Waits at most `wait_ms` for the job to finish; TRUE once it has (or is
+/// unknown, or the store cannot say: the status read then reports why).
 #[extendr]
 fn aj_wait(id: &str, wait_ms: f64) -> Result<bool> {
     check_owner()?;
     let Some(uuid) = parse_id(id) else { return Ok(true) };
-    Ok(REGISTRY.wait_finished(&uuid, ms(wait_ms)))
+    Ok(block_on(store().wait_finished(&uuid, ms(wait_ms))).unwrap_or(true))
 }
 
-/// "not_found", "cancelled", or "finished" followed by the status.
+/// "not_found", "cancelled", "finished" and the status, or "store_error" and the message.
 #[extendr]
 fn aj_cancel(id: &str) -> Result<Vec<String>> {
     check_owner()?;
     let Some(uuid) = parse_id(id) else { return Ok(vec!["not_found".into()]) };
-    let outcome = match POOL.lock().as_ref() {
-        Some(p) => p.cancel(&uuid),
-        None => REGISTRY.with(|s| s.cancel(&uuid, registry::now())),
+    let pool = POOL.lock();
+    let outcome = match pool.as_ref() {
+        Some(p) => block_on(p.cancel(&uuid)),
+        None => block_on(store().cancel(&uuid)),
     };
     Ok(match outcome {
-        Cancel::NotFound => vec!["not_found".into()],
-        Cancel::Finished(st) => vec!["finished".into(), st.as_str().into()],
-        Cancel::WasPending | Cancel::WasRunning { .. } => vec!["cancelled".into()],
+        Ok(Cancel::NotFound) => vec!["not_found".into()],
+        Ok(Cancel::Finished(st)) => vec!["finished".into(), st.as_str().into()],
+        Ok(Cancel::WasPending | Cancel::WasRunning(_)) => vec!["cancelled".into()],
+        Err(e) => vec!["store_error".into(), e.0],
     })
 }
 
-/// Removes finished jobs older than `cutoff` (seconds since the epoch); returns their ids.
+/// Removes finished jobs that ended more than `max_age` seconds ago, in
+/// batches; returns their ids.
 #[extendr]
-fn aj_cleanup(cutoff: f64) -> Result<Vec<String>> {
+fn aj_cleanup(max_age: f64) -> Result<Robj> {
     check_owner()?;
-    Ok(REGISTRY.with(|s| s.remove_finished_before(cutoff)).iter().map(Uuid::to_string).collect())
+    let s = store();
+    let removed = block_on(async {
+        let mut all = Vec::new();
+        loop {
+            let ids = s.cleanup(max_age, 1000).await?;
+            let more = ids.len() == 1000;
+            all.extend(ids);
+            if !more {
+                return Ok(all);
+            }
+        }
+    });
+    or_store_error(removed.map(|ids: Vec<Uuid>| ids.iter().map(Uuid::to_string).collect::<Vec<_>>().into()))
 }
 
 /// Every job as columns, oldest first.
 #[extendr]
 fn aj_list() -> Result<Robj> {
     check_owner()?;
-    let jobs = REGISTRY.with(|s| s.jobs());
+    let jobs = match block_on(store().list()) {
+        Ok(j) => j,
+        Err(e) => return Ok(store_error(e)),
+    };
     let strs = |f: &dyn Fn(&registry::Job) -> Option<String>| -> Robj {
         jobs.iter().map(f).collect::<Vec<Option<String>>>().into()
     };
@@ -293,7 +411,7 @@ fn aj_list() -> Result<Robj> {
         jobs.iter().map(f).collect::<Vec<Option<f64>>>().into()
     };
     Ok(named(
-        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code"],
+        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code", "queue", "priority"],
         vec![
             strs(&|j| Some(j.id.to_string())),
             strs(&|j| Some(j.operation.to_string())),
@@ -302,6 +420,8 @@ fn aj_list() -> Result<Robj> {
             nums(&|j| j.started_at),
             nums(&|j| j.completed_at),
             strs(&|j| j.error.as_ref().map(|e| e.code.clone())),
+            strs(&|j| Some(j.queue.to_string())),
+            nums(&|j| Some(j.priority as f64)),
         ],
     ))
 }
@@ -344,22 +464,22 @@ fn aj_workers() -> Result<Robj> {
 fn aj_output(id: &str) -> Result<Robj> {
     check_owner()?;
     let Some(uuid) = parse_id(id) else { return Ok(().into()) };
-    Ok(REGISTRY
-        .with(|s| s.output(&uuid))
-        .map_or_else(|| ().into(), |b| String::from_utf8_lossy(&b).replace('\0', "").into()))
+    let out = block_on(store().output(&uuid));
+    or_store_error(out.map(|o| o.map_or_else(|| ().into(), |b| String::from_utf8_lossy(&b).replace('\0', "").into())))
 }
 
 /// c(pending, running, total)
 #[extendr]
-fn aj_counts() -> Result<Vec<f64>> {
+fn aj_counts() -> Result<Robj> {
     check_owner()?;
-    let c = REGISTRY.with(|s| s.counts());
-    Ok(vec![c.pending as f64, c.running as f64, c.total as f64])
+    let c = block_on(store().counts());
+    or_store_error(c.map(|c| vec![c.pending as f64, c.running as f64, c.total as f64].into()))
 }
 
 extendr_module! {
     mod asyncjobs;
     fn aj_init;
+    fn aj_open_store;
     fn aj_start;
     fn aj_stop_begin;
     fn aj_stop_wait;

@@ -1,16 +1,28 @@
 //! The job registry: one record per job, behind the [`Store`] trait.
 //!
+//! A store is where jobs live: [`MemoryStore`] in this process (the fast
+//! default), or `sql::SqlStore` in a database shared by processes and
+//! hosts. Both speak the same async trait, so the pool and the R boundary
+//! never know which one they hold.
+//!
+//! Every job a pool runs is held through a [`Lease`]: the job id plus a token
+//! the store increments at each claim, cancel or rescue. Writes about a
+//! running job (progress, output, outcome) name the lease and change nothing
+//! when it is no longer current, so a host that lost a job can never
+//! overwrite what happened to it since.
+//!
 //! [`MemoryStore`] keeps everything in hash maps so that lookup by id, the
 //! duplicate check and capacity counting are O(1). Payloads (the serialized
 //! executor and params) and captured output live beside the records, so a
-//! status snapshot clones only small fields. [`Registry`] wraps a store in a
-//! mutex and a condition variable that wakes waiters when a job finishes.
+//! status snapshot clones only small fields.
 
-use parking_lot::{Condvar, Mutex};
+use async_trait::async_trait;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// Captured output kept per job (the last bytes win).
@@ -104,7 +116,7 @@ impl JobError {
 }
 
 /// How a job ended.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum Outcome {
     /// Serialized `list(value, warnings)` from the worker.
     Completed(Vec<u8>),
@@ -117,12 +129,18 @@ pub struct NewJob {
     pub id: Uuid,
     pub operation: String,
     pub params_hash: [u8; 32],
-    /// The frame blob sent to the worker (serialized executor, then params).
-    pub payload: Vec<u8>,
-    /// Length of the executor's part of `payload`.
-    pub fn_len: usize,
+    /// Serialized executor function.
+    pub executor: Vec<u8>,
+    /// Serialized params (what `params_hash` hashes).
+    pub params: Vec<u8>,
     pub timeout_ms: u64,
-    pub submitted_at: f64,
+    pub queue: String,
+    /// Higher runs first; FIFO within a priority.
+    pub priority: i32,
+    /// Runs allowed when a host is lost or stopped mid-job.
+    pub max_attempts: u32,
+    /// Refuse the job when an identical one is active, atomically with the insert.
+    pub unique: bool,
 }
 
 /// One job's record. Cheap to clone: no payload, no output.
@@ -132,16 +150,20 @@ pub struct Job {
     pub operation: Arc<str>,
     pub params_hash: [u8; 32],
     pub status: Status,
+    pub queue: Arc<str>,
+    pub priority: i32,
     pub submitted_at: f64,
     pub started_at: Option<f64>,
     pub completed_at: Option<f64>,
     pub timeout_ms: u64,
+    pub attempts: u32,
+    pub max_attempts: u32,
     pub result: Option<Arc<[u8]>>,
     pub error: Option<Box<JobError>>,
     pub progress: Option<Box<Progress>>,
     pub worker_pid: Option<u32>,
-    /// The pool slot running it, so a cancel reaches the right worker.
-    pub slot: Option<usize>,
+    /// The host holding the job's lease while it runs.
+    pub host: Option<Arc<str>>,
 }
 
 impl Job {
@@ -150,12 +172,40 @@ impl Job {
     }
 }
 
-/// A job handed to a worker.
-pub struct Dispatch {
+/// A job as a status read sees it, with what the store knows around it.
+#[derive(Clone, Debug)]
+pub struct JobView {
+    pub job: Job,
+    /// 1-based place among the pending jobs of its queue.
+    pub position: Option<usize>,
+    /// Median duration of recent completed jobs of the operation.
+    pub typical: Option<f64>,
+    /// The store's clock at the read.
+    pub now: f64,
+}
+
+/// A claim on a running job: its id and the token current when it was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
     pub id: Uuid,
-    pub payload: Vec<u8>,
-    pub fn_len: usize,
+    pub token: i64,
+}
+
+/// A job claimed by a host, with what its worker needs.
+pub struct Claimed {
+    pub lease: Lease,
+    pub executor: Vec<u8>,
+    pub params: Vec<u8>,
     pub timeout_ms: u64,
+}
+
+/// What a running job reported since the last write.
+#[derive(Default)]
+pub struct Report<'a> {
+    pub pid: Option<u32>,
+    pub progress: Option<&'a Progress>,
+    /// The whole captured tail, replacing what was stored.
+    pub output: Option<&'a [u8]>,
 }
 
 #[derive(Debug, PartialEq)]
@@ -163,6 +213,8 @@ pub enum Submit {
     Accepted,
     /// `limit` jobs are pending or running already.
     Full { limit: usize },
+    /// `unique = TRUE` and this identical job is active.
+    Duplicate(Uuid),
 }
 
 #[derive(Debug, PartialEq)]
@@ -170,8 +222,8 @@ pub enum Cancel {
     NotFound,
     Finished(Status),
     WasPending,
-    /// The job was running in this pool slot: its worker must be stopped.
-    WasRunning { slot: Option<usize> },
+    /// The job was running under this lease: its host must stop the worker.
+    WasRunning(Lease),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -181,32 +233,119 @@ pub struct Counts {
     pub total: usize,
 }
 
-/// Where job records live. The in-memory store is the first; a durable store
-/// shared by API replicas implements the same operations.
-pub trait Store: Send {
-    /// Adds a pending job unless `limit` jobs are pending or running.
-    fn submit(&mut self, job: NewJob, limit: usize) -> Submit;
-    fn get(&self, id: &Uuid) -> Option<Job>;
+/// The store could not be reached or refused the operation. The message
+/// never contains credentials.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreError(pub String);
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A pool as the store's host registry sees it.
+#[derive(Clone, Debug)]
+pub struct HostInfo {
+    /// Unique per pool start; owns the leases the pool takes.
+    pub id: String,
+    pub hostname: String,
+    pub pid: u32,
+    pub slots: usize,
+    pub queues: Vec<String>,
+}
+
+impl HostInfo {
+    pub fn this_process(slots: usize, queues: Vec<String>) -> HostInfo {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into());
+        HostInfo { id: Uuid::new_v4().to_string(), hostname, pid: std::process::id(), slots, queues }
+    }
+}
+
+/// Where job records live.
+///
+/// Every method is async: the memory store answers at once, a SQL store runs
+/// its statements on the I/O runtime with a bound on each call. `host` is
+/// the [`HostInfo::id`] of the calling pool.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// "memory", or the store's URL without credentials.
+    fn describe(&self) -> String;
+    /// True when other processes may read and run the same jobs.
+    fn shared(&self) -> bool;
+    /// How often a running job's progress and output are written; zero for at once.
+    fn report_interval(&self) -> Duration;
+    /// Adds a pending job unless `limit` jobs are pending or running (or a
+    /// unique job's twin is active), atomically.
+    async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit>;
+    /// A job's record; the result and error detail only when `with_result`.
+    async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>>;
     /// The pending or running job with this operation and params hash.
-    fn find_active(&self, operation: &str, params_hash: &[u8; 32]) -> Option<Uuid>;
-    fn counts(&self) -> Counts;
-    /// Moves the oldest pending job to running on a worker.
-    fn take_next(&mut self, slot: usize, worker_pid: u32, now: f64) -> Option<Dispatch>;
-    /// 1-based position among pending jobs.
-    fn queue_position(&self, id: &Uuid) -> Option<usize>;
-    fn set_progress(&mut self, id: &Uuid, progress: Progress);
-    fn append_output(&mut self, id: &Uuid, bytes: &[u8]);
-    fn output(&self, id: &Uuid) -> Option<Vec<u8>>;
-    /// Ends an active job; false if it had already ended (first outcome wins).
-    fn finish(&mut self, id: &Uuid, outcome: Outcome, now: f64) -> bool;
-    fn cancel(&mut self, id: &Uuid, now: f64) -> Cancel;
-    /// Fails every pending (and, if `running`, running) job with this error.
-    fn fail_active(&mut self, error: &JobError, running: bool, now: f64) -> Vec<Job>;
-    /// Removes finished jobs that ended (or were submitted) before `cutoff`.
-    fn remove_finished_before(&mut self, cutoff: f64) -> Vec<Uuid>;
-    fn jobs(&self) -> Vec<Job>;
-    /// Median duration of recent completed jobs of this operation.
-    fn typical_duration(&self, operation: &str) -> Option<f64>;
+    async fn find_active(&self, operation: &str, params_hash: &[u8; 32]) -> StoreResult<Option<Uuid>>;
+    async fn counts(&self) -> StoreResult<Counts>;
+    async fn typical_duration(&self, operation: &str) -> StoreResult<Option<f64>>;
+    /// Moves up to `k` pending jobs of `queues` to running under leases of `host`:
+    /// higher priority first, then oldest first.
+    async fn claim(&self, host: &str, queues: &[String], k: usize) -> StoreResult<Vec<Claimed>>;
+    /// Records progress, output or the worker pid; false once the lease is lost.
+    async fn report(&self, lease: &Lease, report: Report<'_>) -> StoreResult<bool>;
+    async fn output(&self, id: &Uuid) -> StoreResult<Option<Vec<u8>>>;
+    /// Ends a job held under `lease`; false if the lease is no longer current
+    /// (first outcome wins).
+    async fn finish(&self, lease: &Lease, outcome: &Outcome, output: Option<&[u8]>) -> StoreResult<bool>;
+    async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel>;
+    /// How long a lease lasts without renewal.
+    fn lease(&self) -> Duration {
+        Duration::from_secs(15)
+    }
+    /// Renews the leases `host` holds (and its heartbeat); returns them.
+    async fn renew(&self, host: &str) -> StoreResult<Vec<Lease>>;
+    /// Fails (or re-queues, when attempts remain) running jobs whose lease
+    /// expired, naming the lost host. Returns the ids.
+    async fn rescue(&self) -> StoreResult<Vec<Uuid>>;
+    /// A pool stops: its running jobs fail with `error` or go back to the
+    /// queue when attempts remain; with `pending`, pending jobs fail too.
+    async fn release(&self, host: &str, error: &JobError, pending: bool) -> StoreResult<Vec<Uuid>>;
+    /// Removes up to `batch` finished jobs that ended more than `max_age` seconds ago.
+    async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>>;
+    /// Every job, oldest first.
+    async fn list(&self) -> StoreResult<Vec<Job>>;
+    async fn register_host(&self, host: &HostInfo) -> StoreResult<()>;
+    async fn deregister_host(&self, host: &str) -> StoreResult<()>;
+    /// Waits at most `timeout` for the job to end; true once it has (or is unknown).
+    async fn wait_finished(&self, id: &Uuid, timeout: Duration) -> StoreResult<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let done = self.get(id, false).await?.map_or(true, |v| v.job.status.is_terminal());
+            if done || tokio::time::Instant::now() >= deadline {
+                return Ok(done);
+            }
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))).await;
+        }
+    }
+}
+
+/// Median of recent durations, or None.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
+}
+
+/// The key under which an active job blocks its unique twins.
+pub fn duplicate_key(operation: &str, params_hash: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(operation.as_bytes());
+    h.update([0u8]);
+    h.update(params_hash);
+    h.finalize().into()
 }
 
 #[derive(Default)]
@@ -215,168 +354,81 @@ struct OperationStats {
     durations: VecDeque<f64>,
 }
 
-struct Pending {
-    payload: Vec<u8>,
-    fn_len: usize,
+struct Payload {
+    executor: Vec<u8>,
+    params: Vec<u8>,
 }
 
+/// Order among pending jobs of one queue: higher priority, then submit order.
+type QueueKey = (i64, u64, Uuid);
+
 #[derive(Default)]
-pub struct MemoryStore {
+struct Memory {
     jobs: HashMap<Uuid, Job>,
-    /// Key: sha256(operation, 0, params hash) -> the active job holding it.
+    /// Key: [`duplicate_key`] -> the first active job holding it.
     active: HashMap<[u8; 32], Uuid>,
-    queue: VecDeque<Uuid>,
-    payloads: HashMap<Uuid, Pending>,
-    outputs: HashMap<Uuid, VecDeque<u8>>,
+    queues: HashMap<Arc<str>, BTreeSet<QueueKey>>,
+    /// Where each pending job sits in its queue, and each job's lease token.
+    places: HashMap<Uuid, QueueKey>,
+    tokens: HashMap<Uuid, i64>,
+    payloads: HashMap<Uuid, Payload>,
+    outputs: HashMap<Uuid, Vec<u8>>,
     operations: HashMap<String, OperationStats>,
+    seq: u64,
     pending: usize,
     running: usize,
 }
 
-fn duplicate_key(operation: &str, params_hash: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(operation.as_bytes());
-    h.update([0u8]);
-    h.update(params_hash);
-    h.finalize().into()
+/// Jobs in this process's memory: the default store.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Memory>,
+    finished: Notify,
 }
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
         MemoryStore::default()
     }
+}
 
+impl Memory {
     fn intern(&mut self, operation: &str) -> Arc<str> {
         let stats = self.operations.entry(operation.to_owned()).or_default();
         stats.name.get_or_insert_with(|| Arc::from(operation)).clone()
     }
 
-    fn leave_active(&mut self, job: &Job) {
+    fn current(&self, lease: &Lease) -> bool {
+        self.jobs.get(&lease.id).is_some_and(|j| j.status == Status::Running)
+            && self.tokens.get(&lease.id) == Some(&lease.token)
+    }
+
+    /// Ends an active job; false if it had already ended.
+    fn end(&mut self, id: &Uuid, outcome: &Outcome, now: f64) -> bool {
+        let Some(job) = self.jobs.get(id) else { return false };
         match job.status {
             Status::Pending => self.pending -= 1,
             Status::Running => self.running -= 1,
-            _ => return,
+            _ => return false,
         }
         let key = duplicate_key(&job.operation, &job.params_hash);
-        if self.active.get(&key) == Some(&job.id) {
+        if self.active.get(&key) == Some(id) {
             self.active.remove(&key);
         }
-        self.payloads.remove(&job.id);
-    }
-}
-
-impl Store for MemoryStore {
-    fn submit(&mut self, job: NewJob, limit: usize) -> Submit {
-        if self.pending + self.running >= limit {
-            return Submit::Full { limit };
-        }
-        let operation = self.intern(&job.operation);
-        let key = duplicate_key(&job.operation, &job.params_hash);
-        self.active.entry(key).or_insert(job.id);
-        self.payloads.insert(job.id, Pending { payload: job.payload, fn_len: job.fn_len });
-        self.queue.push_back(job.id);
-        self.pending += 1;
-        self.jobs.insert(
-            job.id,
-            Job {
-                id: job.id,
-                operation,
-                params_hash: job.params_hash,
-                status: Status::Pending,
-                submitted_at: job.submitted_at,
-                started_at: None,
-                completed_at: None,
-                timeout_ms: job.timeout_ms,
-                result: None,
-                error: None,
-                progress: None,
-                worker_pid: None,
-                slot: None,
-            },
-        );
-        Submit::Accepted
-    }
-
-    fn get(&self, id: &Uuid) -> Option<Job> {
-        self.jobs.get(id).cloned()
-    }
-
-    fn find_active(&self, operation: &str, params_hash: &[u8; 32]) -> Option<Uuid> {
-        self.active.get(&duplicate_key(operation, params_hash)).copied()
-    }
-
-    fn counts(&self) -> Counts {
-        Counts { pending: self.pending, running: self.running, total: self.jobs.len() }
-    }
-
-    fn take_next(&mut self, slot: usize, worker_pid: u32, now: f64) -> Option<Dispatch> {
-        while let Some(id) = self.queue.pop_front() {
-            let Some(job) = self.jobs.get_mut(&id) else { continue };
-            if job.status != Status::Pending {
-                continue; // cancelled or failed while queued
-            }
-            job.status = Status::Running;
-            job.started_at = Some(now);
-            job.worker_pid = Some(worker_pid);
-            job.slot = Some(slot);
-            self.pending -= 1;
-            self.running += 1;
-            let p = self.payloads.remove(&id)?;
-            return Some(Dispatch { id, payload: p.payload, fn_len: p.fn_len, timeout_ms: job.timeout_ms });
-        }
-        None
-    }
-
-    fn queue_position(&self, id: &Uuid) -> Option<usize> {
-        let mut pos = 0;
-        for qid in &self.queue {
-            if self.jobs.get(qid).map(|j| j.status) == Some(Status::Pending) {
-                pos += 1;
-                if qid == id {
-                    return Some(pos);
-                }
+        if let Some(place) = self.places.remove(id) {
+            if let Some(q) = self.queues.get_mut(&job.queue) {
+                q.remove(&place);
             }
         }
-        None
-    }
-
-    fn set_progress(&mut self, id: &Uuid, progress: Progress) {
-        if let Some(job) = self.jobs.get_mut(id) {
-            if job.status == Status::Running {
-                job.progress = Some(Box::new(progress));
-            }
-        }
-    }
-
-    fn append_output(&mut self, id: &Uuid, bytes: &[u8]) {
-        if !self.jobs.contains_key(id) {
-            return;
-        }
-        let buf = self.outputs.entry(*id).or_default();
-        let bytes = &bytes[bytes.len().saturating_sub(OUTPUT_LIMIT)..];
-        let overflow = (buf.len() + bytes.len()).saturating_sub(OUTPUT_LIMIT);
-        buf.drain(..overflow);
-        buf.extend(bytes);
-    }
-
-    fn output(&self, id: &Uuid) -> Option<Vec<u8>> {
-        self.jobs.get(id)?;
-        Some(self.outputs.get(id).map(|b| b.iter().copied().collect()).unwrap_or_default())
-    }
-
-    fn finish(&mut self, id: &Uuid, outcome: Outcome, now: f64) -> bool {
-        let Some(job) = self.jobs.get(id) else { return false };
-        if job.status.is_terminal() {
-            return false;
-        }
-        let snapshot = job.clone();
-        self.leave_active(&snapshot);
+        self.payloads.remove(id);
+        *self.tokens.entry(*id).or_default() += 1;
         let job = self.jobs.get_mut(id).unwrap();
         job.completed_at = Some(now);
+        job.host = None;
         match outcome {
             Outcome::Completed(bytes) => {
                 job.status = Status::Completed;
-                job.result = Some(Arc::from(bytes));
+                job.result = Some(Arc::from(bytes.as_slice()));
                 if let Some(d) = job.duration() {
                     let stats = self.operations.entry(job.operation.to_string()).or_default();
                     if stats.durations.len() == HISTORY_LEN {
@@ -387,7 +439,7 @@ impl Store for MemoryStore {
             }
             Outcome::Failed(err) => {
                 job.status = Status::Failed;
-                job.error = Some(Box::new(err));
+                job.error = Some(Box::new(err.clone()));
             }
             Outcome::Cancelled => {
                 job.status = Status::Cancelled;
@@ -397,68 +449,288 @@ impl Store for MemoryStore {
         true
     }
 
-    fn cancel(&mut self, id: &Uuid, now: f64) -> Cancel {
-        let Some(job) = self.jobs.get(id) else { return Cancel::NotFound };
-        let (status, slot) = (job.status, job.slot);
-        if status.is_terminal() {
-            return Cancel::Finished(status);
-        }
-        self.finish(id, Outcome::Cancelled, now);
-        match status {
-            Status::Pending => Cancel::WasPending,
-            _ => Cancel::WasRunning { slot },
-        }
+    fn position(&self, id: &Uuid) -> Option<usize> {
+        let place = self.places.get(id)?;
+        let queue = &self.jobs.get(id)?.queue;
+        Some(self.queues.get(queue)?.range(..=place).count())
     }
 
-    fn fail_active(&mut self, error: &JobError, running: bool, now: f64) -> Vec<Job> {
-        let ids: Vec<Uuid> = self
-            .jobs
+    fn typical(&self, operation: &str) -> Option<f64> {
+        median(self.operations.get(operation)?.durations.iter().copied().collect())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn report_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit> {
+        let mut m = self.inner.lock();
+        let key = duplicate_key(&job.operation, &job.params_hash);
+        if job.unique {
+            if let Some(id) = m.active.get(&key) {
+                return Ok(Submit::Duplicate(*id));
+            }
+        }
+        if m.pending + m.running >= limit {
+            return Ok(Submit::Full { limit });
+        }
+        let operation = m.intern(&job.operation);
+        let queue: Arc<str> = Arc::from(job.queue.as_str());
+        m.active.entry(key).or_insert(job.id);
+        m.seq += 1;
+        let place = (-(job.priority as i64), m.seq, job.id);
+        m.queues.entry(queue.clone()).or_default().insert(place);
+        m.places.insert(job.id, place);
+        m.payloads.insert(job.id, Payload { executor: job.executor, params: job.params });
+        m.pending += 1;
+        m.jobs.insert(
+            job.id,
+            Job {
+                id: job.id,
+                operation,
+                params_hash: job.params_hash,
+                status: Status::Pending,
+                queue,
+                priority: job.priority,
+                submitted_at: now(),
+                started_at: None,
+                completed_at: None,
+                timeout_ms: job.timeout_ms,
+                attempts: 0,
+                max_attempts: job.max_attempts,
+                result: None,
+                error: None,
+                progress: None,
+                worker_pid: None,
+                host: None,
+            },
+        );
+        Ok(Submit::Accepted)
+    }
+
+    async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>> {
+        let m = self.inner.lock();
+        let Some(job) = m.jobs.get(id) else { return Ok(None) };
+        let mut job = job.clone();
+        if !with_result {
+            job.result = None;
+            if let Some(e) = job.error.as_mut() {
+                e.detail = None;
+            }
+        }
+        let position = if job.status == Status::Pending { m.position(id) } else { None };
+        let typical = m.typical(&job.operation);
+        Ok(Some(JobView { job, position, typical, now: now() }))
+    }
+
+    async fn find_active(&self, operation: &str, params_hash: &[u8; 32]) -> StoreResult<Option<Uuid>> {
+        Ok(self.inner.lock().active.get(&duplicate_key(operation, params_hash)).copied())
+    }
+
+    async fn counts(&self) -> StoreResult<Counts> {
+        let m = self.inner.lock();
+        Ok(Counts { pending: m.pending, running: m.running, total: m.jobs.len() })
+    }
+
+    async fn typical_duration(&self, operation: &str) -> StoreResult<Option<f64>> {
+        Ok(self.inner.lock().typical(operation))
+    }
+
+    async fn claim(&self, host: &str, queues: &[String], k: usize) -> StoreResult<Vec<Claimed>> {
+        let mut m = self.inner.lock();
+        let host: Arc<str> = Arc::from(host);
+        let mut out = Vec::new();
+        while out.len() < k {
+            let best = queues.iter().filter_map(|q| m.queues.get(q.as_str())?.first().copied()).min();
+            let Some(place) = best else { break };
+            let id = place.2;
+            let queue = m.jobs[&id].queue.clone();
+            m.queues.get_mut(&queue).unwrap().remove(&place);
+            m.places.remove(&id);
+            let token = {
+                let t = m.tokens.entry(id).or_default();
+                *t += 1;
+                *t
+            };
+            let job = m.jobs.get_mut(&id).unwrap();
+            job.status = Status::Running;
+            job.started_at = Some(now());
+            job.attempts += 1;
+            job.host = Some(host.clone());
+            let timeout_ms = job.timeout_ms;
+            m.pending -= 1;
+            m.running += 1;
+            let p = m.payloads.remove(&id).unwrap_or(Payload { executor: Vec::new(), params: Vec::new() });
+            out.push(Claimed { lease: Lease { id, token }, executor: p.executor, params: p.params, timeout_ms });
+        }
+        Ok(out)
+    }
+
+    async fn report(&self, lease: &Lease, report: Report<'_>) -> StoreResult<bool> {
+        let mut m = self.inner.lock();
+        if !m.current(lease) {
+            return Ok(false);
+        }
+        if let Some(out) = report.output {
+            let buf = m.outputs.entry(lease.id).or_default();
+            buf.clear();
+            buf.extend_from_slice(out);
+        }
+        let job = m.jobs.get_mut(&lease.id).unwrap();
+        if let Some(p) = report.progress {
+            job.progress = Some(Box::new(p.clone()));
+        }
+        if report.pid.is_some() {
+            job.worker_pid = report.pid;
+        }
+        Ok(true)
+    }
+
+    async fn output(&self, id: &Uuid) -> StoreResult<Option<Vec<u8>>> {
+        let m = self.inner.lock();
+        if !m.jobs.contains_key(id) {
+            return Ok(None);
+        }
+        Ok(Some(m.outputs.get(id).cloned().unwrap_or_default()))
+    }
+
+    async fn finish(&self, lease: &Lease, outcome: &Outcome, output: Option<&[u8]>) -> StoreResult<bool> {
+        let done = {
+            let mut m = self.inner.lock();
+            if !m.current(lease) {
+                return Ok(false);
+            }
+            if let Some(out) = output {
+                m.outputs.insert(lease.id, out.to_vec());
+            }
+            m.end(&lease.id, outcome, now())
+        };
+        self.finished.notify_waiters();
+        Ok(done)
+    }
+
+    async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
+        let r = {
+            let mut m = self.inner.lock();
+            let Some(job) = m.jobs.get(id) else { return Ok(Cancel::NotFound) };
+            let status = job.status;
+            if status.is_terminal() {
+                return Ok(Cancel::Finished(status));
+            }
+            let token = m.tokens.get(id).copied().unwrap_or_default();
+            m.end(id, &Outcome::Cancelled, now());
+            match status {
+                Status::Pending => Cancel::WasPending,
+                _ => Cancel::WasRunning(Lease { id: *id, token }),
+            }
+        };
+        self.finished.notify_waiters();
+        Ok(r)
+    }
+
+    async fn renew(&self, host: &str) -> StoreResult<Vec<Lease>> {
+        let m = self.inner.lock();
+        Ok(m.jobs
             .values()
-            .filter(|j| j.status == Status::Pending || (running && j.status == Status::Running))
-            .map(|j| j.id)
-            .collect();
-        let mut failed = Vec::with_capacity(ids.len());
-        for id in ids {
-            let before = self.jobs[&id].clone();
-            self.finish(&id, Outcome::Failed(error.clone()), now);
-            failed.push(before);
-        }
-        failed
+            .filter(|j| j.status == Status::Running && j.host.as_deref() == Some(host))
+            .map(|j| Lease { id: j.id, token: m.tokens.get(&j.id).copied().unwrap_or_default() })
+            .collect())
     }
 
-    fn remove_finished_before(&mut self, cutoff: f64) -> Vec<Uuid> {
-        let old: Vec<Uuid> = self
+    async fn rescue(&self) -> StoreResult<Vec<Uuid>> {
+        // One process: a lost host is this process, and its memory with it.
+        Ok(Vec::new())
+    }
+
+    async fn release(&self, host: &str, error: &JobError, pending: bool) -> StoreResult<Vec<Uuid>> {
+        let ids = {
+            let mut m = self.inner.lock();
+            let ids: Vec<Uuid> = m
+                .jobs
+                .values()
+                .filter(|j| match j.status {
+                    Status::Pending => pending,
+                    Status::Running => j.host.as_deref() == Some(host),
+                    _ => false,
+                })
+                .map(|j| j.id)
+                .collect();
+            let t = now();
+            for id in &ids {
+                m.end(id, &Outcome::Failed(error.clone()), t);
+            }
+            ids
+        };
+        self.finished.notify_waiters();
+        Ok(ids)
+    }
+
+    async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
+        let mut m = self.inner.lock();
+        let cutoff = now() - max_age;
+        let old: Vec<Uuid> = m
             .jobs
             .values()
             .filter(|j| j.status.is_terminal() && j.completed_at.unwrap_or(j.submitted_at) < cutoff)
             .map(|j| j.id)
+            .take(batch)
             .collect();
         for id in &old {
-            self.jobs.remove(id);
-            self.outputs.remove(id);
+            m.jobs.remove(id);
+            m.outputs.remove(id);
+            m.tokens.remove(id);
         }
-        if !old.is_empty() && self.jobs.len() < self.jobs.capacity() / 4 {
-            self.jobs.shrink_to_fit();
-            self.outputs.shrink_to_fit();
+        if !old.is_empty() && m.jobs.len() < m.jobs.capacity() / 4 {
+            m.jobs.shrink_to_fit();
+            m.outputs.shrink_to_fit();
+            m.tokens.shrink_to_fit();
         }
-        old
+        Ok(old)
     }
 
-    fn jobs(&self) -> Vec<Job> {
-        let mut all: Vec<Job> = self.jobs.values().cloned().collect();
+    async fn list(&self) -> StoreResult<Vec<Job>> {
+        let m = self.inner.lock();
+        let mut all: Vec<Job> = m.jobs.values().cloned().collect();
+        for j in &mut all {
+            j.result = None;
+        }
         all.sort_by(|a, b| a.submitted_at.total_cmp(&b.submitted_at));
-        all
+        Ok(all)
     }
 
-    fn typical_duration(&self, operation: &str) -> Option<f64> {
-        let d = &self.operations.get(operation)?.durations;
-        if d.is_empty() {
-            return None;
+    async fn register_host(&self, _host: &HostInfo) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn deregister_host(&self, _host: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn wait_finished(&self, id: &Uuid, timeout: Duration) -> StoreResult<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.finished.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let done = self.inner.lock().jobs.get(id).map_or(true, |j| j.status.is_terminal());
+            if done {
+                return Ok(true);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Ok(self.inner.lock().jobs.get(id).map_or(true, |j| j.status.is_terminal()));
+            }
         }
-        let mut v: Vec<f64> = d.iter().copied().collect();
-        v.sort_by(f64::total_cmp);
-        let mid = v.len() / 2;
-        Some(if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 })
     }
 }
 
@@ -482,50 +754,42 @@ pub fn estimate_seconds(job: &Job, typical: Option<f64>, now: f64) -> f64 {
     estimate.max(0.0)
 }
 
-/// A store shared between the R main thread and the pool's runtime thread.
-///
-/// The mutex is held only for in-memory updates, never across an `.await`
-/// or a system call, so a std-style blocking lock is right here.
-pub struct Registry {
-    store: Mutex<Box<dyn Store>>,
-    finished: Condvar,
+
+/// Seconds since the epoch as an ISO 8601 UTC time, for messages.
+pub fn iso8601(t: f64) -> String {
+    let secs = t.floor() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-impl Registry {
-    pub fn new(store: Box<dyn Store>) -> Registry {
-        Registry { store: Mutex::new(store), finished: Condvar::new() }
-    }
+/// The runtime that runs store I/O and the waits of R's calls: two threads
+/// that block asynchronous signals, started at first use and kept for the
+/// life of the process.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: once_cell::sync::OnceCell<tokio::runtime::Runtime> = once_cell::sync::OnceCell::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("asyncjobs-io")
+            .on_thread_start(crate::pool::block_async_signals)
+            .enable_all()
+            .build()
+            .expect("cannot start the asyncjobs I/O runtime")
+    })
+}
 
-    pub fn with<T>(&self, f: impl FnOnce(&mut dyn Store) -> T) -> T {
-        let mut guard = self.store.lock();
-        f(guard.as_mut())
-    }
-
-    pub fn finish(&self, id: &Uuid, outcome: Outcome) -> bool {
-        let done = self.with(|s| s.finish(id, outcome, now()));
-        if done {
-            self.finished.notify_all();
-        }
-        done
-    }
-
-    /// Wakes every waiter (after a change made through `with`).
-    pub fn notify(&self) {
-        self.finished.notify_all();
-    }
-
-    /// Waits at most `timeout` for the job to be finished (or gone).
-    pub fn wait_finished(&self, id: &Uuid, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut guard = self.store.lock();
-        loop {
-            match guard.get(id) {
-                Some(job) if !job.status.is_terminal() => {}
-                _ => return true,
-            }
-            if self.finished.wait_until(&mut guard, deadline).timed_out() {
-                return guard.get(id).map_or(true, |j| j.status.is_terminal());
-            }
-        }
-    }
+/// Runs a store call from a thread outside the runtime (the R main thread).
+/// Every store call is bounded, so this is too.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    runtime().block_on(fut)
 }
