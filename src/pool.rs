@@ -9,8 +9,9 @@
 //!   the worker's events, the job's deadline, a kick (cancel, lost lease) and
 //!   shutdown.
 //! * The keeper renews this pool's leases every second while it runs jobs
-//!   (every 10 s when idle), notices jobs it no longer holds (cancelled or
-//!   rescued elsewhere) and kicks their slots, rescues jobs of lost hosts,
+//!   (its host heartbeat every lease/3 when idle), notices jobs it no longer
+//!   holds (cancelled or rescued elsewhere) and kicks their slots, rescues
+//!   jobs of lost hosts (every lease/3, at most 5 s),
 //!   and deletes old jobs when a retention is set. It runs on this thread,
 //!   not in the R workers, so a CPU-bound job can never look stalled.
 //!
@@ -428,6 +429,8 @@ async fn keeper(sh: Arc<Shared>) {
         sh.health.lock().last_renew = Some(Instant::now());
     }
     let lease = sh.store.lease();
+    // Idle, only the host heartbeat needs renewing; rescue runs a few times per lease.
+    let every = (lease.as_secs() / 3).clamp(1, 5);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_cleanup = Instant::now();
@@ -441,7 +444,8 @@ async fn keeper(sh: Arc<Shared>) {
         if shared {
             // Only jobs that were running before the renewal can be missing from it.
             let mine: Vec<(Uuid, Lease)> = sh.running.lock().iter().map(|(id, r)| (*id, r.lease)).collect();
-            if !mine.is_empty() || n % 10 == 0 {
+            let busy = !mine.is_empty() || !sh.ready.lock().is_empty();
+            if busy || n % every == 0 {
                 let renewed = sh.store.renew(&sh.host.id).await;
                 if let Some(held) = sh.store_result("renewing leases", renewed) {
                     sh.health.lock().last_renew = Some(Instant::now());
@@ -459,7 +463,7 @@ async fn keeper(sh: Arc<Shared>) {
                 h.up_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(3))
                     && h.last_renew.is_some_and(|t| t.elapsed() < lease)
             };
-            if n % 5 == 0 && may_rescue {
+            if n % every == 0 && may_rescue {
                 let rescued = sh.store.rescue().await;
                 if let Some(ids) = sh.store_result("rescuing jobs", rescued) {
                     if !ids.is_empty() {

@@ -723,7 +723,7 @@ impl Db {
             });
             let err = JobError::new("HOST_LOST", format!("The {who} running the job stopped renewing its lease; {last}"));
             let left = attempts < max_attempts;
-            let delay = (5.0 * 2f64.powi((attempts - 1).clamp(0, 6) as i32)).min(300.0);
+            let delay = 2f64.powi((attempts - 1).clamp(0, 6) as i32);
             if self.requeue_or_fail(lease, left, delay, &err).await? {
                 rescued.push(lease.id);
             }

@@ -12,7 +12,7 @@ const LONG: Duration = Duration::from_secs(60);
 fn config(size: usize, init: &[u8]) -> Config {
     Config {
         size,
-        max_queued: 100,
+        capacity: 100,
         spec: Spec {
             program: env!("CARGO_BIN_EXE_fake-worker").into(),
             args: vec![],
@@ -29,11 +29,13 @@ fn config(size: usize, init: &[u8]) -> Config {
         setup_timeout: Duration::from_secs(30),
         stop_grace: Duration::from_millis(500),
         max_setup_failures: 3,
+        queues: vec!["default".into()],
+        retention: None,
     }
 }
 
 fn start(cfg: Config) -> Pool {
-    Pool::start(Arc::new(Registry::new(Box::new(MemoryStore::new()))), cfg).unwrap()
+    Pool::start(Arc::new(MemoryStore::new()), cfg).unwrap()
 }
 
 fn submit(pool: &Pool, cmd: &str, timeout_ms: u64) -> Uuid {
@@ -42,18 +44,29 @@ fn submit(pool: &Pool, cmd: &str, timeout_ms: u64) -> Uuid {
         id,
         operation: "test".into(),
         params_hash: sha256(cmd.as_bytes()),
-        payload: cmd.as_bytes().to_vec(),
-        fn_len: 0,
+        executor: Vec::new(),
+        params: cmd.as_bytes().to_vec(),
         timeout_ms,
-        submitted_at: now(),
+        queue: "default".into(),
+        priority: 0,
+        max_attempts: 1,
+        unique: false,
     };
-    assert_eq!(pool.submit(job), Submit::Accepted);
+    assert_eq!(block_on(pool.submit(job)).unwrap(), Submit::Accepted);
     id
 }
 
+fn get(store: &dyn Store, id: Uuid) -> Job {
+    block_on(store.get(&id, true)).unwrap().expect("job exists").job
+}
+
+fn finished_in(store: &dyn Store, id: Uuid) -> Job {
+    assert!(block_on(store.wait_finished(&id, LONG)).unwrap(), "job {id} did not finish");
+    get(store, id)
+}
+
 fn finished(pool: &Pool, id: Uuid) -> Job {
-    assert!(pool.registry().wait_finished(&id, LONG), "job {id} did not finish");
-    pool.registry().with(|s| s.get(&id)).unwrap()
+    finished_in(pool.store().as_ref(), id)
 }
 
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
@@ -99,7 +112,7 @@ fn runs_jobs_and_reports_outcomes() {
     let e = j.error.unwrap();
     assert_eq!((e.code.as_str(), e.message.as_str()), ("EXECUTION_ERROR", "boom"));
     finished(&pool, printed);
-    assert_eq!(pool.registry().with(|s| s.output(&printed)).unwrap(), b"some output");
+    assert_eq!(block_on(pool.store().output(&printed)).unwrap().unwrap(), b"some output");
     assert_eq!(finished(&pool, progress).status, Status::Completed);
     let seen = pids(&pool);
     assert_eq!(seen.len(), 2);
@@ -111,9 +124,9 @@ fn timeout_kills_the_worker_and_its_children_then_replaces_it() {
     let pool = start(config(1, b""));
     let id = submit(&pool, "spawn-hang", 300);
     wait_until("the child's pid", || {
-        pool.registry().with(|s| s.get(&id)).and_then(|j| j.progress.and_then(|p| p.step)).is_some()
+        get(pool.store().as_ref(), id).progress.and_then(|p| p.step).is_some()
     });
-    let child: u32 = pool.registry().with(|s| s.get(&id)).unwrap().progress.unwrap().step.unwrap().parse().unwrap();
+    let child: u32 = get(pool.store().as_ref(), id).progress.unwrap().step.unwrap().parse().unwrap();
     let first = pids(&pool)[0];
     let j = finished(&pool, id);
     assert_eq!(j.error.unwrap().code, "TIMEOUT");
@@ -151,9 +164,9 @@ fn cancel_of_a_running_job_replaces_its_worker() {
     let pool = start(config(1, b""));
     let first = pids_when_ready(&pool);
     let id = submit(&pool, "sleep:60000", 120_000);
-    wait_until("running", || pool.registry().with(|s| s.get(&id)).unwrap().status == Status::Running);
+    wait_until("running", || get(pool.store().as_ref(), id).status == Status::Running);
     let queued = submit(&pool, "ok:after", 10_000);
-    assert_eq!(pool.cancel(&id), Cancel::WasRunning { slot: Some(0) });
+    assert!(matches!(block_on(pool.cancel(&id)).unwrap(), Cancel::WasRunning(_)));
     assert_eq!(finished(&pool, id).status, Status::Cancelled);
     assert_eq!(finished(&pool, queued).status, Status::Completed);
     wait_until("the cancelled worker to die", || dead(first[0]));
@@ -209,12 +222,12 @@ fn stop_fails_unfinished_jobs_with_shutdown() {
     let pool = start(config(1, b""));
     let running = submit(&pool, "sleep:60000", 120_000);
     let queued = submit(&pool, "ok:never", 10_000);
-    wait_until("running", || pool.registry().with(|s| s.get(&running)).unwrap().status == Status::Running);
+    wait_until("running", || get(pool.store().as_ref(), running).status == Status::Running);
     let seen = pids(&pool);
-    let reg = pool.registry().clone();
+    let store = pool.store().clone();
     stop(pool, &seen);
     for id in [running, queued] {
-        let j = reg.with(|s| s.get(&id)).unwrap();
+        let j = get(store.as_ref(), id);
         assert_eq!((j.status, j.error.unwrap().code.as_str()), (Status::Failed, "SHUTDOWN"));
     }
 }

@@ -30,8 +30,8 @@ test_that("job ids must be single non-empty strings", {
 })
 
 test_that("start_workers checks its arguments", {
-  expect_error(start_workers(0), "`n`")
-  expect_error(start_workers(-1), class = "asyncjobs_error_argument")
+  expect_error(start_workers(-1), "`n`", class = "asyncjobs_error_argument")
+  expect_error(start_workers(1e9), "`n`", class = "asyncjobs_error_argument")
   expect_error(start_workers(1.5), "`n`")
   expect_error(start_workers(NA), "`n`")
   expect_error(start_workers(2, setup = 42), "setup")
@@ -40,6 +40,27 @@ test_that("start_workers checks its arguments", {
   expect_error(start_workers(2, echo_output = NA), "echo_output")
   expect_error(start_workers(2, nice = 20), "`nice`", class = "asyncjobs_error_argument")
   expect_error(start_workers(2, nice = -1), "`nice`", class = "asyncjobs_error_argument")
+  expect_error(start_workers(2, wait = NA), "`wait`", class = "asyncjobs_error_argument")
+  expect_error(start_workers(2, queues = character()), "`queues`", class = "asyncjobs_error_argument")
+  expect_error(start_workers(2, queues = NA_character_), "`queues`", class = "asyncjobs_error_argument")
+  expect_error(start_workers(2, max_active = 0), "`max_active`", class = "asyncjobs_error_argument")
+  expect_error(start_workers(2, retention = -1), "`retention`", class = "asyncjobs_error_argument")
+  expect_error(start_workers(2, store = 42), "`store`", class = "asyncjobs_error_argument")
+  expect_error(start_workers(2, store = "redis://x"), "unknown store", class = "asyncjobs_error_store_unavailable")
+  expect_error(start_workers(2, store = "sqlite://relative.db"), "absolute path",
+               class = "asyncjobs_error_store_unavailable")
+  expect_identical(nrow(get_worker_status()), 0L)
+})
+
+test_that("create_job checks the store arguments", {
+  f <- function(p) p
+  expect_error(create_job("op", 1, f, unique = NA), "`unique`", class = "asyncjobs_error_argument")
+  expect_error(create_job("op", 1, f, queue = ""), "`queue`", class = "asyncjobs_error_argument")
+  expect_error(create_job("op", 1, f, queue = strrep("q", 256)), "`queue`", class = "asyncjobs_error_argument")
+  expect_error(create_job("op", 1, f, priority = 1.5), "`priority`", class = "asyncjobs_error_argument")
+  expect_error(create_job("op", 1, f, priority = 1e7), "`priority`", class = "asyncjobs_error_argument")
+  expect_error(create_job("op", 1, f, max_attempts = 0), "`max_attempts`", class = "asyncjobs_error_argument")
+  expect_error(create_job("op", 1, f, max_attempts = Inf), "`max_attempts`", class = "asyncjobs_error_argument")
   expect_identical(nrow(get_worker_status()), 0L)
 })
 

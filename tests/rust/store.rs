@@ -1,0 +1,440 @@
+//! One suite for every store: the memory store always, SQLite in a temporary
+//! file always, PostgreSQL and MySQL/MariaDB when `ASYNCJOBS_TEST_POSTGRES`
+//! and `ASYNCJOBS_TEST_MYSQL` name a live server (tools/test.sh sets them,
+//! or says why it could not).
+
+use asyncjobs::registry::*;
+use asyncjobs::sql::SqlStore;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+const HOST: &str = "host-a";
+
+fn job(op: &str, params: &[u8]) -> NewJob {
+    NewJob {
+        id: Uuid::new_v4(),
+        operation: op.into(),
+        params_hash: sha256(params),
+        executor: b"fn".to_vec(),
+        params: params.to_vec(),
+        timeout_ms: 1_800_000,
+        queue: "default".into(),
+        priority: 0,
+        max_attempts: 1,
+        unique: false,
+    }
+}
+
+fn in_queue(mut j: NewJob, queue: &str, priority: i32) -> NewJob {
+    j.queue = queue.into();
+    j.priority = priority;
+    j
+}
+
+fn q(name: &str) -> Vec<String> {
+    vec![name.to_string()]
+}
+
+fn get(s: &dyn Store, id: Uuid) -> Job {
+    block_on(s.get(&id, true)).unwrap().expect("job exists").job
+}
+
+fn submit(s: &dyn Store, j: NewJob) -> Uuid {
+    let id = j.id;
+    assert_eq!(block_on(s.submit(j, usize::MAX)).unwrap(), Submit::Accepted);
+    id
+}
+
+fn claim(s: &dyn Store, queue: &str, k: usize) -> Vec<Claimed> {
+    block_on(s.claim(HOST, &q(queue), k)).unwrap()
+}
+
+fn sql(url: &str, lease: Duration) -> SqlStore {
+    let s = SqlStore::open(url, Duration::from_secs(10), lease).unwrap_or_else(|e| panic!("{e}"));
+    block_on(s.truncate()).unwrap();
+    s
+}
+
+fn host(id: &str) -> HostInfo {
+    HostInfo { id: id.into(), hostname: "test-host".into(), pid: 4242, slots: 1, queues: q("default") }
+}
+
+/// The scenarios every store must pass. Each uses queues of its own.
+fn suite(s: &dyn Store) {
+    lifecycle(s);
+    capacity(s);
+    unique(s);
+    order(s);
+    cancel(s);
+    reports(s);
+    release(s);
+    cleanup(s);
+    races(s);
+}
+
+fn lifecycle(s: &dyn Store) {
+    let j = in_queue(job("op", b"p"), "life", 0);
+    let id = submit(s, j);
+    let pending = get(s, id);
+    assert_eq!((pending.status, pending.attempts, pending.queue.as_ref()), (Status::Pending, 0, "life"));
+    assert_eq!(block_on(s.get(&id, false)).unwrap().unwrap().position, Some(1));
+    let c = claim(s, "life", 5);
+    assert_eq!(c.len(), 1);
+    assert_eq!((c[0].executor.as_slice(), c[0].params.as_slice()), (&b"fn"[..], &b"p"[..]));
+    let running = get(s, id);
+    assert_eq!((running.status, running.attempts, running.host.as_deref()), (Status::Running, 1, Some(HOST)));
+    assert!(running.started_at.is_some());
+    assert!(claim(s, "life", 5).is_empty(), "a running job is not claimed twice");
+    let lease = c[0].lease;
+    assert!(block_on(s.finish(&lease, &Outcome::Completed(vec![7, 8]), None)).unwrap());
+    assert!(!block_on(s.finish(&lease, &Outcome::Completed(vec![]), None)).unwrap(), "first outcome wins");
+    let done = get(s, id);
+    assert_eq!(done.status, Status::Completed);
+    assert_eq!(done.result.as_deref(), Some(&[7u8, 8][..]));
+    assert!(block_on(s.get(&id, false)).unwrap().unwrap().job.result.is_none(), "status reads skip the result");
+    assert!(done.completed_at.unwrap() >= done.started_at.unwrap());
+    assert!(block_on(s.get(&Uuid::new_v4(), true)).unwrap().is_none());
+
+    // A failure keeps its code, message and detail.
+    let id = submit(s, in_queue(job("op", b"f"), "life", 0));
+    let lease = claim(s, "life", 1)[0].lease;
+    let mut err = JobError::new("EXECUTION_ERROR", "boom");
+    err.detail = Some(Arc::from(&b"detail"[..]));
+    assert!(block_on(s.finish(&lease, &Outcome::Failed(err), Some(b"printed"))).unwrap());
+    let failed = get(s, id);
+    let e = failed.error.unwrap();
+    assert_eq!((failed.status, e.code.as_str(), e.message.as_str()), (Status::Failed, "EXECUTION_ERROR", "boom"));
+    assert_eq!(e.detail.as_deref(), Some(&b"detail"[..]));
+    assert_eq!(block_on(s.output(&id)).unwrap().unwrap(), b"printed");
+}
+
+fn capacity(s: &dyn Store) {
+    // The cap counts every active job in the store, whatever its queue.
+    block_on(s.cleanup(-1e9, 100_000)).unwrap();
+    let base = block_on(s.counts()).unwrap();
+    let limit = base.pending + base.running + 2;
+    let a = job("cap", b"a");
+    let a_id = a.id;
+    assert_eq!(block_on(s.submit(in_queue(a, "cap", 0), limit)).unwrap(), Submit::Accepted);
+    assert_eq!(block_on(s.submit(in_queue(job("cap", b"b"), "cap", 0), limit)).unwrap(), Submit::Accepted);
+    assert_eq!(block_on(s.submit(in_queue(job("cap", b"c"), "cap", 0), limit)).unwrap(), Submit::Full { limit });
+    let c = claim(s, "cap", 1);
+    assert_eq!(c[0].lease.id, a_id);
+    let counts = block_on(s.counts()).unwrap();
+    assert_eq!((counts.pending, counts.running), (base.pending + 1, base.running + 1));
+    assert_eq!(block_on(s.submit(in_queue(job("cap", b"c"), "cap", 0), limit)).unwrap(), Submit::Full { limit });
+    block_on(s.finish(&c[0].lease, &Outcome::Completed(vec![]), None)).unwrap();
+    assert_eq!(block_on(s.submit(in_queue(job("cap", b"c"), "cap", 0), limit)).unwrap(), Submit::Accepted);
+    for c in claim(s, "cap", 10) {
+        block_on(s.finish(&c.lease, &Outcome::Completed(vec![]), None)).unwrap();
+    }
+}
+
+fn unique(s: &dyn Store) {
+    let mut first = in_queue(job("clustering", b"genes"), "uniq", 0);
+    first.unique = true;
+    let id = submit(s, first);
+    assert_eq!(block_on(s.find_active("clustering", &sha256(b"genes"))).unwrap(), Some(id));
+    assert_eq!(block_on(s.find_active("clustering", &sha256(b"other"))).unwrap(), None);
+    assert_eq!(block_on(s.find_active("ontology", &sha256(b"genes"))).unwrap(), None);
+    let mut twin = in_queue(job("clustering", b"genes"), "uniq", 0);
+    twin.unique = true;
+    assert_eq!(block_on(s.submit(twin, usize::MAX)).unwrap(), Submit::Duplicate(id));
+    // Without `unique` an identical job is accepted (the contract's old behaviour).
+    let plain = submit(s, in_queue(job("clustering", b"genes"), "uniq", 0));
+    let c = claim(s, "uniq", 1);
+    assert_eq!(c[0].lease.id, id);
+    let mut twin = in_queue(job("clustering", b"genes"), "uniq", 0);
+    twin.unique = true;
+    assert_eq!(block_on(s.submit(twin, usize::MAX)).unwrap(), Submit::Duplicate(id), "running twins count");
+    block_on(s.finish(&c[0].lease, &Outcome::Completed(vec![]), None)).unwrap();
+    assert_eq!(block_on(s.cancel(&plain)).unwrap(), Cancel::WasPending);
+    assert_eq!(block_on(s.find_active("clustering", &sha256(b"genes"))).unwrap(), None);
+    let mut again = in_queue(job("clustering", b"genes"), "uniq", 0);
+    again.unique = true;
+    submit(s, again);
+    for c in claim(s, "uniq", 10) {
+        block_on(s.finish(&c.lease, &Outcome::Completed(vec![]), None)).unwrap();
+    }
+}
+
+fn order(s: &dyn Store) {
+    let a = submit(s, in_queue(job("o", b"a"), "lane1", 0));
+    let b = submit(s, in_queue(job("o", b"b"), "lane1", 5));
+    let c = submit(s, in_queue(job("o", b"c"), "lane1", 0));
+    let d = submit(s, in_queue(job("o", b"d"), "lane2", 9));
+    assert_eq!(block_on(s.get(&c, false)).unwrap().unwrap().position, Some(3));
+    assert_eq!(block_on(s.get(&b, false)).unwrap().unwrap().position, Some(1));
+    let got: Vec<Uuid> = claim(s, "lane1", 2).iter().map(|c| c.lease.id).collect();
+    assert_eq!(got, vec![b, a], "higher priority first, then oldest");
+    let got: Vec<Uuid> = claim(s, "lane1", 5).iter().map(|c| c.lease.id).collect();
+    assert_eq!(got, vec![c], "another queue's job is not taken");
+    assert_eq!(get(s, d).status, Status::Pending);
+    let both = block_on(s.claim(HOST, &["lane1".to_string(), "lane2".to_string()], 5)).unwrap();
+    assert_eq!(both.iter().map(|c| c.lease.id).collect::<Vec<_>>(), vec![d]);
+    for id in [a, b, c, d] {
+        block_on(s.cancel(&id)).unwrap();
+    }
+}
+
+fn cancel(s: &dyn Store) {
+    let a = submit(s, in_queue(job("c", b"a"), "cancel", 0));
+    let b = submit(s, in_queue(job("c", b"b"), "cancel", 0));
+    assert_eq!(block_on(s.get(&b, false)).unwrap().unwrap().position, Some(2));
+    assert_eq!(block_on(s.cancel(&a)).unwrap(), Cancel::WasPending);
+    assert_eq!(block_on(s.get(&b, false)).unwrap().unwrap().position, Some(1));
+    let cancelled = get(s, a);
+    assert_eq!((cancelled.status, cancelled.error.unwrap().code.as_str()), (Status::Cancelled, "CANCELLED"));
+    let c = claim(s, "cancel", 5);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].lease.id, b);
+    assert_eq!(block_on(s.renew(HOST)).unwrap().iter().filter(|l| l.id == b).count(), 1);
+    assert_eq!(block_on(s.cancel(&b)).unwrap(), Cancel::WasRunning(c[0].lease));
+    // The host that held it can write nothing more about it.
+    assert!(!block_on(s.report(&c[0].lease, Report { pid: Some(1), ..Default::default() })).unwrap());
+    assert!(!block_on(s.finish(&c[0].lease, &Outcome::Completed(vec![1]), None)).unwrap());
+    assert!(!block_on(s.renew(HOST)).unwrap().iter().any(|l| l.id == b));
+    assert_eq!(get(s, b).status, Status::Cancelled);
+    assert_eq!(block_on(s.cancel(&b)).unwrap(), Cancel::Finished(Status::Cancelled));
+    assert_eq!(block_on(s.cancel(&Uuid::new_v4())).unwrap(), Cancel::NotFound);
+}
+
+fn reports(s: &dyn Store) {
+    let id = submit(s, in_queue(job("r", b"r"), "report", 0));
+    let lease = claim(s, "report", 1)[0].lease;
+    let p = Progress::parse("1\u{1f}4\u{1f}loading");
+    assert!(block_on(s.report(&lease, Report { pid: Some(99), progress: Some(&p), output: Some(b"line 1\n") })).unwrap());
+    let j = get(s, id);
+    assert_eq!(j.progress.as_deref(), Some(&p));
+    assert_eq!(j.worker_pid, Some(99));
+    assert_eq!(block_on(s.output(&id)).unwrap().unwrap(), b"line 1\n");
+    // Output alone leaves progress as it was.
+    assert!(block_on(s.report(&lease, Report { output: Some(b"line 1\nline 2\n"), ..Default::default() })).unwrap());
+    assert_eq!(get(s, id).progress.as_deref(), Some(&p));
+    assert_eq!(block_on(s.output(&id)).unwrap().unwrap(), b"line 1\nline 2\n");
+    let view = block_on(s.get(&id, false)).unwrap().unwrap();
+    assert!(view.now >= view.job.started_at.unwrap());
+    block_on(s.finish(&lease, &Outcome::Completed(vec![]), None)).unwrap();
+    assert_eq!(block_on(s.output(&id)).unwrap().unwrap(), b"line 1\nline 2\n", "finish keeps the last report");
+}
+
+fn release(s: &dyn Store) {
+    let mut retry = in_queue(job("rel", b"retry"), "release", 0);
+    retry.max_attempts = 2;
+    let retry = submit(s, retry);
+    let once = submit(s, in_queue(job("rel", b"once"), "release", 0));
+    assert_eq!(claim(s, "release", 2).len(), 2);
+    let waiting = submit(s, in_queue(job("rel", b"waiting"), "release", 0));
+    let shutdown = JobError::new("SHUTDOWN", "stopped");
+    let released = block_on(s.release(HOST, &shutdown, !s.shared())).unwrap();
+    assert!(released.contains(&retry) && released.contains(&once));
+    let j = get(s, once);
+    assert_eq!((j.status, j.error.unwrap().code.as_str()), (Status::Failed, "SHUTDOWN"));
+    if s.shared() {
+        // Another host will run what was pending, and what has attempts left.
+        assert_eq!(get(s, waiting).status, Status::Pending);
+        assert_eq!(get(s, retry).status, Status::Pending);
+        let again = claim(s, "release", 5);
+        assert_eq!(again.len(), 2);
+        assert_eq!(get(s, retry).attempts, 2);
+        for c in again {
+            block_on(s.finish(&c.lease, &Outcome::Completed(vec![]), None)).unwrap();
+        }
+    } else {
+        // In memory nothing else can run them.
+        assert_eq!(get(s, waiting).status, Status::Failed);
+    }
+}
+
+fn cleanup(s: &dyn Store) {
+    let old = submit(s, in_queue(job("clean", b"old"), "clean", 0));
+    let active = submit(s, in_queue(job("clean", b"active"), "clean", 0));
+    block_on(s.cancel(&old)).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!block_on(s.cleanup(3600.0, 100)).unwrap().contains(&old), "recent jobs stay");
+    let removed = block_on(s.cleanup(0.01, 100_000)).unwrap();
+    assert!(removed.contains(&old));
+    assert!(!removed.contains(&active), "active jobs stay");
+    assert!(block_on(s.get(&old, false)).unwrap().is_none());
+    assert!(block_on(s.output(&old)).unwrap().is_none());
+    block_on(s.cancel(&active)).unwrap();
+}
+
+/// Submits from many tasks at once: unique twins give one job, the cap holds.
+fn races(s: &dyn Store) {
+    block_on(s.cleanup(-1e9, 100_000)).unwrap();
+    let base = block_on(s.counts()).unwrap();
+    let accepted = racing(s, 8, |_| {
+        let mut j = in_queue(job("race2", b"same"), "race", 0);
+        j.unique = true;
+        (j, usize::MAX)
+    });
+    assert_eq!(accepted.iter().filter(|r| **r == Submit::Accepted).count(), 1, "{accepted:?}");
+    assert!(accepted.iter().all(|r| matches!(r, Submit::Accepted | Submit::Duplicate(_))));
+    let limit = base.pending + base.running + 9;
+    let capped = racing(s, 50, |i| (in_queue(job("race3", &[i as u8]), "race", 0), limit));
+    let n = capped.iter().filter(|r| **r == Submit::Accepted).count();
+    let c = block_on(s.counts()).unwrap();
+    assert_eq!(c.pending + c.running, limit, "{n} accepted");
+    for c in claim(s, "race", 1000) {
+        block_on(s.finish(&c.lease, &Outcome::Completed(vec![]), None)).unwrap();
+    }
+}
+
+/// Runs `n` submits from `n` threads at once.
+fn racing(s: &dyn Store, n: usize, make: impl Fn(usize) -> (NewJob, usize) + Sync) -> Vec<Submit> {
+    let barrier = std::sync::Barrier::new(n);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let (barrier, make) = (&barrier, &make);
+                scope.spawn(move || {
+                    let (j, limit) = make(i);
+                    barrier.wait();
+                    block_on(s.submit(j, limit)).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Leases: an expired one is rescued, once, and fences out its old holder.
+fn rescue(s: &dyn Store) {
+    block_on(s.register_host(&host("lost-host"))).unwrap();
+    let mut retry = in_queue(job("res", b"retry"), "rescue", 0);
+    retry.max_attempts = 2;
+    let retry = submit(s, retry);
+    let once = submit(s, in_queue(job("res", b"once"), "rescue", 0));
+    let held = block_on(s.claim("lost-host", &q("rescue"), 2)).unwrap();
+    assert_eq!(held.len(), 2);
+    assert!(block_on(s.rescue()).unwrap().is_empty(), "live leases are not rescued");
+    std::thread::sleep(s.lease() + Duration::from_millis(500));
+    let rescued = block_on(s.rescue()).unwrap();
+    assert_eq!(rescued.len(), 2, "{rescued:?}");
+    assert!(block_on(s.rescue()).unwrap().is_empty(), "a job is rescued once");
+    let lost = get(s, once);
+    let e = lost.error.unwrap();
+    assert_eq!((lost.status, e.code.as_str()), (Status::Failed, "HOST_LOST"));
+    assert!(e.message.contains("test-host") && e.message.contains("last heartbeat"), "{}", e.message);
+    assert_eq!(get(s, retry).status, Status::Pending);
+    for c in &held {
+        assert!(!block_on(s.finish(&c.lease, &Outcome::Completed(vec![]), None)).unwrap(), "the lost host is fenced");
+    }
+    assert!(block_on(s.renew("lost-host")).unwrap().is_empty());
+    // The retry waits out its backoff, then runs again.
+    assert!(claim(s, "rescue", 1).is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    let again = claim(s, "rescue", 1);
+    assert_eq!(again.len(), 1);
+    assert_eq!(get(s, retry).attempts, 2);
+    // A renewed lease is not rescued.
+    std::thread::sleep(s.lease() / 2);
+    block_on(s.renew(HOST)).unwrap();
+    std::thread::sleep(s.lease() / 2 + Duration::from_millis(300));
+    assert!(block_on(s.rescue()).unwrap().is_empty());
+    assert!(block_on(s.finish(&again[0].lease, &Outcome::Completed(vec![]), None)).unwrap());
+}
+
+#[test]
+fn memory_store() {
+    suite(&MemoryStore::new());
+}
+
+#[test]
+fn memory_waiters_wake_when_a_job_finishes() {
+    let s = Arc::new(MemoryStore::new());
+    let id = submit(s.as_ref(), job("op", b"w"));
+    assert!(!block_on(s.wait_finished(&id, Duration::from_millis(20))).unwrap());
+    let s2 = s.clone();
+    let t = std::thread::spawn(move || block_on(s2.wait_finished(&id, Duration::from_secs(60))).unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(block_on(s.cancel(&id)).unwrap(), Cancel::WasPending);
+    assert!(t.join().unwrap());
+    assert!(block_on(s.wait_finished(&Uuid::new_v4(), Duration::from_millis(1))).unwrap());
+}
+
+#[test]
+fn memory_history_feeds_estimates() {
+    let s = MemoryStore::new();
+    let id = submit(&s, job("op", b"x"));
+    let now = now();
+    assert_eq!(estimate_seconds(&get(&s, id), None, now), 30.0);
+    let lease = claim(&s, "default", 1)[0].lease;
+    let running = get(&s, id);
+    let t0 = running.started_at.unwrap();
+    assert_eq!(estimate_seconds(&running, None, t0 + 100.0), 1700.0);
+    assert_eq!(estimate_seconds(&running, Some(160.0), t0 + 100.0), 60.0);
+    let p = Progress::parse("1\u{1f}4\u{1f}loading");
+    block_on(s.report(&lease, Report { progress: Some(&p), ..Default::default() })).unwrap();
+    assert_eq!(estimate_seconds(&get(&s, id), Some(160.0), t0 + 100.0), 300.0);
+    block_on(s.finish(&lease, &Outcome::Completed(vec![]), None)).unwrap();
+    assert!(block_on(s.typical_duration("op")).unwrap().is_some());
+    assert_eq!(block_on(s.typical_duration("never")).unwrap(), None);
+}
+
+#[test]
+fn progress_text_parses_missing_fields() {
+    assert_eq!(Progress::parse("NA\u{1f}NA"), Progress::default());
+    let p = Progress::parse("3\u{1f}10\u{1f}a\u{1f}b");
+    assert_eq!((p.current, p.total, p.step.as_deref()), (Some(3.0), Some(10.0), Some("a\u{1f}b")));
+    assert_eq!(p.fraction(), Some(0.3));
+}
+
+#[test]
+fn sqlite_store() {
+    let dir = std::env::temp_dir().join(format!("asyncjobs-test-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/jobs.db", dir.display());
+    let s = sql(&url, Duration::from_secs(2));
+    suite(&s);
+    rescue(&s);
+    // A second handle on the same file sees the same jobs (another process would).
+    let other = SqlStore::open(&url, Duration::from_secs(10), Duration::from_secs(2)).unwrap();
+    let id = submit(&s, job("shared", b"x"));
+    assert_eq!(get(&other, id).status, Status::Pending);
+    drop(other);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn server(var: &str) -> Option<String> {
+    let url = std::env::var(var).ok().filter(|u| !u.is_empty());
+    if url.is_none() {
+        eprintln!("{var} is not set: this server's store suite did not run");
+    }
+    url
+}
+
+#[test]
+fn postgres_store() {
+    if let Some(url) = server("ASYNCJOBS_TEST_POSTGRES") {
+        let s = sql(&url, Duration::from_secs(2));
+        suite(&s);
+        rescue(&s);
+        block_on(s.truncate()).unwrap();
+    }
+}
+
+#[test]
+fn mysql_store() {
+    if let Some(url) = server("ASYNCJOBS_TEST_MYSQL") {
+        let s = sql(&url, Duration::from_secs(2));
+        suite(&s);
+        rescue(&s);
+        block_on(s.truncate()).unwrap();
+    }
+}
+
+#[test]
+fn urls_never_show_passwords() {
+    use asyncjobs::sql::{parse_url, redact};
+    assert_eq!(redact("mysql://app:s3cret@db:3306/jobs?ssl-mode=required"), "mysql://app:***@db:3306/jobs");
+    assert_eq!(redact("postgres://app@db/jobs"), "postgres://app@db/jobs");
+    assert!(parse_url("sqlite://relative.db").is_err());
+    assert!(parse_url("redis://x").unwrap_err().contains("unknown store"));
+    let err = SqlStore::open("postgres://app:s3cret@127.0.0.1:1/none", Duration::from_secs(5), Duration::from_secs(15))
+        .err()
+        .unwrap();
+    assert!(!err.0.contains("s3cret") && err.0.contains("app:***@"), "{err}");
+}
