@@ -3,9 +3,9 @@
 
 # Status codes for the error codes asyncjobs returns.
 .http_codes <- c(
-  CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L,
+  CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, STORE_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L,
   JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, DUPLICATE_JOB = 409L,
-  BAD_REQUEST = 400L
+  BAD_REQUEST = 400L, FORBIDDEN = 403L, NOT_FOUND = 404L, AUTHORIZE_FAILED = 500L, INTERNAL_ERROR = 500L
 )
 
 #' Turn an asyncjobs result into an HTTP response
@@ -17,16 +17,21 @@
 #' |------------------------------------------|--------|-----------------------|
 #' | accepted ([create_job()])                | 202    | Location, Retry-After |
 #' | duplicate ([check_duplicate_job()])      | 409    | Location (of the existing job) |
+#' | `DUPLICATE_JOB` with `existing_job_id` ([create_job()]) | 409 | Location (of the existing job) |
 #' | `CAPACITY_EXCEEDED`, `POOL_UNAVAILABLE`  | 503    | Retry-After           |
-#' | `JOB_NOT_FOUND`                          | 404    |                       |
+#' | `STORE_UNAVAILABLE` (the durable store cannot be reached) | 503 | Retry-After |
+#' | `JOB_NOT_FOUND`, `NOT_FOUND`             | 404    |                       |
 #' | `BAD_REQUEST`                            | 400    |                       |
+#' | `FORBIDDEN` (`authorize` refused)        | 403    |                       |
+#' | `AUTHORIZE_FAILED`, `INTERNAL_ERROR`     | 500    |                       |
 #' | `JOB_FINISHED`, `JOB_NOT_FINISHED`, `JOB_FAILED` | 409 | Retry-After when not finished |
 #' | pending or running job                   | 200    | Retry-After           |
 #' | anything else                            | 200    |                       |
 #'
 #' An error code not in the table gives 500. Accepted and duplicate bodies
-#' gain `status_url`. In the body, date-times become ISO 8601 strings in UTC
-#' and `NULL` fields become `NA` (JSON `null`).
+#' gain `status_url`; any body's `retry_after` sets `Retry-After`. In the body,
+#' date-times become ISO 8601 strings in UTC and `NULL` fields become `NA`
+#' (JSON `null`).
 #'
 #' @param x (list) what [create_job()], [get_job_status()],
 #'   [check_duplicate_job()], [cancel_job()], [get_job_result()] or
@@ -48,14 +53,18 @@ job_response <- function(x, res, prefix = "/jobs") {
     status <- if (x$error %in% names(.http_codes)) .http_codes[[x$error]] else 500L
   } else if (isTRUE(x$duplicate)) {
     status <- 409L
-    x <- c(list(error = "DUPLICATE_JOB", message = "An identical job is already pending or running."), x,
-           list(status_url = url(x$existing_job_id)))
-    res$setHeader("Location", x$status_url)
+    x <- c(list(error = "DUPLICATE_JOB", message = "An identical job is already pending or running."), x)
   } else if (identical(x$status, "accepted")) {
     status <- 202L
     x$status_url <- url(x$job_id)
     res$setHeader("Location", x$status_url)
     x$retry_after <- x$retry_after %||% 5
+  }
+  # Both duplicate shapes point at the job already pending or running.
+  if (identical(x$error, "DUPLICATE_JOB") && is.character(x$existing_job_id) &&
+      length(x$existing_job_id) == 1L && !is.na(x$existing_job_id)) {
+    x$status_url <- url(x$existing_job_id)
+    res$setHeader("Location", x$status_url)
   }
   if (is.numeric(x$retry_after) && length(x$retry_after) == 1L && !is.na(x$retry_after)) {
     res$setHeader("Retry-After", as.character(ceiling(x$retry_after)))
@@ -91,14 +100,25 @@ get_job_result <- function(job_id) {
 #' them as a router of their own for `plumber::pr_mount()`. Paths, relative to
 #' `prefix`:
 #'
-#' - `GET /` lists jobs, the newest `limit` (default 1000) of them, oldest
-#'   first; query parameters `status` and `operation` take comma-separated
-#'   values. `pr_job_routes()` also answers it without the trailing slash.
-#' - `GET /workers`: the worker pool, as [get_worker_status()].
 #' - `GET /<id>`: [get_job_status()].
 #' - `GET /<id>/result`: [get_job_result()].
 #' - `GET /<id>/output`: [get_job_output()], as `list(job_id, output)`.
 #' - `DELETE /<id>`: [cancel_job()].
+#'
+#' and, with `admin = TRUE` only, the operator routes:
+#'
+#' - `GET /` lists jobs, the newest `limit` (default 1000) of them, oldest
+#'   first; query parameters `status` and `operation` take comma-separated
+#'   values. `pr_job_routes()` also answers it without the trailing slash.
+#' - `GET /workers`: the worker pool, as [get_worker_status()].
+#'
+#' A job's id is the capability its submitter holds, so by default only the
+#' routes addressed by an id are mounted, and the operator paths answer 404
+#' (`GET /workers` is never taken for a job id). On these public routes a failed
+#' job's `error` (and a result's `details`) keeps only `code` and the first
+#' line of `message`, with absolute paths and worker process ids taken out;
+#' calls, classes and tracebacks stay with [get_job_status()] in the API's
+#' process. A handler error answers 500 `INTERNAL_ERROR` with no detail.
 #'
 #' Bodies are JSON (plumber's unboxed JSON serializer); status codes and
 #' headers follow [job_response()].
@@ -107,53 +127,142 @@ get_job_result <- function(job_id) {
 #' @param prefix (string) where the endpoints are mounted, a path such as
 #'   "/jobs"; also the start of `Location` URLs. `job_routes()` also takes a
 #'   full URL, for an API behind a proxy that rewrites paths.
+#' @param authorize (function or NULL) called as `authorize(req, action,
+#'   job_id)` before every route runs, `action` being "status", "result",
+#'   "output", "cancel", "list" or "workers" and `job_id` `NULL` for the
+#'   operator routes. `TRUE` runs the route; `FALSE` answers 403 `FORBIDDEN`
+#'   (whether or not the job exists); an error or any other value answers 500
+#'   `AUTHORIZE_FAILED`, without its message (which goes to the API's log).
+#' @param admin (logical) also mount the operator routes.
 #' @return (Plumber) `pr` with the endpoints mounted, or for `job_routes()` a
 #'   new router.
 #' @export
-pr_job_routes <- function(pr, prefix = "/jobs") {
+pr_job_routes <- function(pr, prefix = "/jobs", authorize = NULL, admin = FALSE) {
   check_string(prefix, "prefix")
+  check_route_args(authorize, admin)
   need_plumber()
   if (!inherits(pr, "Plumber")) abort("argument", sprintf("`pr` must be a plumber router, not %s.", describe(pr)), "pr")
   if (!startsWith(prefix, "/")) {
     abort("argument", sprintf("`prefix` must be a path starting with \"/\", not \"%s\"; job_routes() takes a full URL.", prefix), "prefix")
   }
   path <- sub("/+$", "", prefix)
-  pr <- plumber::pr_mount(pr, if (nzchar(path)) path else "/", job_routes(prefix))
-  if (nzchar(path)) {
-    pr <- plumber::pr_get(pr, path, list_route(prefix), serializer = plumber::serializer_unboxed_json(na = "null"))
+  pr <- plumber::pr_mount(pr, if (nzchar(path)) path else "/", job_routes(prefix, authorize, admin))
+  if (admin && nzchar(path)) {
+    pr <- plumber::pr_get(pr, path, list_route(route_runner(prefix, authorize)),
+                          serializer = plumber::serializer_unboxed_json(na = "null"))
   }
   pr
 }
 
 #' @rdname pr_job_routes
 #' @export
-job_routes <- function(prefix = "/jobs") {
+job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE) {
   check_string(prefix, "prefix")
+  check_route_args(authorize, admin)
   need_plumber()
-  reply <- function(x, res) job_response(x, res, prefix)
+  run <- route_runner(prefix, authorize)
   routes <- list(
-    list("GET", "/", list_route(prefix)),
-    list("GET", "/workers", function(res) reply(list(size = MAX_CONCURRENT_JOBS, workers = get_worker_status()), res)),
-    list("GET", "/<id>", function(id, res) reply(get_job_status(id), res)),
-    list("GET", "/<id>/result", function(id, res) reply(get_job_result(id), res)),
-    list("GET", "/<id>/output", function(id, res) {
+    list("GET", "/<id>", function(id, req, res) run(req, res, "status", id, get_job_status(id))),
+    list("GET", "/<id>/result", function(id, req, res) run(req, res, "result", id, get_job_result(id))),
+    list("GET", "/<id>/output", function(id, req, res) run(req, res, "output", id, {
       out <- get_job_output(id)
-      reply(if (is.character(out)) list(job_id = id, output = out) else out, res)
-    }),
-    list("DELETE", "/<id>", function(id, res) reply(cancel_job(id), res))
+      if (is.character(out)) list(job_id = id, output = out) else out
+    })),
+    list("DELETE", "/<id>", function(id, req, res) run(req, res, "cancel", id, cancel_job(id)))
   )
+  if (admin) {
+    routes <- c(list(
+      list("GET", "/", list_route(run)),
+      list("GET", "/workers", function(req, res) {
+        run(req, res, "workers", NULL, list(size = MAX_CONCURRENT_JOBS, workers = get_worker_status()))
+      })
+    ), routes)
+  } else {
+    # Unmounted, /workers is still no job id.
+    hidden <- function(res) job_response(list(error = "NOT_FOUND", message = "Not found."), res, prefix)
+    routes <- c(list(list("GET", "/workers", hidden)), routes)
+  }
   json <- plumber::serializer_unboxed_json(na = "null")
   pr <- plumber::pr()
   for (r in routes) pr <- plumber::pr_handle(pr, r[[1L]], r[[2L]], r[[3L]], serializer = json)
   pr
 }
 
-list_route <- function(prefix) {
-  function(res, status = "", operation = "", limit = "1000") {
-    n <- suppressWarnings(as.numeric(limit))
-    if (length(n) != 1L || is.na(n) || n < 0) return(bad_request(res, "`limit` must be a number >= 0."))
-    jobs <- list_jobs(status = split_query(status), operation = split_query(operation))
-    job_response(list(count = nrow(jobs), jobs = utils::tail(jobs, n)), res, prefix)
+check_route_args <- function(authorize, admin, call = sys.call(-1L)) {
+  if (!is.null(authorize)) {
+    args <- if (is.function(authorize)) names(formals(args(authorize)))
+    if (!is.function(authorize) || !(length(args) == 3L || "..." %in% args)) {
+      what <- if (is.function(authorize)) sprintf("a function of (%s)", paste(args, collapse = ", ")) else describe(authorize)
+      abort("argument", sprintf("`authorize` must be NULL or a function of (req, action, job_id), not %s.", what),
+            "authorize", call)
+    }
+  }
+  if (!isTRUE(admin) && !isFALSE(admin)) {
+    abort("argument", sprintf("`admin` must be TRUE or FALSE, not %s.", describe(admin)), "admin", call)
+  }
+}
+
+# Runs one route: authorize() first, then `answer` (what asyncjobs returned,
+# a promise forced only once the request is allowed) through job_response().
+# Operator routes have no job id; the others show only what a client may see.
+route_runner <- function(prefix, authorize) {
+  function(req, res, action, job_id, answer) {
+    if (!is.null(authorize)) {
+      ok <- tryCatch(authorize(req, action, job_id), error = identity)
+      if (!isTRUE(ok) && !isFALSE(ok)) {
+        log_route_error(action, if (inherits(ok, "error")) conditionMessage(ok) else
+          sprintf("authorize() returned %s, not TRUE or FALSE", describe(ok)))
+        x <- list(error = "AUTHORIZE_FAILED", message = "The request could not be authorized.")
+        return(job_response(x, res, prefix))
+      }
+      if (isFALSE(ok)) {
+        return(job_response(list(error = "FORBIDDEN", message = "This request is not allowed."), res, prefix))
+      }
+    }
+    if (is.null(job_id)) return(job_response(answer, res, prefix))
+    x <- tryCatch(answer, error = identity)
+    if (inherits(x, "error")) {
+      log_route_error(action, conditionMessage(x))
+      x <- list(error = "INTERNAL_ERROR", message = "The request failed.")
+    }
+    job_response(public_body(x), res, prefix)
+  }
+}
+
+# The API's log gets the detail that the client's body leaves out.
+log_route_error <- function(action, message) {
+  message(sprintf("asyncjobs: the \"%s\" job route failed: %s", action, message))
+}
+
+# A failure as a public route shows it: code and message only.
+public_body <- function(x) {
+  if (is.character(x[["message"]])) x[["message"]] <- public_text(x[["message"]])
+  for (field in c("error", "details")) {
+    e <- x[[field]]
+    if (is.list(e)) x[[field]] <- list(code = e[["code"]], message = public_text(e[["message"]]))
+  }
+  x
+}
+
+# The first line, without absolute paths or worker process ids.
+public_text <- function(text) {
+  if (!is.character(text) || !length(text)) return(text)
+  text <- sub("\n.*", "", text[[1L]])
+  text <- gsub("(^|[[:space:]'\"`(=,])/[^[:space:]'\"`(),;]+", "\\1<path>", text)
+  gsub("\\b(pid|worker process|worker)[ :=]+[0-9]+", "\\1", text, ignore.case = TRUE, perl = TRUE)
+}
+
+list_route <- function(run) {
+  function(req, res, status = "", operation = "", limit = "1000") {
+    run(req, res, "list", NULL, {
+      n <- suppressWarnings(as.numeric(limit))
+      if (length(n) != 1L || is.na(n) || n < 0) {
+        list(error = "BAD_REQUEST", message = "`limit` must be a number >= 0.")
+      } else {
+        jobs <- list_jobs(status = split_query(status), operation = split_query(operation))
+        list(count = nrow(jobs), jobs = utils::tail(jobs, n))
+      }
+    })
   }
 }
 
@@ -168,8 +277,6 @@ split_query <- function(x) {
   x <- trimws(x[nzchar(trimws(x))])
   if (length(x)) x
 }
-
-bad_request <- function(res, message) job_response(list(error = "BAD_REQUEST", message = message), res)
 
 # Plain values for any JSON serializer: ISO 8601 date-times; NULL and a single
 # NA as logical NA, which jsonlite writes as null (a numeric NA would be "NA").

@@ -1,4 +1,6 @@
 # The HTTP edge: job_response()'s mapping, then the demo API over real HTTP.
+# Tests that read the job list or the workers mount the operator routes.
+admin_api <- quote(demo_api(admin = TRUE))
 
 test_that("job_response maps each result to a status code and headers", {
   res <- fake_res()
@@ -14,9 +16,11 @@ test_that("job_response maps each result to a status code and headers", {
   expect_identical(res$headers$Location, "/jobs/abc")
   expect_identical(body$error, "DUPLICATE_JOB")
   expect_identical(body$existing_job_id, "abc")
+  expect_identical(body$status_url, "/jobs/abc")
 
-  codes <- c(CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L, BAD_REQUEST = 400L,
-             JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, SOMETHING_ELSE = 500L)
+  codes <- c(CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, STORE_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L,
+             NOT_FOUND = 404L, BAD_REQUEST = 400L, FORBIDDEN = 403L, JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L,
+             JOB_FAILED = 409L, AUTHORIZE_FAILED = 500L, INTERNAL_ERROR = 500L, SOMETHING_ELSE = 500L)
   for (code in names(codes)) {
     res <- fake_res()
     job_response(list(error = code, message = "m"), res)
@@ -43,6 +47,33 @@ test_that("job_response maps each result to a status code and headers", {
   running <- job_response(list(job_id = "abc", status = "running", progress = list(current = NA_real_, total = 3)), res)
   expect_identical(as.character(jsonlite::toJSON(running$progress, auto_unbox = TRUE)), '{"current":null,"total":3}')
   expect_identical(body$error$code, "EXECUTION_ERROR")
+})
+
+test_that("job_response maps create_job's DUPLICATE_JOB to 409 + Location and STORE_UNAVAILABLE to 503 + Retry-After", {
+  res <- fake_res()
+  body <- job_response(list(error = "DUPLICATE_JOB", message = "An identical job is running.", existing_job_id = "e1"),
+                       res, "/api/jobs/")
+  expect_identical(res$status, 409L)
+  expect_identical(res$headers$Location, "/api/jobs/e1")
+  expect_identical(body$status_url, "/api/jobs/e1")
+  expect_identical(body$existing_job_id, "e1")
+  expect_identical(body$message, "An identical job is running.")
+  expect_null(res$headers[["Retry-After"]])
+
+  # Without an existing id there is nothing to point at.
+  res <- fake_res()
+  body <- job_response(list(error = "DUPLICATE_JOB", message = "m"), res)
+  expect_identical(res$status, 409L)
+  expect_null(res$headers$Location)
+  expect_null(body$status_url)
+
+  res <- fake_res()
+  body <- job_response(list(error = "STORE_UNAVAILABLE", message = "The job store cannot be reached.", retry_after = 2.5),
+                       res)
+  expect_identical(res$status, 503L)
+  expect_identical(res$headers[["Retry-After"]], "3")
+  expect_identical(body$retry_after, 2.5)
+  expect_null(res$headers$Location)
 })
 
 test_that("job_response converts date-times in data frames and keeps classed results", {
@@ -78,7 +109,7 @@ test_that("get_job_result reports not-found, unfinished, failed and completed jo
 })
 
 test_that("over HTTP a job is accepted (202), polled to completion and its result served", {
-  api <- local_api()
+  api <- local_api(extra = admin_api)
   r <- http(api, "POST", "/analysis/kmeans?n=5000&k=3")
   expect_identical(r$status, 202L)
   id <- r$body$job_id
@@ -178,7 +209,7 @@ test_that("over HTTP unknown ids get 404 and bad input 400", {
 })
 
 test_that("over HTTP a running job is cancelled and its worker replaced", {
-  api <- local_api(workers = 1L)
+  api <- local_api(workers = 1L, extra = admin_api)
   id <- http(api, "POST", "/analysis/refresh?seconds=120")$body$job_id
   poll_until(api, id, function(b) identical(b$status, "running"))
   old <- http(api, "GET", "/jobs/workers")$body$workers[[1L]]$pid
@@ -208,6 +239,8 @@ test_that("over HTTP a failing job is reported with its error", {
   expect_identical(done$body$status, "failed")
   expect_identical(done$body$error$code, "EXECUTION_ERROR")
   expect_identical(done$body$error$message, "GO answered 503")
+  # A public route shows the failure, not the worker's call stack.
+  expect_identical(sort(names(done$body$error)), c("code", "message"))
   r <- http(api, "GET", paste0("/jobs/", id, "/result"))
   expect_identical(r$status, 409L)
   expect_identical(r$body$error, "JOB_FAILED")
@@ -216,7 +249,7 @@ test_that("over HTTP a failing job is reported with its error", {
 })
 
 test_that("the API answers requests while every worker runs a CPU-bound job", {
-  api <- local_api(workers = 2L)
+  api <- local_api(workers = 2L, extra = admin_api)
   ids <- vapply(1:2, function(seed) {
     http(api, "POST", sprintf("/analysis/kmeans?n=2000000&k=20&seed=%d", seed))$body$job_id
   }, "")
