@@ -35,7 +35,8 @@
 #' @param queues (character) the queues this pool's workers take jobs from.
 #' @param max_active (number or NULL) the cap on active (pending + running)
 #'   jobs, counted over the whole store and enforced atomically at submit.
-#'   NULL: `n + max_queued`, or no cap when `n` is 0.
+#'   NULL: `n + max_queued` with the memory store; no cap with a shared store
+#'   (where this process's `n` says nothing of the other hosts).
 #' @param retention (number or NULL) seconds after which finished jobs are
 #'   deleted by a timer in the pool (as [cleanup_old_jobs()] does); NULL keeps
 #'   them until [cleanup_old_jobs()] is called.
@@ -75,7 +76,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
     abort("pool_running", "A worker pool is already running; call stop_workers() first.")
   }
   use_store(store)
-  capacity <- max_active %||% (if (n > 0) n + max_queued else Inf)
+  capacity <- max_active %||% (if (identical(.state$store, "memory")) n + max_queued else Inf)
   init <- serialize(list(libpaths = .libPaths(), setup = setup, max_result_bytes = max_result_bytes,
                          progress_interval_ms = 100), NULL)
   script <- system.file("worker.R", package = "asyncjobs", mustWork = TRUE)

@@ -1,0 +1,87 @@
+# Helpers for the durable store suites: which stores to test, other R
+# processes (replicas and worker hosts) on the same store, and cleanup.
+
+# SQLite always; PostgreSQL and MySQL/MariaDB when tools/test.sh found them.
+store_urls <- function() {
+  urls <- c(sqlite = paste0("sqlite://", tempfile("jobs-", fileext = ".db")))
+  vars <- c(postgres = "ASYNCJOBS_TEST_POSTGRES", mysql = "ASYNCJOBS_TEST_MYSQL")
+  for (engine in names(vars)) {
+    url <- Sys.getenv(vars[[engine]], "")
+    if (nzchar(url) && url != "skip") urls[[engine]] <- url
+  }
+  urls
+}
+
+# This process as a replica (or host) on `url` for the calling test; back on
+# a fresh memory store when the test ends.
+local_store <- function(url, n = 0L, ..., clean = TRUE, env = parent.frame()) {
+  seen <- local_pool(n, store = url, ..., env = env)
+  withr::defer(asyncjobs:::use_store("memory"), envir = env, priority = "last")
+  if (clean) cancel_active()
+  invisible(seen)
+}
+
+# Cancels every active job in the store and removes finished ones, so that
+# each test starts from an empty store whatever ran before.
+cancel_active <- function() {
+  active <- list_jobs(status = c("pending", "running"))
+  for (id in active$job_id) cancel_job(id)
+  suppressMessages(cleanup_old_jobs(0))
+}
+
+# Another R process running `start_workers(n, store = url, ...)`, then
+# `then()` (its value is read with host$value()); `ready` once both are done.
+# Killed, with every process it started, when the test ends.
+start_host <- function(url, n = 1L, ..., then = NULL, lease = 3, env = parent.frame()) {
+  log <- tempfile("host-", fileext = ".log")
+  out <- tempfile("host-", fileext = ".rds")
+  proc <- callr::r_bg(function(url, n, args, then, lease, out) {
+    options(asyncjobs.lease_seconds = lease, asyncjobs.warn_payload_bytes = Inf)
+    library(asyncjobs)
+    do.call(start_workers, c(list(n = n, store = url, wait = TRUE), args))
+    saveRDS(if (is.function(then)) then(), out)
+    cat("ready\n")
+    repeat Sys.sleep(0.05)
+  }, list(url, n, list(...), then, lease, out), stdout = log, stderr = "2>&1")
+  ok <- wait_until(function() !proc$is_alive() || any(grepl("^ready", readLines(log, warn = FALSE))),
+                   timeout = 60, interval = 0.05)
+  if (!ok || !proc$is_alive()) stop("host did not start:\n", paste(readLines(log), collapse = "\n"))
+  pids <- c(proc$get_pid(), live_children(proc$get_pid()))
+  withr::defer({
+    pids <- c(pids, if (proc$is_alive()) live_children(proc$get_pid()))
+    if (proc$is_alive()) proc$kill()
+    expect_all_dead(pids)
+  }, envir = env)
+  list(proc = proc, log = log, value = function() readRDS(out),
+       workers = function() live_children(proc$get_pid()))
+}
+
+# Runs f(i) in `n` fresh R processes at the same moment, each on `url` with
+# start_workers(n = 0, ...). Their values, in order.
+race <- function(n, url, f, ...) {
+  dir <- tempfile("race-")
+  dir.create(dir)
+  procs <- lapply(seq_len(n), function(i) callr::r_bg(function(i, f, url, args, dir) {
+    library(asyncjobs)
+    options(asyncjobs.warn_payload_bytes = Inf)
+    do.call(start_workers, c(list(n = 0L, store = url), args))
+    file.create(file.path(dir, paste0("ready-", i)))
+    while (!file.exists(file.path(dir, "go"))) Sys.sleep(0.002)
+    out <- f(i)
+    stop_workers()
+    out
+  }, list(i, f, url, list(...), dir), stderr = "2>&1"))
+  ready <- wait_until(function() length(list.files(dir, "^ready-")) == n || !all(vapply(procs, function(p) p$is_alive(), TRUE)),
+                      timeout = 60)
+  file.create(file.path(dir, "go"))
+  lapply(procs, function(p) {
+    p$wait(60000)
+    p$get_result()
+  })
+}
+
+# The pid a job reported as its progress step (jobs below report Sys.getpid()).
+job_pid <- function(id) {
+  st <- get_job_status(id)
+  if (identical(st$status, "running")) suppressWarnings(as.integer(st$step)) else NA_integer_
+}
