@@ -3,8 +3,10 @@
 //! the leases.
 //!
 //! * The claimer takes up to k jobs from the store for k idle slots, when a
-//!   job is submitted here, a slot frees up, or (for a shared store) on an
-//!   adaptive poll: 50 ms after work was found, backing off to 1 s.
+//!   job is submitted here, a slot frees up, the store signals a submit
+//!   (PostgreSQL's NOTIFY), or (for a shared store) on an adaptive poll:
+//!   50 ms after work was found, backing off to 1 s. It also stops at once
+//!   the jobs the store signals as cancelled.
 //! * Each slot task owns its worker process and runs one `select!` loop over
 //!   the worker's events, the job's deadline, a kick (cancel, lost lease) and
 //!   shutdown.
@@ -19,7 +21,7 @@
 
 use crate::protocol::{Kind, ProtocolError, FIELD_SEP};
 use crate::registry::{
-    Cancel, Claimed, HostInfo, JobError, Lease, NewJob, Outcome, Progress, Report, Store, StoreResult, Submit,
+    Cancel, Claimed, HostInfo, JobError, Lease, NewJob, Outcome, Progress, Report, Signal, Store, StoreResult, Submit,
     OUTPUT_LIMIT,
 };
 use crate::worker::{Event, ExitStatus, Process, Spec, Stream};
@@ -368,9 +370,23 @@ async fn run_pool(sh: Arc<Shared>) {
     }
 }
 
-/// Claims jobs for idle slots.
+/// The next signal a store pushes; never, for a store that pushes none.
+async fn next_signal(rx: &mut Option<tokio::sync::broadcast::Receiver<Signal>>) -> Signal {
+    match rx {
+        None => std::future::pending().await,
+        Some(rx) => match rx.recv().await {
+            Ok(s) => s,
+            // Missed some: look at the store.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Signal::Submitted,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
+        },
+    }
+}
+
+/// Claims jobs for idle slots; relays cancels pushed by the store.
 async fn claimer(sh: Arc<Shared>) {
     let mut stop = sh.stop.subscribe();
+    let mut signals = sh.store.signals();
     let (min_poll, max_poll) = (Duration::from_millis(50), Duration::from_secs(1));
     let mut poll = min_poll;
     while !stopping(&stop) {
@@ -406,6 +422,11 @@ async fn claimer(sh: Arc<Shared>) {
         tokio::select! {
             _ = wake => {}
             _ = timer => {}
+            signal = next_signal(&mut signals) => {
+                if let Signal::Cancelled(id) = signal {
+                    sh.abandon(&id);
+                }
+            }
             _ = stopped(&mut stop) => break,
         }
     }

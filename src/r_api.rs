@@ -6,7 +6,7 @@
 
 use crate::pool::{Config, Pool, SlotState};
 use crate::registry::{
-    self, block_on, estimate_seconds, hex, Cancel, MemoryStore, NewJob, Status, Store, StoreError, Submit,
+    self, block_on, estimate_seconds, hex, Cancel, MemoryStore, NewJob, Store, StoreError, Submit,
 };
 use crate::worker::Spec;
 use extendr_api::prelude::*;

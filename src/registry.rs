@@ -266,6 +266,14 @@ impl HostInfo {
     }
 }
 
+/// News from a store that pushes it (PostgreSQL's NOTIFY): a wake-up,
+/// never a source of truth; pools poll anyway.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    Submitted,
+    Cancelled(Uuid),
+}
+
 /// Where job records live.
 ///
 /// Every method is async: the memory store answers at once, a SQL store runs
@@ -279,6 +287,10 @@ pub trait Store: Send + Sync {
     fn shared(&self) -> bool;
     /// How often a running job's progress and output are written; zero for at once.
     fn report_interval(&self) -> Duration;
+    /// Submits and cancels as they happen in other processes, when the store can push them.
+    fn signals(&self) -> Option<tokio::sync::broadcast::Receiver<Signal>> {
+        None
+    }
     /// Adds a pending job unless `limit` jobs are pending or running (or a
     /// unique job's twin is active), atomically.
     async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit>;

@@ -22,8 +22,9 @@
 
 use crate::registry::{
     self, duplicate_key, hex, iso8601, median, Cancel, Claimed, Counts, HostInfo, Job, JobError, JobView, Lease, NewJob,
-    Outcome, Progress, Report, Status, Store, StoreError, StoreResult, Submit,
+    Outcome, Progress, Report, Signal, Status, Store, StoreError, StoreResult, Submit,
 };
+use tokio::sync::broadcast;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
@@ -210,7 +211,12 @@ pub struct SqlStore {
     secret: Option<String>,
     timeout: Duration,
     lease: Duration,
+    /// Fed by a LISTEN connection on PostgreSQL.
+    signals: Option<Arc<broadcast::Sender<Signal>>>,
 }
+
+/// The NOTIFY channel: payload "s" for a submit, "c:<id>" for a cancel.
+const CHANNEL: &str = "asyncjobs";
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -322,12 +328,19 @@ impl SqlStore {
             }
         })
         .map_err(|e| fail("connection failed", e))?;
+        let signals = (dialect == Dialect::Postgres).then(|| {
+            let (tx, _) = broadcast::channel(256);
+            let tx = Arc::new(tx);
+            listen(sqlx_url.clone(), Arc::downgrade(&tx));
+            tx
+        });
         Ok(SqlStore {
             db: Arc::new(Db { pool, dialect, typical: Mutex::new(HashMap::new()) }),
             described,
             secret,
             timeout,
             lease,
+            signals,
         })
     }
 
@@ -368,6 +381,46 @@ impl SqlStore {
     }
 }
 
+/// Relays NOTIFYs to the store's subscribers for as long as the store lives,
+/// reconnecting after a failure. What is missed meanwhile, polling finds.
+#[cfg(feature = "postgres")]
+fn listen(url: String, signals: std::sync::Weak<broadcast::Sender<Signal>>) {
+    registry::runtime().spawn(async move {
+        while signals.strong_count() > 0 {
+            let listener = async {
+                let mut l = sqlx::postgres::PgListener::connect(&url).await?;
+                l.listen(CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let Ok(Ok(mut l)) = tokio::time::timeout(Duration::from_secs(10), listener).await else {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            loop {
+                let Some(tx) = signals.upgrade() else { return };
+                drop(tx);
+                match tokio::time::timeout(Duration::from_secs(5), l.try_recv()).await {
+                    Err(_) => continue,
+                    Ok(Ok(Some(n))) => {
+                        let signal = match n.payload().split_once(':') {
+                            Some(("c", id)) => Signal::Cancelled(uuid(id)),
+                            _ => Signal::Submitted,
+                        };
+                        if let Some(tx) = signals.upgrade() {
+                            let _ = tx.send(signal);
+                        }
+                    }
+                    // The connection was lost (None) or failed: start over.
+                    Ok(Ok(None)) | Ok(Err(_)) => break,
+                }
+            }
+        }
+    });
+}
+
+#[cfg(not(feature = "postgres"))]
+fn listen(_: String, _: std::sync::Weak<broadcast::Sender<Signal>>) {}
+
 fn session_setup(dialect: Dialect) -> &'static [&'static str] {
     match dialect {
         Dialect::Sqlite => &["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"],
@@ -383,9 +436,11 @@ fn session_setup(dialect: Dialect) -> &'static [&'static str] {
 /// across processes by a lock, so two first starts do not race.
 async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx::Error> {
     let mut conn = pool.acquire().await?;
+    // DDL is transactional on SQLite and PostgreSQL (so a transaction-scoped
+    // lock serves, also behind a transaction-pooling proxy); not on MySQL.
     let (lock, unlock) = match dialect {
         Dialect::Sqlite => ("BEGIN IMMEDIATE", "COMMIT"),
-        Dialect::Postgres => ("SELECT pg_advisory_lock(724500101)", "SELECT pg_advisory_unlock(724500101)"),
+        Dialect::Postgres => ("BEGIN; SELECT pg_advisory_xact_lock(724500101)", "COMMIT"),
         Dialect::MySql => ("SELECT GET_LOCK('asyncjobs_schema', 30)", "SELECT RELEASE_LOCK('asyncjobs_schema')"),
     };
     conn.execute(lock).await?;
@@ -415,7 +470,7 @@ async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx::Error> {
         }
     }
     .await;
-    if result.is_err() && dialect == Dialect::Sqlite {
+    if result.is_err() && dialect != Dialect::MySql {
         let _ = conn.execute("ROLLBACK").await;
     } else {
         conn.execute(unlock).await?;
@@ -488,6 +543,9 @@ impl Db {
             .await;
         match inserted {
             Ok(_) => {
+                if self.dialect == Dialect::Postgres {
+                    tx.execute("SELECT pg_notify('asyncjobs', 's')").await?;
+                }
                 tx.commit().await?;
                 Ok(Submit::Accepted)
             }
@@ -651,6 +709,10 @@ impl Db {
             );
             let done = q(sql).bind(id.to_string()).bind(status.as_str()).bind(token).execute(&self.pool).await?;
             if done.rows_affected() == 1 {
+                if self.dialect == Dialect::Postgres && status == Status::Running {
+                    let sql = self.sql("SELECT pg_notify('asyncjobs', ?)");
+                    q(sql).bind(format!("c:{id}")).execute(&self.pool).await?;
+                }
                 return Ok(match status {
                     Status::Pending => Cancel::WasPending,
                     _ => Cancel::WasRunning(Lease { id, token }),
@@ -769,6 +831,10 @@ impl Store for SqlStore {
 
     fn lease(&self) -> Duration {
         self.lease
+    }
+
+    fn signals(&self) -> Option<broadcast::Receiver<Signal>> {
+        self.signals.as_ref().map(|tx| tx.subscribe())
     }
 
     async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit> {

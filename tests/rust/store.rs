@@ -337,9 +337,40 @@ fn rescue(s: &dyn Store) {
     assert!(block_on(s.finish(&again[0].lease, &Outcome::Completed(vec![]), None)).unwrap());
 }
 
+/// A store that pushes signals tells other processes of submits and cancels.
+fn signals(s: &dyn Store) {
+    let mut rx = s.signals().expect("this store pushes signals");
+    let next = |rx: &mut tokio::sync::broadcast::Receiver<Signal>| {
+        block_on(async { tokio::time::timeout(Duration::from_secs(10), rx.recv()).await })
+            .expect("a signal within 10 s")
+            .unwrap()
+    };
+    // The listener may still be connecting: submit until it hears one.
+    let mut heard = false;
+    for _ in 0..20 {
+        submit(s, in_queue(job("sig", b"s"), "signals", 0));
+        if block_on(async { tokio::time::timeout(Duration::from_millis(500), rx.recv()).await }).is_ok() {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "no NOTIFY heard for a submit");
+    while rx.try_recv().is_ok() {}
+    submit(s, in_queue(job("sig", b"s"), "signals", 0));
+    assert_eq!(next(&mut rx), Signal::Submitted);
+    let c = claim(s, "signals", 1);
+    block_on(s.cancel(&c[0].lease.id)).unwrap();
+    assert_eq!(next(&mut rx), Signal::Cancelled(c[0].lease.id));
+    for c in claim(s, "signals", 100) {
+        block_on(s.cancel(&c.lease.id)).unwrap();
+    }
+}
+
 #[test]
 fn memory_store() {
-    suite(&MemoryStore::new());
+    let s = MemoryStore::new();
+    assert!(s.signals().is_none());
+    suite(&s);
 }
 
 #[test]
@@ -412,6 +443,7 @@ fn postgres_store() {
         let s = sql(&url, Duration::from_secs(2));
         suite(&s);
         rescue(&s);
+        signals(&s);
         block_on(s.truncate()).unwrap();
     }
 }

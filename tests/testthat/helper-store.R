@@ -85,3 +85,31 @@ job_pid <- function(id) {
   st <- get_job_status(id)
   if (identical(st$status, "running")) suppressWarnings(as.integer(st$step)) else NA_integer_
 }
+
+# A TCP proxy (tcp-proxy.py) in front of the server `url` names: the URL
+# through it, and start()/cut() to let connections through or sever them.
+local_proxy <- function(url, env = parent.frame()) {
+  skip_if(!nzchar(Sys.which("python3")), "python3 is needed for the network fault tests")
+  m <- regmatches(url, regexec("^([a-z]+://[^@/]*@?)([^:/]+):([0-9]+)(/.*)$", url))[[1L]]
+  port <- httpuv::randomPort()
+  script <- normalizePath(test_path("tcp-proxy.py"))
+  proxy <- new.env()
+  proxy$url <- paste0(m[[2L]], "127.0.0.1:", port, m[[5L]])
+  proxy$start <- function() {
+    proxy$proc <- processx::process$new("python3", c(script, port, m[[3L]], m[[4L]]), stdout = "|", stderr = "2>&1")
+    .allowed_children$pids <- c(.allowed_children$pids, proxy$proc$get_pid())
+    out <- character()
+    up <- wait_until(function() {
+      if (proxy$proc$is_alive()) out <<- c(out, proxy$proc$read_output_lines())
+      "listening" %in% out || !proxy$proc$is_alive()
+    }, timeout = 20, interval = 0.05)
+    if (!"listening" %in% out) stop("the TCP proxy did not start: ", paste(out, collapse = "\n"))
+  }
+  proxy$cut <- function() {
+    proxy$proc$kill()
+    proxy$proc$wait(5000)
+  }
+  proxy$start()
+  withr::defer(if (proxy$proc$is_alive()) proxy$cut(), envir = env)
+  proxy
+}

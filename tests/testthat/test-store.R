@@ -178,6 +178,35 @@ for (engine in names(urls)) {
   })
 }
 
+for (engine in setdiff(names(urls), "sqlite")) {
+  test_that(sprintf("[%s] a database outage is not a job failure; calls meanwhile say STORE_UNAVAILABLE", engine), {
+    withr::local_options(asyncjobs.lease_seconds = 3, asyncjobs.store_timeout_ms = 2000)
+    proxy <- local_proxy(urls[[engine]])
+    local_store(proxy$url, n = 1L)
+    j <- create_job("outage", list(seconds = 4, value = "survived"), sleeper)
+    expect_true(wait_until(function() !is.na(job_pid(j$job_id)), 30))
+    proxy$cut()
+    r <- create_job("outage", 1, function(p) p)
+    expect_identical(r$error, "STORE_UNAVAILABLE")
+    expect_false(grepl("127.0.0.1:[0-9]+/", sub("@", "", r$message)) && grepl(":[^@/]*@", r$message))
+    res <- fake_res()
+    body <- job_response(r, res)
+    expect_identical(res$status, 503L)
+    expect_identical(res$headers[["Retry-After"]], "5")
+    expect_identical(get_job_status(j$job_id)$error, "STORE_UNAVAILABLE")
+    expect_identical(cancel_job(j$job_id)$error, "STORE_UNAVAILABLE")
+    expect_identical(check_duplicate_job("outage", 1)$error, "STORE_UNAVAILABLE")
+    # Longer than the lease and than the job: the worker finishes meanwhile.
+    Sys.sleep(6)
+    proxy$start()
+    st <- wait_for_job(j$job_id, 60000)
+    expect_identical(st$status, "completed")
+    expect_identical(st$result, "survived")
+    k <- create_job("outage", list(seconds = 0, value = "after"), sleeper)
+    expect_identical(wait_for_job(k$job_id, 30000)$result, "after")
+  })
+}
+
 test_that("a password in a store URL never appears in messages or the worker status", {
   err <- tryCatch(start_workers(1, store = "postgres://app:s3cretpw@127.0.0.1:1/none"), error = identity)
   expect_s3_class(err, "asyncjobs_error_store_unavailable")
