@@ -228,9 +228,14 @@ cleanup_old_jobs <- function(max_age_seconds = 86400) {
   check_process()
   check_number(max_age_seconds, "max_age_seconds", min = 0)
   cutoff <- as.numeric(Sys.time()) - max_age_seconds
-  ids <- .Call(wrap__aj_cleanup, as.numeric(max_age_seconds))
-  if (store_failed(ids)) {
-    abort("store_unavailable", paste("Old jobs could not be removed:", ids))
+  # A shared store deletes in batches, one call each, so Ctrl-C is seen between them.
+  batch <- if (identical(.state$store, "memory")) Inf else 1000
+  ids <- character()
+  repeat {
+    got <- .Call(wrap__aj_cleanup, as.numeric(max_age_seconds), batch)
+    if (store_failed(got)) abort("store_unavailable", paste("Old jobs could not be removed:", got))
+    ids <- c(ids, got)
+    if (length(got) < batch) break
   }
   names <- ls(jobs_env, all.names = TRUE, sorted = FALSE)
   written <- character()

@@ -5,23 +5,32 @@
 //! An R API accepts a job, returns its id at once, and runs it in a pool of
 //! separate R worker processes; callers poll the job's status.
 //!
-//! * [`registry`] holds one record per job behind the [`registry::Store`]
-//!   trait. It is shared by two threads: the R main thread (submit, status,
-//!   cancel, cleanup) and the pool thread (dispatch, progress, outcomes).
-//!   Status changes are made by the pool thread as they happen, so R sees
-//!   them without any event loop of its own.
+//! * [`registry`] defines the [`registry::Store`] trait, the one seam
+//!   between the core and where jobs live, and the in-memory store (the
+//!   default). [`sql`] implements the same trait over SQLite, PostgreSQL and
+//!   MySQL/MariaDB, so jobs outlive the process and are shared by API
+//!   replicas and worker hosts. A store is chosen once, when the pool starts.
+//! * Jobs a pool runs are held through leases: a token the store increments
+//!   at each claim, cancel or rescue, and (in a database) an expiry on the
+//!   database's clock. Every write about a running job names its token, so
+//!   a host that lost a job writes nothing about it.
+//! * Store calls are async. A database store runs them on a small I/O
+//!   runtime (threads that block async signals) with a bound on each, so
+//!   neither R nor the pool ever waits on a database without a limit.
 //! * [`pool`] owns one OS thread running a single-threaded tokio runtime.
 //!   That thread blocks every asynchronous signal (R's handlers must only
 //!   run on the R main thread) and lives as long as the pool, so the workers
 //!   it spawns die with it (`PR_SET_PDEATHSIG`). One task per slot supervises
 //!   one worker: dispatch, deadline, cancel, crash, recycle and shutdown are
-//!   branches of a single `select!` loop.
+//!   branches of a single `select!` loop. A claimer task takes jobs from the
+//!   store for idle slots; a keeper task renews leases, notices lost ones
+//!   and rescues the jobs of hosts that stopped renewing theirs.
 //! * [`worker`] spawns and stops one R process: private pipes on fds 3 and 4
 //!   for [`protocol`] frames, stdout/stderr captured as job output, stdin at
 //!   /dev/null, a process group for clean kills, a pidfd to see it exit.
 //! * `r_api` (feature `r`) is the only module that knows R: it converts
-//!   arguments and records and never holds the registry lock across R calls.
-//!   Waits from R are sliced so that R can check for interrupts.
+//!   arguments and records. Waits from R are sliced so that R can check for
+//!   interrupts.
 //!
 //! Nothing here calls into R from a runtime thread: results cross as
 //! `serialize()` bytes and are unserialized by R on the main thread. The

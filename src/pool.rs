@@ -361,12 +361,16 @@ async fn run_pool(sh: Arc<Shared>) {
     // leases expire and another host rescues the jobs.
     let err = JobError::new("SHUTDOWN", "The worker pool was stopped before the job finished");
     let pending = !sh.store.shared();
-    for attempt in 0..5 {
-        match sh.store.release(&sh.host.id, &err, pending).await {
-            Ok(_) => break,
-            Err(e) if attempt == 4 => log(&format!("could not release this pool's jobs: {e}")),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+    let release = async {
+        loop {
+            match sh.store.release(&sh.host.id, &err, pending).await {
+                Ok(_) => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
         }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), release).await.is_err() {
+        log("could not release this pool's jobs; other hosts will rescue them when their leases expire");
     }
 }
 

@@ -376,24 +376,14 @@ fn aj_cancel(id: &str) -> Result<Vec<String>> {
     })
 }
 
-/// Removes finished jobs that ended more than `max_age` seconds ago, in
-/// batches; returns their ids.
+/// Removes up to `batch` finished jobs that ended more than `max_age`
+/// seconds ago; returns their ids. R calls it until a batch comes back short.
 #[extendr]
-fn aj_cleanup(max_age: f64) -> Result<Robj> {
+fn aj_cleanup(max_age: f64, batch: f64) -> Result<Robj> {
     check_owner()?;
-    let s = store();
-    let removed = block_on(async {
-        let mut all = Vec::new();
-        loop {
-            let ids = s.cleanup(max_age, 1000).await?;
-            let more = ids.len() == 1000;
-            all.extend(ids);
-            if !more {
-                return Ok(all);
-            }
-        }
-    });
-    or_store_error(removed.map(|ids: Vec<Uuid>| ids.iter().map(Uuid::to_string).collect::<Vec<_>>().into()))
+    let batch = limit(batch).clamp(1, usize::MAX as u64) as usize;
+    let removed = block_on(store().cleanup(max_age, batch));
+    or_store_error(removed.map(|ids| ids.iter().map(Uuid::to_string).collect::<Vec<_>>().into()))
 }
 
 /// Every job as columns, oldest first.

@@ -761,7 +761,7 @@ impl Db {
 
     async fn rescue(&self) -> Result<Vec<Uuid>, sqlx::Error> {
         let sql = self.sql(
-            "SELECT j.id, j.lease_token, j.attempts, j.max_attempts, j.lease_owner, h.hostname, h.pid, \
+            "SELECT j.id, j.lease_token, j.attempts, j.max_attempts, j.lease_owner, h.hostname, \
              h.heartbeat_at, NOW AS now_ FROM asyncjobs_jobs j LEFT JOIN asyncjobs_hosts h ON h.host_id = j.lease_owner \
              WHERE j.status = 'running' AND j.lease_until < NOW LIMIT 100",
         );
@@ -773,12 +773,13 @@ impl Db {
             let max_attempts: i64 = r.try_get("max_attempts")?;
             let owner: Option<String> = r.try_get("lease_owner")?;
             let hostname: Option<String> = r.try_get("hostname")?;
-            let pid: Option<i64> = r.try_get("pid")?;
             let beat: Option<f64> = r.try_get("heartbeat_at")?;
             let now: f64 = r.try_get("now_")?;
-            let who = match (hostname, pid) {
-                (Some(h), Some(p)) => format!("host {h} (pid {p}, pool {})", owner.unwrap_or_default()),
-                _ => format!("pool {}", owner.unwrap_or_default()),
+            let pool = owner.unwrap_or_default();
+            let pool = pool.get(..8).unwrap_or(&pool);
+            let who = match hostname {
+                Some(h) => format!("host {h} (pool {pool})"),
+                None => format!("pool {pool}"),
             };
             let last = beat.map_or("no heartbeat on record".to_string(), |b| {
                 format!("last heartbeat {} ({:.0} s before)", iso8601(b), (now - b).max(0.0))

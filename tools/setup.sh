@@ -17,6 +17,7 @@ else
   done
 fi
 command -v curl >/dev/null 2>&1 || need+=(curl) # the demo's client
+command -v python3 >/dev/null 2>&1 || need+=(python3) # the store suites' TCP proxy
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "asyncjobs: missing ${need[*]}; run this as root, or install them with apt-get." >&2

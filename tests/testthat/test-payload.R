@@ -34,6 +34,7 @@ test_that("the warning names the captured variables", {
   local_pool(1)
   local_payload_warning(100 * 1024)
   make <- function(big_request) function(p) 1
-  w <- tryCatch(create_job("op", 1, make(raw(300 * 1024))), warning = function(w) w)
-  expect_match(conditionMessage(w), "`big_request` (300 KiB)", fixed = TRUE)
+  # Larger than the test helpers the closure also reaches, so it is named first.
+  w <- tryCatch(create_job("op", 1, make(raw(3 * 1024^2))), warning = function(w) w)
+  expect_match(conditionMessage(w), "captures `big_request` (3072 KiB)", fixed = TRUE)
 })

@@ -183,6 +183,9 @@ for (engine in setdiff(names(urls), "sqlite")) {
     withr::local_options(asyncjobs.lease_seconds = 3, asyncjobs.store_timeout_ms = 2000)
     proxy <- local_proxy(urls[[engine]])
     local_store(proxy$url, n = 1L)
+    # Another host behind the same cut: when the database is back it must not
+    # take this host's job for lost.
+    bystander <- start_host(proxy$url, n = 1L, queues = "elsewhere")
     j <- create_job("outage", list(seconds = 4, value = "survived"), sleeper)
     expect_true(wait_until(function() !is.na(job_pid(j$job_id)), 30))
     proxy$cut()
