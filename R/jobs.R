@@ -38,20 +38,22 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
           "executor_fn")
   }
   check_number(timeout_ms, "timeout_ms", min = 1)
-  check_flag(unique, "unique")
-  check_queue(queue, "queue")
-  check_number(priority, "priority", min = -1e6, integer = TRUE)
-  if (priority > 1e6) abort("argument", sprintf("`priority` must be a whole number from -1e6 to 1e6, not %s.", describe(priority)), "priority")
-  check_number(max_attempts, "max_attempts", min = 1, integer = TRUE)
-  if (max_attempts > 1000) abort("argument", sprintf("`max_attempts` must be a whole number from 1 to 1000, not %s.", describe(max_attempts)), "max_attempts")
+  # The defaults skip their checks: they are the common case of a hot path.
+  if (!identical(unique, FALSE)) check_flag(unique, "unique")
+  if (!identical(queue, "default")) check_queue(queue, "queue")
+  if (!identical(priority, 0L)) check_priority(priority)
+  if (!identical(max_attempts, 1L)) {
+    check_number(max_attempts, "max_attempts", min = 1, integer = TRUE)
+    if (max_attempts > 1000) abort("argument", sprintf("`max_attempts` must be a whole number from 1 to 1000, not %s.", describe(max_attempts)), "max_attempts")
+  }
   bytes <- serialize_job(params, executor_fn, call = sys.call())
   check_payload(executor_fn, length(bytes$fn), operation)
-  submit <- function() .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms),
-                             queue, as.integer(priority), as.integer(max_attempts), unique)
-  r <- submit()
+  r <- .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms),
+             queue, as.integer(priority), as.integer(max_attempts), unique)
   if (r[[1L]] == "stopped") {
     ensure_pool()
-    r <- submit()
+    r <- .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms),
+               queue, as.integer(priority), as.integer(max_attempts), unique)
   }
   switch(r[[1L]],
     accepted = {
@@ -69,6 +71,11 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
     store_error = store_unavailable(r[[2L]]),
     abort("pool_stopped", "The worker pool stopped while the job was submitted.")
   )
+}
+
+check_priority <- function(x, call = sys.call(-1L)) {
+  check_number(x, "priority", min = -1e6, integer = TRUE, call = call)
+  if (x > 1e6) abort("argument", sprintf("`priority` must be a whole number from -1e6 to 1e6, not %s.", describe(x)), "priority", call)
 }
 
 check_queue <- function(x, arg, call = sys.call(-1L)) {

@@ -2,7 +2,8 @@
 //! with one task per worker slot, one that claims work and one that keeps
 //! the leases.
 //!
-//! * The claimer takes up to k jobs from the store for k idle slots, when a
+//! * With the memory store an idle slot takes its next job itself. With a
+//!   shared store the claimer takes up to k jobs for k idle slots, when a
 //!   job is submitted here, a slot frees up, the store signals a submit
 //!   (PostgreSQL's NOTIFY), or (for a shared store) on an adaptive poll:
 //!   50 ms after work was found, backing off to 1 s. It also stops at once
@@ -272,7 +273,12 @@ impl Pool {
     pub async fn submit(&self, job: NewJob) -> StoreResult<Submit> {
         let r = self.shared.store.submit(job, self.capacity()).await?;
         if r == Submit::Accepted {
-            self.shared.claim_signal.notify_one();
+            // A local store's jobs are taken by the slots themselves.
+            if self.shared.store.shared() {
+                self.shared.claim_signal.notify_one();
+            } else {
+                self.shared.ready_signal.notify_one();
+            }
         }
         Ok(r)
     }
@@ -349,12 +355,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 
 async fn run_pool(sh: Arc<Shared>) {
     let slots: Vec<_> = (0..sh.config.size).map(|slot| tokio::spawn(run_slot(sh.clone(), slot))).collect();
-    let claimer = tokio::spawn(claimer(sh.clone()));
+    let claimer = sh.store.shared().then(|| tokio::spawn(claimer(sh.clone())));
     let keeper = tokio::spawn(keeper(sh.clone()));
     for t in slots {
         let _ = t.await;
     }
-    let _ = claimer.await;
+    if let Some(c) = claimer {
+        let _ = c.await;
+    }
     let _ = keeper.await;
     // Every worker is gone: what this pool still holds fails (or goes back
     // to the queue when attempts remain). Bounded: with the store away, the
@@ -670,7 +678,11 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
                 if let Some(c) = sh.ready.lock().pop_front() {
                     break c;
                 }
-                sh.claim_signal.notify_one();
+                if sh.store.shared() {
+                    sh.claim_signal.notify_one();
+                } else if let Some(c) = sh.store.claim(&sh.host.id, &sh.config.queues, 1).await.ok().and_then(|mut v| v.pop()) {
+                    break c;
+                }
                 tokio::select! {
                     _ = notified => {}
                     ev = w.next_event() => match ev {

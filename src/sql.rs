@@ -213,6 +213,8 @@ pub struct SqlStore {
     lease: Duration,
     /// Fed by a LISTEN connection on PostgreSQL.
     signals: Option<Arc<broadcast::Sender<Signal>>>,
+    /// Wakes this process's waiters when a job ends through this handle.
+    finished: tokio::sync::Notify,
 }
 
 /// The NOTIFY channel: payload "s" for a submit, "c:<id>" for a cancel.
@@ -341,6 +343,7 @@ impl SqlStore {
             timeout,
             lease,
             signals,
+            finished: tokio::sync::Notify::new(),
         })
     }
 
@@ -942,12 +945,36 @@ impl Store for SqlStore {
     async fn finish(&self, lease: &Lease, outcome: &Outcome, output: Option<&[u8]>) -> StoreResult<bool> {
         let (lease, outcome) = (*lease, outcome.clone());
         let output = output.map(<[u8]>::to_vec);
-        self.run("finish", move |db| async move { db.finish(lease, outcome, output).await }).await
+        let done = self.run("finish", move |db| async move { db.finish(lease, outcome, output).await }).await?;
+        self.finished.notify_waiters();
+        Ok(done)
     }
 
     async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
         let id = *id;
-        self.run("cancel", move |db| async move { db.cancel(id).await }).await
+        let r = self.run("cancel", move |db| async move { db.cancel(id).await }).await?;
+        self.finished.notify_waiters();
+        Ok(r)
+    }
+
+    /// Polls the store, and wakes at once when a job ends through this handle
+    /// (this process's pool ran it, or cancelled it).
+    async fn wait_finished(&self, id: &Uuid, timeout: Duration) -> StoreResult<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ended = self.finished.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            let done = self.get(id, false).await?.map_or(true, |v| v.job.status.is_terminal());
+            if done || tokio::time::Instant::now() >= deadline {
+                return Ok(done);
+            }
+            let poll = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+            tokio::select! {
+                _ = ended => {}
+                _ = tokio::time::sleep_until(poll) => {}
+            }
+        }
     }
 
     async fn renew(&self, host: &str) -> StoreResult<Vec<Lease>> {
