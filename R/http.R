@@ -111,6 +111,7 @@ get_job_result <- function(job_id) {
 #'   first; query parameters `status` and `operation` take comma-separated
 #'   values. `pr_job_routes()` also answers it without the trailing slash.
 #' - `GET /workers`: the worker pool, as [get_worker_status()].
+#' - `GET /hosts`: every pool registered in the store, as [get_hosts()].
 #'
 #' A job's id is the capability its submitter holds, so by default only the
 #' routes addressed by an id are mounted, and the operator paths answer 404
@@ -129,7 +130,7 @@ get_job_result <- function(job_id) {
 #'   full URL, for an API behind a proxy that rewrites paths.
 #' @param authorize (function or NULL) called as `authorize(req, action,
 #'   job_id)` before every route runs, `action` being "status", "result",
-#'   "output", "cancel", "list" or "workers" and `job_id` `NULL` for the
+#'   "output", "cancel", "list", "workers" or "hosts" and `job_id` `NULL` for the
 #'   operator routes. `TRUE` runs the route; `FALSE` answers 403 `FORBIDDEN`
 #'   (whether or not the job exists); an error or any other value answers 500
 #'   `AUTHORIZE_FAILED`, without its message (which goes to the API's log).
@@ -175,12 +176,13 @@ job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE) {
       list("GET", "/", list_route(run)),
       list("GET", "/workers", function(req, res) {
         run(req, res, "workers", NULL, list(size = MAX_CONCURRENT_JOBS, workers = get_worker_status()))
-      })
+      }),
+      list("GET", "/hosts", function(req, res) run(req, res, "hosts", NULL, list(hosts = get_hosts())))
     ), routes)
   } else {
     # Unmounted, /workers is still no job id.
     hidden <- function(res) job_response(list(error = "NOT_FOUND", message = "Not found."), res, prefix)
-    routes <- c(list(list("GET", "/workers", hidden)), routes)
+    routes <- c(list(list("GET", "/workers", hidden), list("GET", "/hosts", hidden)), routes)
   }
   json <- plumber::serializer_unboxed_json(na = "null")
   pr <- plumber::pr()

@@ -40,12 +40,15 @@
 #' @param retention (number or NULL) seconds after which finished jobs are
 #'   deleted by a timer in the pool (as [cleanup_old_jobs()] does); NULL keeps
 #'   them until [cleanup_old_jobs()] is called.
+#' @param log (logical) write a line on stderr, with a UTC timestamp, for
+#'   every claim (store outages, rescues and drains are always logged).
 #' @return (invisible) the worker status, as [get_worker_status()].
 #' @export
 start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_worker = Inf,
                           max_worker_memory_mb = Inf, max_result_bytes = 256 * 1024^2,
                           echo_output = FALSE, setup_timeout_ms = 600000, wait = FALSE, nice = 10L,
-                          store = NULL, queues = "default", max_active = NULL, retention = NULL) {
+                          store = NULL, queues = "default", max_active = NULL, retention = NULL,
+                          log = FALSE) {
   check_process(open_store = FALSE)
   check_number(n, "n", min = 0, integer = TRUE)
   if (n > 1024) abort("argument", sprintf("`n` must be a whole number from 0 to 1024, not %s.", describe(n)), "n")
@@ -62,6 +65,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   if (nice > 19) abort("argument", sprintf("`nice` must be a whole number from 0 to 19, not %s.", describe(nice)), "nice")
   check_flag(echo_output, "echo_output")
   check_flag(wait, "wait")
+  check_flag(log, "log")
   if (!is.character(queues) || !length(queues) || anyNA(queues)) {
     abort("argument", sprintf("`queues` must be a character vector of queue names, not %s.", describe(queues)), "queues")
   }
@@ -84,7 +88,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   .Call(wrap__aj_start, file.path(R.home("bin"), "R"), args, getwd(), init, as.integer(n),
         as.numeric(max_jobs_per_worker), as.numeric(max_worker_memory_mb),
         as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice),
-        as.numeric(capacity), unique(queues), if (is.null(retention)) -1 else as.numeric(retention))
+        as.numeric(capacity), unique(queues), if (is.null(retention)) -1 else as.numeric(retention), log)
   .state$size <- as.integer(n)
   if (isTRUE(wait)) {
     deadline <- now_ms() + setup_timeout_ms + 5000
@@ -165,5 +169,77 @@ get_worker_status <- function() {
   df$jobs_done <- as.integer(df$jobs_done)
   df$spawned <- as.integer(df$spawned)
   attr(df, "store") <- .state$store
+  df
+}
+
+#' Serve jobs from a shared store, and nothing else
+#'
+#' A worker-only host: starts `n` workers on `store` and blocks, running the
+#' jobs of `queues` that any API replica submits, until SIGTERM, SIGINT
+#' (Ctrl-C) or SIGHUP. Then it drains: it claims nothing more, lets running
+#' jobs finish for up to `grace_ms`, and stops; jobs still running then fail
+#' with `SHUTDOWN`, or go back to the queue when their `max_attempts` allows.
+#' It releases its leases and returns, so `Rscript -e
+#' 'asyncjobs::run_workers("postgres://...")'` exits with status 0. Every
+#' event (start, claims, rescues, drain, stop) is a line on stderr with a UTC
+#' timestamp.
+#'
+#' @param store (string or NULL) the store URL, as in [start_workers()]; a
+#'   worker-only host needs a shared store, not memory.
+#' @param n (integer) workers, from 1.
+#' @param setup (language, expression or function) as in [start_workers()].
+#' @param queues (character) the queues served.
+#' @param grace_ms (number) how long running jobs may finish after the signal.
+#' @param ... more arguments for [start_workers()] (`max_jobs_per_worker`,
+#'   `nice`, `retention`, ...).
+#' @return (invisible integer) the signal that ended the service.
+#' @export
+run_workers <- function(store = NULL, n = 8L, setup = NULL, queues = "default", grace_ms = 60000, ...) {
+  check_process(open_store = FALSE)
+  check_number(n, "n", min = 1, integer = TRUE)
+  check_number(grace_ms, "grace_ms", min = 0)
+  start_workers(n = n, setup = setup, store = store, queues = queues, wait = TRUE, log = TRUE, ...)
+  if (identical(.state$store, "memory")) {
+    stop_workers()
+    abort("argument", "`store` must be a shared store (sqlite://, postgres:// or mysql://) for a worker-only host; jobs in memory reach no other process.", "store")
+  }
+  status <- get_worker_status()
+  host_log(sprintf("serving queues %s on %s with %d workers (pids %s)", paste(queues, collapse = ","),
+                   .state$store, nrow(status), paste(status$pid, collapse = " ")))
+  repeat {
+    sig <- .Call(wrap__aj_wait_signal, 250)
+    if (sig > 0L) break
+  }
+  host_log(sprintf("signal %d: draining, %d job(s) running, grace %.0f s", sig, .Call(wrap__aj_drain), grace_ms / 1000))
+  deadline <- now_ms() + grace_ms
+  while (.Call(wrap__aj_busy) > 0L && now_ms() < deadline) Sys.sleep(0.1)
+  left <- .Call(wrap__aj_busy)
+  if (left > 0L) host_log(sprintf("grace over: %d job(s) end with SHUTDOWN or go back to the queue", left))
+  stop_pool(30000)
+  host_log("stopped")
+  invisible(sig)
+}
+
+host_log <- function(msg) {
+  cat(format(Sys.time(), "%Y-%m-%dT%H:%M:%SZ", tz = "UTC"), " asyncjobs: ", msg, "\n", sep = "", file = stderr())
+}
+
+#' The pools registered in the store
+#'
+#' Every pool that has started on the store (API processes with workers,
+#' replicas with none, worker-only hosts), with its heartbeat.
+#'
+#' @return (data.frame) `host_id`, `hostname`, `pid`, `slots`, `queues`,
+#'   `version`, `state` ("live", "lost": no heartbeat within a lease, or
+#'   "stopped"), `running` (jobs under its leases), `started_at`,
+#'   `heartbeat_at`, `stopped_at`. Hosts gone for a day are forgotten.
+#' @export
+get_hosts <- function() {
+  check_process()
+  cols <- .Call(wrap__aj_hosts)
+  if (store_failed(cols)) abort("store_unavailable", paste("Hosts could not be listed:", cols))
+  df <- as.data.frame(cols, stringsAsFactors = FALSE)
+  for (col in c("pid", "slots", "running")) df[[col]] <- as.integer(df[[col]])
+  for (col in c("started_at", "heartbeat_at", "stopped_at")) df[[col]] <- .POSIXct(df[[col]])
   df
 }

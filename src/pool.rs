@@ -57,6 +57,8 @@ pub struct Config {
     pub queues: Vec<String>,
     /// Finished jobs older than this are deleted on a timer.
     pub retention: Option<Duration>,
+    /// Log claims and ends of jobs on stderr (worker-only hosts).
+    pub verbose: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -124,6 +126,8 @@ struct Shared {
     running: Mutex<HashMap<Uuid, Running>>,
     kicks: Vec<Notify>,
     stop: watch::Sender<bool>,
+    /// Set by a drain: claim nothing more; idle workers stop.
+    draining: watch::Sender<bool>,
     health: Mutex<Health>,
 }
 
@@ -217,6 +221,7 @@ impl Pool {
     pub fn start(store: Arc<dyn Store>, config: Config) -> std::io::Result<Pool> {
         let size = config.size;
         let (stop, _) = watch::channel(false);
+        let (draining, _) = watch::channel(false);
         let host = HostInfo::this_process(size, config.queues.clone());
         let shared = Arc::new(Shared {
             store,
@@ -241,6 +246,7 @@ impl Pool {
             running: Mutex::new(HashMap::new()),
             kicks: (0..size).map(|_| Notify::new()).collect(),
             stop,
+            draining,
             health: Mutex::new(Health::default()),
             config,
         });
@@ -300,6 +306,18 @@ impl Pool {
     /// Why the pool cannot run jobs, when every slot has given up.
     pub fn unavailable(&self) -> Option<String> {
         dead_reason(&self.shared.slots.lock())
+    }
+
+    /// Stops claiming: workers finish the jobs they hold, idle ones stop.
+    pub fn drain(&self) {
+        if !self.shared.draining.send_replace(true) {
+            log(&format!("draining: {} job(s) running", self.busy()));
+        }
+    }
+
+    /// Jobs this pool holds: running, or claimed and about to run.
+    pub fn busy(&self) -> usize {
+        self.shared.running.lock().len() + self.shared.ready.lock().len()
     }
 
     /// Tells every slot to stop. The pool thread then fails (or re-queues)
@@ -380,6 +398,7 @@ async fn run_pool(sh: Arc<Shared>) {
     if tokio::time::timeout(Duration::from_secs(5), release).await.is_err() {
         log("could not release this pool's jobs; other hosts will rescue them when their leases expire");
     }
+    let _ = tokio::time::timeout(Duration::from_secs(2), sh.store.deregister_host(&sh.host.id)).await;
 }
 
 /// The next signal a store pushes; never, for a store that pushes none.
@@ -405,12 +424,17 @@ async fn claimer(sh: Arc<Shared>) {
         let wake = sh.claim_signal.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let free = sh.idle.load(Ordering::SeqCst).saturating_sub(sh.ready.lock().len());
+        let draining = *sh.draining.borrow();
+        let free = if draining { 0 } else { sh.idle.load(Ordering::SeqCst).saturating_sub(sh.ready.lock().len()) };
         if free > 0 {
             let claimed = sh.store.claim(&sh.host.id, &sh.config.queues, free).await;
             match sh.store_result("claiming jobs", claimed) {
                 Some(jobs) => {
                     let (n, all) = (jobs.len(), jobs.len() == free);
+                    if n > 0 && sh.config.verbose {
+                        let ids: Vec<String> = jobs.iter().map(|c| c.lease.id.to_string()[..8].to_owned()).collect();
+                        log(&format!("claimed {n} job(s): {}", ids.join(" ")));
+                    }
                     if n > 0 {
                         sh.ready.lock().extend(jobs);
                         for _ in 0..n {
@@ -448,7 +472,9 @@ async fn claimer(sh: Arc<Shared>) {
 async fn keeper(sh: Arc<Shared>) {
     let mut stop = sh.stop.subscribe();
     let shared = sh.store.shared();
-    if shared {
+    if !shared {
+        let _ = sh.store.register_host(&sh.host).await;
+    } else {
         loop {
             let r = sh.store.register_host(&sh.host).await;
             if sh.store_result("registering this host", r).is_some() {
@@ -565,7 +591,8 @@ impl Tail {
 async fn run_slot(sh: Arc<Shared>, slot: usize) {
     let mut stop = sh.stop.subscribe();
     let mut failures = 0u32;
-    while !stopping(&stop) {
+    let draining = sh.draining.subscribe();
+    while !stopping(&stop) && !*draining.borrow() {
         sh.update_slot(slot, |s| {
             s.state = SlotState::Starting;
             s.pid = None;
@@ -664,12 +691,13 @@ async fn start_worker(
 /// Runs jobs on one worker until it has to go.
 async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Receiver<bool>) -> End {
     let mut jobs_done = 0u64;
+    let mut draining = sh.draining.subscribe();
     loop {
         // Idle: wait for a claimed job, watching the worker meanwhile.
         let job = {
             let _idle = IdleGuard::new(&sh.idle);
             loop {
-                if stopping(stop) {
+                if stopping(stop) || (*draining.borrow_and_update() && sh.ready.lock().is_empty()) {
                     return End::Stop;
                 }
                 let notified = sh.ready_signal.notified();
@@ -685,6 +713,7 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
                 }
                 tokio::select! {
                     _ = notified => {}
+                    _ = draining.changed() => {}
                     ev = w.next_event() => match ev {
                         Event::Output(_, bytes) => sh.echo(None, &bytes),
                         Event::Exited(_) => return End::Died,

@@ -130,6 +130,7 @@ fn aj_start(
     capacity: f64,
     queues: Vec<String>,
     retention_s: f64,
+    verbose: bool,
 ) -> Result<()> {
     check_owner()?;
     let mut pool = POOL.lock();
@@ -159,10 +160,49 @@ fn aj_start(
         max_setup_failures: 5,
         queues,
         retention: (retention_s.is_finite() && retention_s >= 0.0).then(|| Duration::from_secs_f64(retention_s)),
+        verbose,
     };
     let started = Pool::start(store(), config).map_err(|e| Error::Other(format!("cannot start the pool: {e}")))?;
     *pool = Some(started);
     Ok(())
+}
+
+/// Stops claiming jobs; returns how many this pool still holds.
+#[extendr]
+fn aj_drain() -> Result<i32> {
+    check_owner()?;
+    let pool = POOL.lock();
+    Ok(pool.as_ref().map_or(0, |p| {
+        p.drain();
+        p.busy() as i32
+    }))
+}
+
+/// Jobs this pool holds (running or claimed).
+#[extendr]
+fn aj_busy() -> Result<i32> {
+    check_owner()?;
+    Ok(POOL.lock().as_ref().map_or(0, |p| p.busy() as i32))
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP on the calling (R main) thread and
+/// waits at most `wait_ms` for one; its number, or 0. A worker-only host
+/// takes them as the order to drain.
+#[extendr]
+fn aj_wait_signal(wait_ms: f64) -> Result<i32> {
+    check_owner()?;
+    let d = ms(wait_ms);
+    let sig = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let ts = libc::timespec { tv_sec: d.as_secs() as libc::time_t, tv_nsec: d.subsec_nanos() as libc::c_long };
+        libc::sigtimedwait(&set, std::ptr::null_mut(), &ts)
+    };
+    Ok(sig.max(0))
 }
 
 /// Fails every unfinished job with SHUTDOWN and tells the workers to stop.
@@ -449,6 +489,36 @@ fn aj_workers() -> Result<Robj> {
     ))
 }
 
+/// Every pool registered in the store, as columns.
+#[extendr]
+fn aj_hosts() -> Result<Robj> {
+    check_owner()?;
+    let hosts = match block_on(store().hosts()) {
+        Ok(h) => h,
+        Err(e) => return Ok(store_error(e)),
+    };
+    let strs = |f: &dyn Fn(&registry::HostView) -> String| -> Robj { hosts.iter().map(f).collect::<Vec<String>>().into() };
+    let nums = |f: &dyn Fn(&registry::HostView) -> Option<f64>| -> Robj {
+        hosts.iter().map(f).collect::<Vec<Option<f64>>>().into()
+    };
+    Ok(named(
+        &["host_id", "hostname", "pid", "slots", "queues", "version", "state", "running", "started_at", "heartbeat_at", "stopped_at"],
+        vec![
+            strs(&|h| h.info.id.clone()),
+            strs(&|h| h.info.hostname.clone()),
+            nums(&|h| Some(h.info.pid as f64)),
+            nums(&|h| Some(h.info.slots as f64)),
+            strs(&|h| h.info.queues.join(",")),
+            strs(&|h| h.version.clone()),
+            strs(&|h| h.state.to_owned()),
+            nums(&|h| Some(h.running as f64)),
+            nums(&|h| Some(h.started_at)),
+            nums(&|h| Some(h.heartbeat_at)),
+            nums(&|h| h.stopped_at),
+        ],
+    ))
+}
+
 /// The job's captured output as a string, or NULL for an unknown id.
 #[extendr]
 fn aj_output(id: &str) -> Result<Robj> {
@@ -471,6 +541,9 @@ extendr_module! {
     fn aj_init;
     fn aj_open_store;
     fn aj_start;
+    fn aj_drain;
+    fn aj_busy;
+    fn aj_wait_signal;
     fn aj_stop_begin;
     fn aj_stop_wait;
     fn aj_pool_info;
@@ -483,5 +556,6 @@ extendr_module! {
     fn aj_list;
     fn aj_workers;
     fn aj_output;
+    fn aj_hosts;
     fn aj_counts;
 }

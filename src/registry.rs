@@ -266,6 +266,20 @@ impl HostInfo {
     }
 }
 
+/// A pool as the host registry shows it.
+#[derive(Clone, Debug)]
+pub struct HostView {
+    pub info: HostInfo,
+    pub version: String,
+    pub started_at: f64,
+    pub heartbeat_at: f64,
+    pub stopped_at: Option<f64>,
+    /// Jobs running under its leases.
+    pub running: usize,
+    /// "live", "lost" (no heartbeat within a lease) or "stopped".
+    pub state: &'static str,
+}
+
 /// News from a store that pushes it (PostgreSQL's NOTIFY): a wake-up,
 /// never a source of truth; pools poll anyway.
 #[derive(Clone, Debug, PartialEq)]
@@ -328,15 +342,30 @@ pub trait Store: Send + Sync {
     async fn list(&self) -> StoreResult<Vec<Job>>;
     async fn register_host(&self, host: &HostInfo) -> StoreResult<()>;
     async fn deregister_host(&self, host: &str) -> StoreResult<()>;
+    /// Every pool registered in the store, oldest first.
+    async fn hosts(&self) -> StoreResult<Vec<HostView>>;
+    /// Woken whenever a job ends through this handle (finish, cancel, release).
+    fn ended(&self) -> &Notify;
+    /// How often a waiter re-reads a job that may end in another process;
+    /// None when every end goes through this handle.
+    fn poll_interval(&self) -> Option<Duration>;
     /// Waits at most `timeout` for the job to end; true once it has (or is unknown).
     async fn wait_finished(&self, id: &Uuid, timeout: Duration) -> StoreResult<bool> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            let ended = self.ended().notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
             let done = self.get(id, false).await?.map_or(true, |v| v.job.status.is_terminal());
-            if done || tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if done || now >= deadline {
                 return Ok(done);
             }
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(50))).await;
+            let wake = self.poll_interval().map_or(deadline, |p| deadline.min(now + p));
+            tokio::select! {
+                _ = ended => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
         }
     }
 }
@@ -389,6 +418,7 @@ struct Memory {
     seq: u64,
     pending: usize,
     running: usize,
+    hosts: Vec<HostView>,
 }
 
 /// Jobs in this process's memory: the default store.
@@ -721,28 +751,53 @@ impl Store for MemoryStore {
         Ok(all)
     }
 
-    async fn register_host(&self, _host: &HostInfo) -> StoreResult<()> {
+    async fn register_host(&self, host: &HostInfo) -> StoreResult<()> {
+        let t = now();
+        self.inner.lock().hosts.push(HostView {
+            info: host.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: t,
+            heartbeat_at: t,
+            stopped_at: None,
+            running: 0,
+            state: "live",
+        });
         Ok(())
     }
 
-    async fn deregister_host(&self, _host: &str) -> StoreResult<()> {
-        Ok(())
-    }
-
-    async fn wait_finished(&self, id: &Uuid, timeout: Duration) -> StoreResult<bool> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.finished.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let done = self.inner.lock().jobs.get(id).map_or(true, |j| j.status.is_terminal());
-            if done {
-                return Ok(true);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Ok(self.inner.lock().jobs.get(id).map_or(true, |j| j.status.is_terminal()));
-            }
+    async fn deregister_host(&self, host: &str) -> StoreResult<()> {
+        let mut m = self.inner.lock();
+        for h in m.hosts.iter_mut().filter(|h| h.info.id == host) {
+            h.stopped_at = Some(now());
+            h.state = "stopped";
         }
+        Ok(())
+    }
+
+    async fn hosts(&self) -> StoreResult<Vec<HostView>> {
+        let m = self.inner.lock();
+        let t = now();
+        Ok(m.hosts
+            .iter()
+            .map(|h| {
+                let mut h = h.clone();
+                let id = h.info.id.as_str();
+                h.running = m.jobs.values().filter(|j| j.status == Status::Running && j.host.as_deref() == Some(id)).count();
+                if h.stopped_at.is_none() {
+                    // One process: a registered pool lives as long as the process.
+                    h.heartbeat_at = t;
+                }
+                h
+            })
+            .collect())
+    }
+
+    fn ended(&self) -> &Notify {
+        &self.finished
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        None
     }
 }
 

@@ -470,7 +470,12 @@ async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx::Error> {
             ))),
             // Version 1 is the first; later versions add their upgrade steps here.
             Some(_) => Ok(()),
+        }?;
+        if dialect == Dialect::MySql {
+            // Row 2 is the rescuers' lock.
+            conn.execute("INSERT IGNORE INTO asyncjobs_schema (id, version) VALUES (2, 0)").await?;
         }
+        Ok(())
     }
     .await;
     if result.is_err() && dialect != Dialect::MySql {
@@ -762,7 +767,31 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// One host rescues at a time: the others skip their turn. The lock is
+    /// transaction-scoped, so it cannot outlive a failed or abandoned call.
+    /// (Each rescue is fenced by the lease token anyway; the lock saves work.)
     async fn rescue(&self) -> Result<Vec<Uuid>, sqlx::Error> {
+        if self.dialect == Dialect::Sqlite {
+            return self.rescue_locked().await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let got = match self.dialect {
+            Dialect::Postgres => sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(724500103)").fetch_one(&mut *tx).await?,
+            Dialect::MySql => sqlx::query("SELECT id FROM asyncjobs_schema WHERE id = 2 FOR UPDATE SKIP LOCKED")
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some(),
+            Dialect::Sqlite => unreachable!(),
+        };
+        if !got {
+            return Ok(Vec::new());
+        }
+        let result = self.rescue_locked().await;
+        tx.commit().await?;
+        result
+    }
+
+    async fn rescue_locked(&self) -> Result<Vec<Uuid>, sqlx::Error> {
         let sql = self.sql(
             "SELECT j.id, j.lease_token, j.attempts, j.max_attempts, j.lease_owner, h.hostname, \
              h.heartbeat_at, NOW AS now_ FROM asyncjobs_jobs j LEFT JOIN asyncjobs_hosts h ON h.host_id = j.lease_owner \
@@ -957,24 +986,13 @@ impl Store for SqlStore {
         Ok(r)
     }
 
-    /// Polls the store, and wakes at once when a job ends through this handle
-    /// (this process's pool ran it, or cancelled it).
-    async fn wait_finished(&self, id: &Uuid, timeout: Duration) -> StoreResult<bool> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let ended = self.finished.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            let done = self.get(id, false).await?.map_or(true, |v| v.job.status.is_terminal());
-            if done || tokio::time::Instant::now() >= deadline {
-                return Ok(done);
-            }
-            let poll = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
-            tokio::select! {
-                _ = ended => {}
-                _ = tokio::time::sleep_until(poll) => {}
-            }
-        }
+    fn ended(&self) -> &tokio::sync::Notify {
+        &self.finished
+    }
+
+    /// Jobs run elsewhere are seen by reading them again.
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(Duration::from_millis(100))
     }
 
     async fn renew(&self, host: &str) -> StoreResult<Vec<Lease>> {
@@ -990,7 +1008,9 @@ impl Store for SqlStore {
     async fn release(&self, host: &str, error: &JobError, _pending: bool) -> StoreResult<Vec<Uuid>> {
         // Pending jobs stay: another host, or this one restarted, runs them.
         let (host, error) = (host.to_owned(), error.clone());
-        self.run("release", move |db| async move { db.release(host, error).await }).await
+        let ids = self.run("release", move |db| async move { db.release(host, error).await }).await?;
+        self.finished.notify_waiters();
+        Ok(ids)
     }
 
     async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
@@ -1042,6 +1062,46 @@ impl Store for SqlStore {
                 .execute(&db.pool)
                 .await?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn hosts(&self) -> StoreResult<Vec<registry::HostView>> {
+        let lease = self.lease.as_secs_f64();
+        self.run("hosts", move |db| async move {
+            let sql = db.sql(
+                "SELECT h.host_id, h.hostname, h.pid, h.slots, h.queues, h.version, h.started_at, h.heartbeat_at, \
+                 h.stopped_at, NOW AS now_, (SELECT COUNT(*) FROM asyncjobs_jobs j WHERE j.lease_owner = h.host_id \
+                 AND j.status = 'running') AS running FROM asyncjobs_hosts h ORDER BY h.started_at",
+            );
+            let rows = q(sql).fetch_all(&db.pool).await?;
+            rows.iter()
+                .map(|r| {
+                    let beat: f64 = r.try_get("heartbeat_at")?;
+                    let now: f64 = r.try_get("now_")?;
+                    let stopped_at: Option<f64> = r.try_get("stopped_at")?;
+                    let queues: String = r.try_get("queues")?;
+                    Ok(registry::HostView {
+                        info: HostInfo {
+                            id: r.try_get("host_id")?,
+                            hostname: r.try_get("hostname")?,
+                            pid: r.try_get::<i64, _>("pid")? as u32,
+                            slots: r.try_get::<i64, _>("slots")? as usize,
+                            queues: queues.split(',').filter(|q| !q.is_empty()).map(str::to_owned).collect(),
+                        },
+                        version: r.try_get("version")?,
+                        started_at: r.try_get("started_at")?,
+                        heartbeat_at: beat,
+                        stopped_at,
+                        running: r.try_get::<i64, _>("running")? as usize,
+                        state: match stopped_at {
+                            Some(_) => "stopped",
+                            None if now - beat > lease => "lost",
+                            None => "live",
+                        },
+                    })
+                })
+                .collect()
         })
         .await
     }

@@ -426,6 +426,15 @@ fn sqlite_store() {
     let id = submit(&s, job("shared", b"x"));
     assert_eq!(get(&other, id).status, Status::Pending);
     drop(other);
+    // A schema newer than this build is refused, with what to do.
+    let conn = format!("sqlite://{}/jobs.db", dir.display());
+    block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&conn).await.unwrap();
+        sqlx::query("UPDATE asyncjobs_schema SET version = 99").execute(&mut c).await.unwrap();
+    });
+    let err = SqlStore::open(&url, Duration::from_secs(10), Duration::from_secs(2)).err().expect("refused");
+    assert!(err.0.contains("version 99") && err.0.contains("upgrade asyncjobs"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
