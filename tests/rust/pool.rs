@@ -31,6 +31,7 @@ fn config(size: usize, init: &[u8]) -> Config {
         max_setup_failures: 3,
         queues: vec!["default".into()],
         retention: None,
+        verbose: false,
     }
 }
 
@@ -230,4 +231,47 @@ fn stop_fails_unfinished_jobs_with_shutdown() {
         let j = get(store.as_ref(), id);
         assert_eq!((j.status, j.error.unwrap().code.as_str()), (Status::Failed, "SHUTDOWN"));
     }
+}
+
+#[test]
+fn drain_lets_running_jobs_finish_and_stops_idle_workers() {
+    let pool = start(config(2, b""));
+    let first = pids_when_ready(&pool);
+    let running = submit(&pool, "sleep:500", 10_000);
+    wait_until("running", || get(pool.store().as_ref(), running).status == Status::Running);
+    pool.drain();
+    assert_eq!(pool.busy(), 1);
+    let late = submit(&pool, "ok:late", 10_000);
+    assert_eq!(finished(&pool, running).status, Status::Completed);
+    wait_until("every slot to stop", || pool.workers().iter().all(|w| w.state == SlotState::Stopped));
+    assert_eq!(get(pool.store().as_ref(), late).status, Status::Pending, "a draining pool claims nothing");
+    let store = pool.store().clone();
+    stop(pool, &first);
+    assert_eq!(get(store.as_ref(), late).error.unwrap().code, "SHUTDOWN");
+}
+
+#[test]
+fn pools_on_one_sqlite_file_share_jobs_and_hosts() {
+    let dir = std::env::temp_dir().join(format!("asyncjobs-pool-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/jobs.db", dir.display());
+    let open = || -> Arc<dyn Store> {
+        Arc::new(asyncjobs::sql::SqlStore::open(&url, Duration::from_secs(10), Duration::from_secs(15)).unwrap())
+    };
+    let replica = Pool::start(open(), config(0, b"")).unwrap();
+    let host = Pool::start(open(), config(1, b"")).unwrap();
+    let seen = pids_when_ready(&host);
+    let id = submit(&replica, "ok:elsewhere", 10_000);
+    let j = finished(&replica, id);
+    assert_eq!((j.status, j.host.as_deref()), (Status::Completed, Some(host.host().id.as_str())));
+    wait_until("both hosts registered", || block_on(replica.store().hosts()).unwrap().len() == 2);
+    let hosts = block_on(replica.store().hosts()).unwrap();
+    assert!(hosts.iter().all(|h| h.state == "live"), "{hosts:?}");
+    assert_eq!(hosts.iter().map(|h| h.info.slots).sum::<usize>(), 1);
+    let store = replica.store().clone();
+    stop(host, &seen);
+    stop(replica, &[]);
+    let states: Vec<&str> = block_on(store.hosts()).unwrap().iter().map(|h| h.state).collect();
+    assert_eq!(states, vec!["stopped", "stopped"]);
+    std::fs::remove_dir_all(dir).unwrap();
 }
