@@ -85,10 +85,11 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
                          progress_interval_ms = 100), NULL)
   script <- system.file("worker.R", package = "asyncjobs", mustWork = TRUE)
   args <- c("--no-echo", "--no-restore", "--no-save", "--no-init-file", paste0("--file=", script))
-  .Call(wrap__aj_start, file.path(R.home("bin"), "R"), args, getwd(), init, as.integer(n),
+  refused <- .Call(wrap__aj_start, file.path(R.home("bin"), "R"), args, getwd(), init, as.integer(n),
         as.numeric(max_jobs_per_worker), as.numeric(max_worker_memory_mb),
         as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice),
         as.numeric(capacity), unique(queues), if (is.null(retention)) -1 else as.numeric(retention), log)
+  if (length(refused)) abort(refused[[1L]], refused[[2L]], "store")
   .state$size <- as.integer(n)
   if (isTRUE(wait)) {
     deadline <- now_ms() + setup_timeout_ms + 5000

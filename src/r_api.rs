@@ -131,7 +131,7 @@ fn aj_start(
     queues: Vec<String>,
     retention_s: f64,
     verbose: bool,
-) -> Result<()> {
+) -> Result<Vec<String>> {
     check_owner()?;
     let mut pool = POOL.lock();
     if pool.is_some() {
@@ -162,9 +162,15 @@ fn aj_start(
         retention: (retention_s.is_finite() && retention_s >= 0.0).then(|| Duration::from_secs_f64(retention_s)),
         verbose,
     };
-    let started = Pool::start(store(), config).map_err(|e| Error::Other(format!("cannot start the pool: {e}")))?;
+    let s = store();
+    match block_on(registry::check_version(s.as_ref())) {
+        Err(e) => return Ok(vec!["store_unavailable".into(), e.0]),
+        Ok(Some(why)) => return Ok(vec!["version".into(), why]),
+        Ok(None) => {}
+    }
+    let started = Pool::start(s, config).map_err(|e| Error::Other(format!("cannot start the pool: {e}")))?;
     *pool = Some(started);
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// Stops claiming jobs; returns how many this pool still holds.

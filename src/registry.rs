@@ -280,6 +280,28 @@ pub struct HostView {
     pub state: &'static str,
 }
 
+/// Why a pool must not start next to the live hosts of the store, if it
+/// must not: they run another asyncjobs release (major.minor), and hosts of
+/// one store must agree on how they use it.
+pub async fn check_version(store: &dyn Store) -> StoreResult<Option<String>> {
+    let mine = env!("CARGO_PKG_VERSION");
+    let release = |v: &str| v.split('.').take(2).collect::<Vec<_>>().join(".");
+    let others: Vec<String> = store
+        .hosts()
+        .await?
+        .into_iter()
+        .filter(|h| h.state == "live" && release(&h.version) != release(mine))
+        .map(|h| format!("{} (pid {}) runs {}", h.info.hostname, h.info.pid, h.version))
+        .collect();
+    Ok((!others.is_empty()).then(|| {
+        format!(
+            "this is asyncjobs {mine}, but live hosts of the store run another release: {}. \
+             Every host of a store runs one release: drain and stop the others first (see the README, rolling upgrades)",
+            others.join("; ")
+        )
+    }))
+}
+
 /// News from a store that pushes it (PostgreSQL's NOTIFY): a wake-up,
 /// never a source of truth; pools poll anyway.
 #[derive(Clone, Debug, PartialEq)]

@@ -426,13 +426,24 @@ fn sqlite_store() {
     let id = submit(&s, job("shared", b"x"));
     assert_eq!(get(&other, id).status, Status::Pending);
     drop(other);
-    // A schema newer than this build is refused, with what to do.
+    // A live host of another release keeps this one from starting; a stopped one does not.
+    block_on(s.register_host(&host("old-release"))).unwrap();
+    assert_eq!(block_on(check_version(&s)).unwrap(), None);
     let conn = format!("sqlite://{}/jobs.db", dir.display());
-    block_on(async {
-        use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&conn).await.unwrap();
-        sqlx::query("UPDATE asyncjobs_schema SET version = 99").execute(&mut c).await.unwrap();
-    });
+    let sql_exec = |stmt: &'static str| {
+        block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&conn).await.unwrap();
+            sqlx::query(stmt).execute(&mut c).await.unwrap();
+        })
+    };
+    sql_exec("UPDATE asyncjobs_hosts SET version = '0.0.9', heartbeat_at = heartbeat_at + 3600 WHERE host_id = 'old-release'");
+    let why = block_on(check_version(&s)).unwrap().expect("refused");
+    assert!(why.contains("test-host (pid 4242) runs 0.0.9") && why.contains("drain"), "{why}");
+    block_on(s.deregister_host("old-release")).unwrap();
+    assert_eq!(block_on(check_version(&s)).unwrap(), None);
+    // A schema newer than this build is refused, with what to do.
+    sql_exec("UPDATE asyncjobs_schema SET version = 99");
     let err = SqlStore::open(&url, Duration::from_secs(10), Duration::from_secs(2)).err().expect("refused");
     assert!(err.0.contains("version 99") && err.0.contains("upgrade asyncjobs"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
