@@ -56,6 +56,26 @@ check_flag <- function(x, arg, call = sys.call(-1L)) {
   }
 }
 
+# A job cannot start a pool of its own inside its worker: it would outlive
+# the job and compete with the API's workers for the machine.
+check_not_worker <- function(what, call = sys.call(-1L)) {
+  if (identical(Sys.getenv("ASYNCJOBS_WORKER"), "1")) {
+    abort("in_worker", sprintf("%s cannot be called inside a job: a worker must not start a pool of its own. Return what the next job needs, and submit it from the API.", what),
+          call = call)
+  }
+}
+
+# Operation names travel to the store and to JSON: valid UTF-8 only.
+check_operation <- function(x, arg = "operation", call = sys.call(-1L)) {
+  check_string(x, arg, call)
+  # latin1 is converted; anything else must already be UTF-8 bytes.
+  y <- if (identical(Encoding(x), "latin1")) enc2utf8(x) else x
+  if (identical(Encoding(x), "bytes") || !validUTF8(y)) {
+    abort("argument", sprintf("`%s` must be valid UTF-8 text (its bytes are not).", arg), arg, call)
+  }
+  y
+}
+
 # A store the call could not reach: a value, like every outcome, not a condition.
 store_failed <- function(r) inherits(r, "asyncjobs_store_error")
 

@@ -32,7 +32,8 @@
 create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, unique = FALSE,
                        queue = "default", priority = 0L, max_attempts = 1L) {
   check_process()
-  check_string(operation, "operation")
+  check_not_worker("create_job()")
+  operation <- check_operation(operation)
   if (!is.function(executor_fn)) {
     abort("argument", sprintf("`executor_fn` must be a function, not %s.", describe(executor_fn)),
           "executor_fn")
@@ -218,7 +219,7 @@ job_record <- function(id) {
 #' @export
 check_duplicate_job <- function(operation, params) {
   check_process()
-  check_string(operation, "operation")
+  operation <- check_operation(operation)
   id <- .Call(wrap__aj_duplicate, operation, serialize_arg(params, "params"))
   if (store_failed(id)) return(store_unavailable(id))
   if (is.null(id)) list(duplicate = FALSE) else list(duplicate = TRUE, existing_job_id = id)

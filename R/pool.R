@@ -50,6 +50,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
                           store = NULL, queues = "default", max_active = NULL, retention = NULL,
                           log = FALSE) {
   check_process(open_store = FALSE)
+  check_not_worker("start_workers()")
   check_number(n, "n", min = 0, integer = TRUE)
   if (n > 1024) abort("argument", sprintf("`n` must be a whole number from 0 to 1024, not %s.", describe(n)), "n")
   check_number(max_queued, "max_queued", min = 0, integer = TRUE)
@@ -197,6 +198,7 @@ get_worker_status <- function() {
 #' @export
 run_workers <- function(store = NULL, n = 8L, setup = NULL, queues = "default", grace_ms = 60000, ...) {
   check_process(open_store = FALSE)
+  check_not_worker("run_workers()")
   check_number(n, "n", min = 1, integer = TRUE)
   check_number(grace_ms, "grace_ms", min = 0)
   start_workers(n = n, setup = setup, store = store, queues = queues, wait = TRUE, log = TRUE, ...)

@@ -85,3 +85,33 @@ test_that("check_duplicate_job and cleanup_old_jobs check their arguments", {
   expect_error(cleanup_old_jobs(-5), "max_age_seconds")
   expect_error(cleanup_old_jobs("a"), class = "asyncjobs_error_argument")
 })
+
+test_that("operation names are valid UTF-8: latin1 is converted, invalid bytes are refused", {
+  local_pool(1)
+  latin <- iconv("caf\u00e9", "UTF-8", "latin1")
+  expect_identical(Encoding(latin), "latin1")
+  j <- create_job(latin, 1, function(p) p)
+  jobs <- list_jobs()
+  expect_identical(jobs$operation[jobs$job_id == j$job_id], "caf\u00e9")
+  expect_true(validUTF8(jobs$operation))
+  bad <- rawToChar(as.raw(c(0x6f, 0x70, 0xff)))
+  expect_error(create_job(bad, 1, function(p) p), "`operation` must be valid UTF-8", class = "asyncjobs_error_argument")
+  expect_error(check_duplicate_job(bad, 1), "`operation`", class = "asyncjobs_error_argument")
+  expect_true(is.logical(check_duplicate_job(latin, 1)$duplicate))
+})
+
+test_that("a job cannot start a pool or submit jobs from inside its worker", {
+  local_pool(1)
+  j <- create_job("nested", 1, function(p) {
+    tried <- list(
+      create = tryCatch(asyncjobs::create_job("child", 1, function(q) q), error = function(e) class(e)[[1L]]),
+      start = tryCatch(asyncjobs::start_workers(1), error = function(e) class(e)[[1L]]),
+      run = tryCatch(asyncjobs::run_workers("sqlite:///tmp/x.db", 1), error = function(e) class(e)[[1L]]))
+    tried
+  })
+  st <- finish(j)
+  expect_identical(st$status, "completed")
+  expect_identical(unlist(st$result), c(create = "asyncjobs_error_in_worker", start = "asyncjobs_error_in_worker",
+                                        run = "asyncjobs_error_in_worker"))
+  expect_identical(nrow(list_jobs(operation = "child")), 0L)
+})
