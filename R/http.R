@@ -70,7 +70,35 @@ job_response <- function(x, res, prefix = "/jobs") {
     res$setHeader("Retry-After", as.character(ceiling(x$retry_after)))
   }
   res$status <- status
-  json_ready(x)
+  json_ready(json_safe_result(x))
+}
+
+# A result JSON cannot carry (an environment, a function) would make the
+# serializer fail and plumber answer text/plain: the body says why instead,
+# and the job's status still reads.
+json_safe_result <- function(x) {
+  if (is.null(x$result)) return(x)
+  problem <- json_unfit(x$result)
+  if (is.null(problem)) return(x)
+  x$result <- NULL
+  x$result_error <- list(code = "RESULT_NOT_JSON", message = sprintf(
+    "The result of job %s cannot be converted to JSON (it holds %s); read it with get_job_status() in R.",
+    x$job_id %||% "?", problem))
+  x
+}
+
+# What in `x` JSON cannot hold (an environment, a function, ...), or NULL.
+# An atomic vector ends the walk at once, so large numeric results cost nothing.
+json_unfit <- function(x) {
+  if (is.atomic(x) || is.null(x)) return(NULL)
+  if (is.list(x) && !isS4(x)) {
+    for (el in x) {
+      bad <- json_unfit(el)
+      if (!is.null(bad)) return(bad)
+    }
+    return(NULL)
+  }
+  paste("a value of type", typeof(x))
 }
 
 #' The result of a finished job

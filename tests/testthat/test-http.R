@@ -283,3 +283,16 @@ test_that("an executor that captures req and res is named in a warning", {
   expect_match(r$body$warning, "\"naive\"", fixed = TRUE)
   expect_identical(poll_until(api, r$body$job_id, function(b) b$status != "pending" && b$status != "running")$body$result, 1L)
 })
+
+test_that("a result JSON cannot hold still gives a JSON body naming the job and the reason", {
+  res <- fake_res()
+  body <- job_response(list(job_id = "abc", status = "completed", result = list(a = 1, env = new.env())), res)
+  expect_identical(res$status, 200L)
+  expect_false("result" %in% names(body))
+  expect_identical(body$result_error$code, "RESULT_NOT_JSON")
+  expect_match(body$result_error$message, "job abc .*environment")
+  expect_silent(jsonlite::toJSON(body, auto_unbox = TRUE, na = "null"))
+  fine <- job_response(list(job_id = "abc", status = "completed", result = list(a = 1:3, b = list("x"))), fake_res())
+  expect_identical(fine$result$a, 1:3)
+  expect_null(fine$result_error)
+})
