@@ -288,6 +288,8 @@ list_route <- function(run) {
       n <- suppressWarnings(as.numeric(limit))
       if (length(n) != 1L || is.na(n) || n < 0) {
         list(error = "BAD_REQUEST", message = "`limit` must be a number >= 0.")
+      } else if (!all(validUTF8(c(status, operation)))) {
+        list(error = "BAD_REQUEST", message = "`status` and `operation` must be valid UTF-8.")
       } else {
         jobs <- list_jobs(status = split_query(status), operation = split_query(operation))
         list(count = nrow(jobs), jobs = utils::tail(jobs, n))

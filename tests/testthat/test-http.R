@@ -148,6 +148,12 @@ test_that("over HTTP a job is accepted (202), polled to completion and its resul
   }
   expect_identical(http(api, "GET", "/jobs?status=failed")$body$count, 0L)
   expect_identical(http(api, "GET", "/jobs?limit=abc")$status, 400L)
+  bad <- http(api, "GET", "/jobs?status=%ff")
+  expect_identical(bad$status, 400L)
+  expect_identical(bad$body$error, "BAD_REQUEST")
+  h <- http(api, "GET", "/jobs/hosts")
+  expect_identical(h$status, 200L)
+  expect_identical(h$body$hosts[[1L]]$state, "live")
 
   w <- http(api, "GET", "/jobs/workers")
   expect_identical(w$status, 200L)
