@@ -567,8 +567,11 @@ impl Drop for IdleGuard<'_> {
 enum End {
     /// Pool is stopping.
     Stop,
-    /// Replace it: it ran its quota, grew too large, or its job was abandoned.
+    /// Replace it between jobs: it ran its quota or grew too large.
     Replace,
+    /// Its job was abandoned mid-run (timeout, cancel, lost lease, protocol
+    /// error): terminate it now, without asking.
+    Kill,
     /// It is already dead.
     Died,
 }
@@ -606,6 +609,7 @@ async fn run_slot(sh: Arc<Shared>, slot: usize) {
                 let status = match end {
                     End::Died => w.exited().unwrap_or(ExitStatus(0)),
                     End::Replace => w.shutdown(sh.config.stop_grace).await,
+                    End::Kill => w.terminate(sh.config.stop_grace).await,
                     End::Stop => w.terminate(sh.config.stop_grace).await,
                 };
                 sh.update_slot(slot, |s| s.last_exit = Some(format!("worker {} {status}", w.pid)));
@@ -717,7 +721,7 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
                     ev = w.next_event() => match ev {
                         Event::Output(_, bytes) => sh.echo(None, &bytes),
                         Event::Exited(_) => return End::Died,
-                        Event::Frame(_) | Event::Protocol(_) => return End::Replace,
+                        Event::Frame(_) | Event::Protocol(_) => return End::Kill,
                     },
                     _ = stopped(stop) => return End::Stop,
                 }
@@ -821,14 +825,14 @@ async fn run_job(
     if !sent && w.exited().is_none() {
         let err = JobError::new("WORKER_CRASHED", format!("worker {} stopped reading its job", w.pid));
         write_outcome(sh, &lease, Outcome::Failed(err), &mut u, stop).await;
-        return Some(End::Replace);
+        return Some(End::Kill);
     }
     let every = interval.max(Duration::from_millis(1));
     let mut flush = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if u.dirty && interval.is_zero() && !write_report(sh, &lease, &mut u).await {
-            return Some(End::Replace);
+            return Some(End::Kill);
         }
         let (outcome, end) = tokio::select! {
             ev = w.next_event() => match ev {
@@ -847,7 +851,7 @@ async fn run_job(
                     }
                     other => {
                         let msg = format!("worker {} sent an unexpected {other:?} frame", w.pid);
-                        (Outcome::Failed(JobError::new("PROTOCOL_ERROR", msg)), Some(End::Replace))
+                        (Outcome::Failed(JobError::new("PROTOCOL_ERROR", msg)), Some(End::Kill))
                     }
                 },
                 Event::Output(_, bytes) => {
@@ -864,23 +868,23 @@ async fn run_job(
                         ProtocolError::TooLarge { .. } => "RESULT_TOO_LARGE",
                         _ => "PROTOCOL_ERROR",
                     };
-                    (Outcome::Failed(JobError::new(code, format!("worker {}: {e}", w.pid))), Some(End::Replace))
+                    (Outcome::Failed(JobError::new(code, format!("worker {}: {e}", w.pid))), Some(End::Kill))
                 }
             },
             _ = &mut deadline => {
                 let msg = format!("Job exceeded its timeout of {timeout_ms} ms; its worker was stopped");
-                (Outcome::Failed(JobError::new("TIMEOUT", msg)), Some(End::Replace))
+                (Outcome::Failed(JobError::new("TIMEOUT", msg)), Some(End::Kill))
             }
             _ = sh.kicks[slot].notified() => {
                 // Cancelled, or rescued by another host: the work is abandoned.
                 if sh.running.lock().get(&id).is_some_and(|r| r.abandoned) {
-                    return Some(End::Replace);
+                    return Some(End::Kill);
                 }
                 continue;
             }
             _ = flush.tick(), if u.dirty && !interval.is_zero() => {
                 if !write_report(sh, &lease, &mut u).await {
-                    return Some(End::Replace);
+                    return Some(End::Kill);
                 }
                 continue;
             }

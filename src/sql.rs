@@ -623,11 +623,18 @@ impl Db {
         if queues.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
+        let ready = format!("status = 'pending' AND queue IN ({}) AND run_after <= NOW", placeholders(queues.len()));
+        // An idle host polls: one plain read, and a transaction only when there is work.
+        let mut probe = q(self.sql(&format!("SELECT 1 FROM asyncjobs_jobs WHERE {ready} LIMIT 1")));
+        for queue in &queues {
+            probe = probe.bind(queue.clone());
+        }
+        if probe.fetch_optional(&self.pool).await?.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin().await?;
         let sql = self.sql(&format!(
-            "SELECT id FROM asyncjobs_jobs WHERE status = 'pending' AND queue IN ({}) AND run_after <= NOW \
-             ORDER BY priority DESC, seq LIMIT ?{}",
-            placeholders(queues.len()),
+            "SELECT id FROM asyncjobs_jobs WHERE {ready} ORDER BY priority DESC, seq LIMIT ?{}",
             self.dialect.skip_locked()
         ));
         let mut query = q(sql);

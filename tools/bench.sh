@@ -5,7 +5,7 @@ set -euo pipefail
 export ASYNCJOBS_EXTRA_PKGS=future # the peer of bench/bench.R
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 mkdir -p target/bench
-for b in bench profile registry http store; do
+for b in bench profile registry http store cluster; do
   echo "== bench/$b.R"
   Rscript "bench/$b.R" | tee "target/bench/$b.md"
 done
