@@ -343,8 +343,13 @@ idle_queries <- function(urls, seconds, helpers) {
   parts <- function(url) regmatches(url, regexec("^([a-z]+://[^@/]*@?)([^:/]+):([0-9]+)(/[^?]*)(.*)$", url))[[1L]]
   counts <- function(p) {
     p$write_input("\n")
-    p$poll_io(5000)
-    line <- tail(p$read_output_lines(), 1)
+    line <- character()
+    deadline <- Sys.time() + 5
+    while (!length(line) && Sys.time() < deadline) {
+      p$poll_io(500)
+      line <- tail(p$read_output_lines(), 1)
+    }
+    if (!length(line) || !nzchar(line)) return(c(connections = 0))
     kv <- strsplit(strsplit(line, " ")[[1]], "=")
     setNames(as.numeric(vapply(kv, `[`, "", 2)), vapply(kv, `[`, "", 1))
   }

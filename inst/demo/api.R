@@ -6,12 +6,21 @@ library(asyncjobs)
 
 set_progress_messages(list(kmeans = "Generating points...", refresh = "Contacting the source..."))
 
+# Every submit also takes ?max_attempts=N (1 to 10): how many times the job
+# may run when the host running it is lost (a shared store).
+attempts <- function(x) {
+  n <- suppressWarnings(as.integer(x))
+  if (length(n) == 1L && !is.na(n) && n >= 1L && n <= 10L) n
+}
+
 # POST /analysis/kmeans?n=200000&k=6&seed=1: k-means for 2..k centres (CPU-bound).
-submit_kmeans <- function(req, res, n = "200000", k = "6", seed = "1") {
+submit_kmeans <- function(req, res, n = "200000", k = "6", seed = "1", max_attempts = "1") {
   params <- list(n = as.integer(n), k = as.integer(k), seed = as.integer(seed))
   if (anyNA(params) || params$n < 10 || params$k < 2 || params$k > 20) {
     return(bad_input(res, "n must be >= 10 and k between 2 and 20."))
   }
+  tries <- attempts(max_attempts)
+  if (is.null(tries)) return(bad_input(res, "max_attempts must be a whole number from 1 to 10."))
   dup <- check_duplicate_job("kmeans", params)
   if (dup$duplicate) return(job_response(dup, res))
   executor <- function(p) {
@@ -27,16 +36,18 @@ submit_kmeans <- function(req, res, n = "200000", k = "6", seed = "1") {
   # The executor is a closure, like every handler's; it must not carry
   # `req` and `res` (a request holds the whole router) to the worker.
   environment(executor) <- globalenv()
-  job_response(create_job("kmeans", params, executor, timeout_ms = 600000), res)
+  job_response(create_job("kmeans", params, executor, timeout_ms = 600000, max_attempts = tries), res)
 }
 
 # POST /analysis/refresh?seconds=3&fail=false: a slow job that prints and
 # reports steps; fail=true makes it fail half-way.
-submit_refresh <- function(req, res, seconds = "3", fail = "false", source = "HPO") {
+submit_refresh <- function(req, res, seconds = "3", fail = "false", source = "HPO", max_attempts = "1") {
   params <- list(seconds = as.numeric(seconds), fail = identical(tolower(fail), "true"), source = source)
   if (is.na(params$seconds) || params$seconds < 0 || params$seconds > 3600) {
     return(bad_input(res, "seconds must be between 0 and 3600."))
   }
+  tries <- attempts(max_attempts)
+  if (is.null(tries)) return(bad_input(res, "max_attempts must be a whole number from 1 to 10."))
   dup <- check_duplicate_job("refresh", params)
   if (dup$duplicate) return(job_response(dup, res))
   executor <- function(p) {
@@ -50,7 +61,7 @@ submit_refresh <- function(req, res, seconds = "3", fail = "false", source = "HP
     sprintf("%s refreshed", p$source)
   }
   environment(executor) <- globalenv()
-  job_response(create_job("refresh", params, executor), res)
+  job_response(create_job("refresh", params, executor, max_attempts = tries), res)
 }
 
 bad_input <- function(res, message) job_response(list(error = "BAD_REQUEST", message = message), res)

@@ -5,9 +5,7 @@
 # runs none; worker hosts (asyncjobs::run_workers()) or other API processes on
 # the same store run them. store is a URL as for start_workers(); missing or
 # "" takes ASYNCJOBS_STORE, then memory (which a replica cannot use).
-#
-# A submit (POST /analysis/...) also takes ?max_attempts=N (1 to 10, default
-# 1): how many times the job may run when the host running it is lost.
+
 args <- commandArgs(trailingOnly = TRUE)
 port <- if (length(args) >= 1L) as.integer(args[[1L]]) else 8787L
 workers <- if (length(args) >= 2L) as.integer(args[[2L]]) else 4L
@@ -17,28 +15,6 @@ if (is.na(port) || is.na(workers) || workers < 0L) {
 }
 here <- dirname(sub("^--file=", "", grep("^--file=", commandArgs(), value = TRUE)[[1L]]))
 source(file.path(here, "api.R"))
-
-# ?max_attempts=: api.R's handlers (in the global environment) call
-# create_job(); this wrapper, defined there too, is the one they find, and
-# passes on what the filter below read from the request.
-submit_options <- new.env()
-create_job <- function(..., max_attempts = NULL) {
-  asyncjobs::create_job(..., max_attempts = if (is.null(max_attempts)) submit_options$max_attempts else max_attempts)
-}
-max_attempts_filter <- function(req, res) {
-  submit_options$max_attempts <- 1L
-  qs <- if (is.null(req$QUERY_STRING)) "" else req$QUERY_STRING
-  m <- regmatches(qs, regexec("(?:^|[?&])max_attempts=([^&]*)", qs, perl = TRUE))[[1L]]
-  if (length(m)) {
-    n <- suppressWarnings(as.integer(m[[2L]]))
-    if (is.na(n) || n < 1L || n > 10L) {
-      res$serializer <- serializer_unboxed_json()
-      return(job_response(list(error = "BAD_REQUEST", message = "max_attempts must be a whole number from 1 to 10."), res))
-    }
-    submit_options$max_attempts <- n
-  }
-  forward()
-}
 
 start_workers(n = workers, setup = quote(library(stats)), max_queued = 2L * workers, wait = TRUE, store = store)
 shown_store <- attr(get_worker_status(), "store") # without its password
@@ -53,8 +29,7 @@ sweep <- function() {
 }
 later::later(sweep, 3600)
 
-api <- demo_api() |> pr_filter("max_attempts", max_attempts_filter)
-api <- pr_hook(api, "exit", function() stop_workers())
+api <- pr_hook(demo_api(), "exit", function() stop_workers())
 message(sprintf("asyncjobs demo API on http://127.0.0.1:%d with %d workers%s, store %s", port, workers,
                 if (workers == 0L) " (a replica: worker hosts run the jobs)" else "", shown_store))
 pr_run(api, host = "127.0.0.1", port = port, docs = FALSE, quiet = TRUE)
