@@ -81,6 +81,8 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
     abort("pool_running", "A worker pool is already running; call stop_workers() first.")
   }
   use_store(store)
+  poll_ms <- getOption("asyncjobs.poll_ms", 1000)
+  check_number(poll_ms, "asyncjobs.poll_ms", min = 10)
   capacity <- max_active %||% (if (identical(.state$store, "memory")) n + max_queued else Inf)
   init <- serialize(list(libpaths = .libPaths(), setup = setup, max_result_bytes = max_result_bytes,
                          progress_interval_ms = 100), NULL)
@@ -89,7 +91,8 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   refused <- .Call(wrap__aj_start, file.path(R.home("bin"), "R"), args, getwd(), init, as.integer(n),
         as.numeric(max_jobs_per_worker), as.numeric(max_worker_memory_mb),
         as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice),
-        as.numeric(capacity), unique(queues), if (is.null(retention)) -1 else as.numeric(retention), log)
+        as.numeric(capacity), unique(queues), if (is.null(retention)) -1 else as.numeric(retention), log,
+        as.numeric(poll_ms))
   if (length(refused)) abort(refused[[1L]], refused[[2L]], "store")
   .state$size <- as.integer(n)
   if (isTRUE(wait)) {
@@ -131,6 +134,8 @@ stop_pool <- function(timeout_ms) {
 pool_info <- function() .Call(wrap__aj_pool_info)
 
 # Opens the store a URL names (NULL: the option, the environment, memory).
+# An idle pool polls a shared store for work every
+# getOption("asyncjobs.poll_ms", 1000) (PostgreSQL also wakes it by NOTIFY).
 # Store calls wait at most getOption("asyncjobs.store_timeout_ms", 5000); a
 # lease lasts getOption("asyncjobs.lease_seconds", 15) without renewal.
 use_store <- function(url, call = sys.call(-1L)) {

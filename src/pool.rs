@@ -57,8 +57,10 @@ pub struct Config {
     pub queues: Vec<String>,
     /// Finished jobs older than this are deleted on a timer.
     pub retention: Option<Duration>,
-    /// Log claims and ends of jobs on stderr (worker-only hosts).
+    /// Log claims on stderr (worker-only hosts).
     pub verbose: bool,
+    /// Longest wait between two polls of a shared store for work.
+    pub max_poll: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -418,7 +420,7 @@ async fn next_signal(rx: &mut Option<tokio::sync::broadcast::Receiver<Signal>>) 
 async fn claimer(sh: Arc<Shared>) {
     let mut stop = sh.stop.subscribe();
     let mut signals = sh.store.signals();
-    let (min_poll, max_poll) = (Duration::from_millis(50), Duration::from_secs(1));
+    let (min_poll, max_poll) = (Duration::from_millis(50).min(sh.config.max_poll), sh.config.max_poll);
     let mut poll = min_poll;
     while !stopping(&stop) {
         let wake = sh.claim_signal.notified();
@@ -505,7 +507,12 @@ async fn keeper(sh: Arc<Shared>) {
             let mine: Vec<(Uuid, Lease)> = sh.running.lock().iter().map(|(id, r)| (*id, r.lease)).collect();
             let busy = !mine.is_empty() || !sh.ready.lock().is_empty();
             if busy || n % every == 0 {
-                let renewed = sh.store.renew(&sh.host.id).await;
+                // Bounded by a third of the lease, so that a stuck connection
+                // cannot outlast the leases it is meant to keep.
+                let renewed = match tokio::time::timeout(lease / 3, sh.store.renew(&sh.host.id)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(crate::registry::StoreError("lease renewal took longer than a third of the lease".into())),
+                };
                 if let Some(held) = sh.store_result("renewing leases", renewed) {
                     sh.health.lock().last_renew = Some(Instant::now());
                     let held: HashSet<Lease> = held.into_iter().collect();

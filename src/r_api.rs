@@ -131,6 +131,7 @@ fn aj_start(
     queues: Vec<String>,
     retention_s: f64,
     verbose: bool,
+    poll_ms: f64,
 ) -> Result<Vec<String>> {
     check_owner()?;
     let mut pool = POOL.lock();
@@ -161,6 +162,7 @@ fn aj_start(
         queues,
         retention: (retention_s.is_finite() && retention_s >= 0.0).then(|| Duration::from_secs_f64(retention_s)),
         verbose,
+        max_poll: ms(poll_ms).max(Duration::from_millis(10)),
     };
     let s = store();
     match block_on(registry::check_version(s.as_ref())) {

@@ -32,6 +32,7 @@ fn config(size: usize, init: &[u8]) -> Config {
         queues: vec!["default".into()],
         retention: None,
         verbose: false,
+        max_poll: Duration::from_secs(1),
     }
 }
 
