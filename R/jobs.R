@@ -34,6 +34,7 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
   check_process()
   check_not_worker("create_job()")
   operation <- check_operation(operation)
+  if (missing(params)) abort("argument", "`params` is missing: pass what the executor needs (NULL for nothing).", "params")
   if (!is.function(executor_fn)) {
     abort("argument", sprintf("`executor_fn` must be a function, not %s.", describe(executor_fn)),
           "executor_fn")

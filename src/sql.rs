@@ -347,10 +347,6 @@ impl SqlStore {
         })
     }
 
-    pub fn dialect(&self) -> Dialect {
-        self.db.dialect
-    }
-
     /// Runs `f` on the I/O runtime, bounded by the store's timeout.
     async fn run<T, F, Fut>(&self, what: &str, f: F) -> StoreResult<T>
     where
@@ -495,18 +491,24 @@ impl Db {
         self.pool.begin_with(self.dialect.begin()).await
     }
 
-    async fn find_active(&self, tx: &mut Tx, operation: &str, hash: &str) -> Result<Option<String>, sqlx::Error> {
+    async fn find_active<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+        &self,
+        executor: E,
+        operation: &str,
+        hash: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
         let sql = self.sql(&format!(
             "SELECT id FROM asyncjobs_jobs WHERE params_hash = ? AND operation = ? AND {ACTIVE} ORDER BY seq LIMIT 1"
         ));
-        q(sql).bind(hash.to_owned()).bind(operation.to_owned()).fetch_optional(&mut **tx).await?.map(|r| r.try_get(0)).transpose()
+        let row = q(sql).bind(hash.to_owned()).bind(operation.to_owned()).fetch_optional(executor).await?;
+        row.map(|r| r.try_get(0)).transpose()
     }
 
     async fn submit(&self, job: NewJob, limit: usize) -> Result<Submit, sqlx::Error> {
         let hash = hex(&job.params_hash);
         let mut tx = self.begin().await?;
         if job.unique {
-            if let Some(id) = self.find_active(&mut tx, &job.operation, &hash).await? {
+            if let Some(id) = self.find_active(&mut *tx, &job.operation, &hash).await? {
                 tx.rollback().await?;
                 return Ok(Submit::Duplicate(uuid(&id)));
             }
@@ -560,9 +562,7 @@ impl Db {
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 // A unique twin won the race: report it.
                 tx.rollback().await?;
-                let mut tx = self.begin().await?;
-                let id = self.find_active(&mut tx, &job.operation, &hash).await?;
-                tx.rollback().await?;
+                let id = self.find_active(&self.pool, &job.operation, &hash).await?;
                 match id {
                     Some(id) => Ok(Submit::Duplicate(uuid(&id))),
                     None => Err(sqlx::Error::Protocol("a unique job's twin ended while it was submitted; submit again".into())),
@@ -892,10 +892,7 @@ impl Store for SqlStore {
     async fn find_active(&self, operation: &str, params_hash: &[u8; 32]) -> StoreResult<Option<Uuid>> {
         let (operation, hash) = (operation.to_owned(), hex(params_hash));
         self.run("duplicate check", move |db| async move {
-            let mut tx = db.pool.begin().await?;
-            let id = db.find_active(&mut tx, &operation, &hash).await?;
-            tx.rollback().await?;
-            Ok(id.map(|s| uuid(&s)))
+            Ok(db.find_active(&db.pool, &operation, &hash).await?.map(|s| uuid(&s)))
         })
         .await
     }

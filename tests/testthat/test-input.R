@@ -115,3 +115,8 @@ test_that("a job cannot start a pool or submit jobs from inside its worker", {
                                         run = "asyncjobs_error_in_worker"))
   expect_identical(nrow(list_jobs(operation = "child")), 0L)
 })
+
+test_that("create_job without params gives one classed error and no warning", {
+  expect_no_warning(expect_error(create_job("op", executor_fn = identity), "`params` is missing",
+                                 class = "asyncjobs_error_argument"))
+})
