@@ -50,18 +50,22 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
   }
   bytes <- serialize_job(params, executor_fn, call = sys.call())
   check_payload(executor_fn, length(bytes$fn), operation)
-  r <- .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms),
-             queue, as.integer(priority), as.integer(max_attempts), unique)
-  if (r[[1L]] == "stopped") {
-    ensure_pool()
+  bind <- !identical(getOption("asyncjobs.jobs_env"), FALSE)
+  # The submit and its jobs_env binding are one step for Ctrl-C: an interrupt
+  # between them would leave a job that jobs_env does not show.
+  submit <- function() suspendInterrupts({
     r <- .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms),
                queue, as.integer(priority), as.integer(max_attempts), unique)
+    if (bind && r[[1L]] == "accepted") bind_job(r[[2L]])
+    r
+  })
+  r <- submit()
+  if (r[[1L]] == "stopped") {
+    ensure_pool()
+    r <- submit()
   }
   switch(r[[1L]],
-    accepted = {
-      if (!identical(getOption("asyncjobs.jobs_env"), FALSE)) bind_job(r[[2L]])
-      list(job_id = r[[2L]], status = "accepted", estimated_seconds = as.numeric(r[[3L]]))
-    },
+    accepted = list(job_id = r[[2L]], status = "accepted", estimated_seconds = as.numeric(r[[3L]])),
     full = list(error = "CAPACITY_EXCEEDED",
                 message = sprintf("Maximum %s concurrent jobs reached. Try again later.", r[[2L]]),
                 retry_after = 60),

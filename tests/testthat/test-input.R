@@ -120,3 +120,36 @@ test_that("create_job without params gives one classed error and no warning", {
   expect_no_warning(expect_error(create_job("op", executor_fn = identity), "`params` is missing",
                                  class = "asyncjobs_error_argument"))
 })
+
+test_that("jobs_env and the registry agree after Ctrl-C at any point of a submit", {
+  skip_if_not_installed("callr")
+  out <- callr::r(function() {
+    library(asyncjobs)
+    options(asyncjobs.warn_payload_bytes = Inf)
+    start_workers(1, max_queued = 1e6, queues = "nobody", wait = TRUE)
+    # A second process sends SIGINT to this one every few milliseconds;
+    # whatever it interrupts, the loop goes on.
+    pinger <- processx::process$new("sh", c("-c", sprintf("while kill -INT %d 2>/dev/null; do sleep 0.01; done", Sys.getpid())))
+    interrupted <- 0L
+    deadline <- Sys.time() + 4
+    repeat {
+      done <- tryCatch({
+        while (Sys.time() < deadline) for (i in 1:50) create_job("op", i, identity, queue = "nobody")
+        pinger$kill()
+        TRUE
+      }, interrupt = function(e) {
+        interrupted <<- interrupted + 1L
+        FALSE
+      })
+      if (isTRUE(done)) break
+    }
+    Sys.sleep(0.2)
+    n_env <- length(ls(jobs_env))
+    n_jobs <- nrow(list_jobs())
+    stop_workers()
+    c(interrupted = interrupted, env = n_env, jobs = n_jobs)
+  })
+  expect_gt(out[["interrupted"]], 0)
+  expect_gt(out[["jobs"]], 0)
+  expect_identical(out[["env"]], out[["jobs"]])
+})
