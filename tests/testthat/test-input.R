@@ -93,7 +93,7 @@ test_that("operation names are valid UTF-8: latin1 is converted, invalid bytes a
   j <- create_job(latin, 1, function(p) p)
   jobs <- list_jobs()
   expect_identical(jobs$operation[jobs$job_id == j$job_id], "caf\u00e9")
-  expect_true(validUTF8(jobs$operation))
+  expect_true(all(validUTF8(jobs$operation)))
   bad <- rawToChar(as.raw(c(0x6f, 0x70, 0xff)))
   expect_error(create_job(bad, 1, function(p) p), "`operation` must be valid UTF-8", class = "asyncjobs_error_argument")
   expect_error(check_duplicate_job(bad, 1), "`operation`", class = "asyncjobs_error_argument")
