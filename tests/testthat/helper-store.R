@@ -80,6 +80,13 @@ race <- function(n, url, f, ...) {
   })
 }
 
+# A job's executor: reports its worker's pid as progress, then sleeps.
+sleeper <- function(p) {
+  asyncjobs::report_progress(step = as.character(Sys.getpid()))
+  Sys.sleep(p$seconds)
+  p$value
+}
+
 # The pid a job reported as its progress step (jobs below report Sys.getpid()).
 job_pid <- function(id) {
   st <- get_job_status(id)

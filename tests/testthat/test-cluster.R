@@ -17,13 +17,6 @@ if (length(urls) < 3L) {
 }
 servers <- setdiff(names(urls), "sqlite")
 
-# Reports its worker's pid as progress, then sleeps.
-sleeper <- function(p) {
-  asyncjobs::report_progress(step = as.character(Sys.getpid()))
-  Sys.sleep(p$seconds)
-  p$value
-}
-
 for (engine in names(urls)) {
   url <- urls[[engine]]
 

@@ -9,13 +9,6 @@ if (length(urls) < 3L) {
           " not tested (set ASYNCJOBS_TEST_POSTGRES / ASYNCJOBS_TEST_MYSQL, or run tools/test.sh)")
 }
 
-# Reports its worker's pid as progress, then sleeps.
-sleeper <- function(p) {
-  asyncjobs::report_progress(step = as.character(Sys.getpid()))
-  Sys.sleep(p$seconds)
-  p$value
-}
-
 for (engine in names(urls)) {
   url <- urls[[engine]]
 
