@@ -129,9 +129,10 @@ test_that("jobs_env and the registry agree after Ctrl-C at any point of a submit
     start_workers(1, max_queued = 1e6, queues = "nobody", wait = TRUE)
     # A second process sends SIGINT to this one every few milliseconds;
     # whatever it interrupts, the loop goes on.
-    pinger <- processx::process$new("sh", c("-c", sprintf("while kill -INT %d 2>/dev/null; do sleep 0.01; done", Sys.getpid())))
     interrupted <- 0L
-    deadline <- Sys.time() + 4
+    deadline <- Sys.time() + 5
+    # It starts sending once this process is inside the loop below.
+    pinger <- processx::process$new("sh", c("-c", sprintf("sleep 0.5; while kill -INT %d 2>/dev/null; do sleep 0.01; done", Sys.getpid())))
     repeat {
       done <- tryCatch({
         while (Sys.time() < deadline) for (i in 1:50) create_job("op", i, identity, queue = "nobody")
@@ -143,7 +144,9 @@ test_that("jobs_env and the registry agree after Ctrl-C at any point of a submit
       })
       if (isTRUE(done)) break
     }
-    Sys.sleep(0.2)
+    # A signal sent just before the kill may still be on its way: absorb it.
+    pinger$wait(5000)
+    repeat if (tryCatch({ Sys.sleep(0.3); TRUE }, interrupt = function(e) FALSE)) break
     n_env <- length(ls(jobs_env))
     n_jobs <- nrow(list_jobs())
     stop_workers()
