@@ -583,18 +583,28 @@ enum End {
     Died,
 }
 
-/// Keeps the tail of a worker's stderr while it starts, to explain a failure.
-struct Tail(VecDeque<u8>);
+/// The last bytes of a stream: a worker's stderr while it starts (to explain
+/// a failure), a job's captured output.
+struct Tail {
+    bytes: VecDeque<u8>,
+    limit: usize,
+}
 
 impl Tail {
-    fn push(&mut self, b: &[u8]) {
-        self.0.extend(b);
-        let extra = self.0.len().saturating_sub(2048);
-        self.0.drain(..extra);
+    fn new(limit: usize) -> Tail {
+        Tail { bytes: VecDeque::new(), limit }
     }
-    fn text(&self) -> String {
-        let v: Vec<u8> = self.0.iter().copied().collect();
-        String::from_utf8_lossy(&v).trim().to_string()
+    fn push(&mut self, b: &[u8]) {
+        let b = &b[b.len().saturating_sub(self.limit)..];
+        let overflow = (self.bytes.len() + b.len()).saturating_sub(self.limit);
+        self.bytes.drain(..overflow);
+        self.bytes.extend(b);
+    }
+    fn bytes(&mut self) -> &[u8] {
+        self.bytes.make_contiguous()
+    }
+    fn text(&mut self) -> String {
+        String::from_utf8_lossy(self.bytes()).trim().to_string()
     }
 }
 
@@ -663,7 +673,7 @@ async fn start_worker(
         s.spawned += 1;
     });
     let _ = w.send(Kind::Init, "", &[&sh.config.init]).await;
-    let mut stderr = Tail(VecDeque::new());
+    let mut stderr = Tail::new(2048);
     let deadline = tokio::time::sleep(sh.config.setup_timeout);
     tokio::pin!(deadline);
     let failure = loop {
@@ -759,23 +769,9 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
 /// What a running job has reported and not yet written to the store.
 struct Unwritten {
     progress: Option<Progress>,
-    output: VecDeque<u8>,
+    output: Tail,
     pid: Option<u32>,
     dirty: bool,
-}
-
-impl Unwritten {
-    fn push_output(&mut self, bytes: &[u8]) {
-        let bytes = &bytes[bytes.len().saturating_sub(OUTPUT_LIMIT)..];
-        let overflow = (self.output.len() + bytes.len()).saturating_sub(OUTPUT_LIMIT);
-        self.output.drain(..overflow);
-        self.output.extend(bytes);
-        self.dirty = true;
-    }
-
-    fn output(&mut self) -> &[u8] {
-        self.output.make_contiguous()
-    }
 }
 
 /// Writes what a job reported; false once its lease is lost.
@@ -783,7 +779,7 @@ async fn write_report(sh: &Shared, lease: &Lease, u: &mut Unwritten) -> bool {
     u.dirty = false;
     let pid = u.pid.take();
     let progress = u.progress.take();
-    let out = u.output.make_contiguous();
+    let out = u.output.bytes();
     let report = Report { pid, progress: progress.as_ref(), output: (!out.is_empty()).then_some(&*out) };
     // A failed write is retried with the next report; the outcome is what must land.
     sh.store.report(lease, report).await.unwrap_or(true)
@@ -794,7 +790,7 @@ async fn write_report(sh: &Shared, lease: &Lease, u: &mut Unwritten) -> bool {
 async fn write_outcome(sh: &Shared, lease: &Lease, outcome: Outcome, u: &mut Unwritten, stop: &watch::Receiver<bool>) -> bool {
     let mut wait = Duration::from_millis(100);
     loop {
-        let out = u.output();
+        let out = u.output.bytes();
         let r = sh.store.finish(lease, &outcome, (!out.is_empty()).then_some(out)).await;
         match sh.store_result("writing a job's outcome", r) {
             Some(done) => return done,
@@ -817,7 +813,7 @@ async fn run_job(
 ) -> Option<End> {
     let lease = job.lease;
     let id = lease.id;
-    let mut u = Unwritten { progress: None, output: VecDeque::new(), pid: Some(w.pid), dirty: true };
+    let mut u = Unwritten { progress: None, output: Tail::new(OUTPUT_LIMIT), pid: Some(w.pid), dirty: true };
     let interval = sh.store.report_interval();
     let text = format!("{id}{FIELD_SEP}{}", job.executor.len());
     let timeout_ms = job.timeout_ms;
@@ -863,7 +859,8 @@ async fn run_job(
                 },
                 Event::Output(_, bytes) => {
                     sh.echo(Some(&id), &bytes);
-                    u.push_output(&bytes);
+                    u.output.push(&bytes);
+                    u.dirty = true;
                     continue;
                 }
                 Event::Exited(status) => {

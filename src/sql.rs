@@ -849,8 +849,6 @@ impl Db {
                 out.push(lease.id);
             }
         }
-        let sql = self.sql("UPDATE asyncjobs_hosts SET stopped_at = NOW WHERE host_id = ?");
-        q(sql).bind(host).execute(&self.pool).await?;
         Ok(out)
     }
 }
