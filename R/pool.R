@@ -87,7 +87,9 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   init <- serialize(list(libpaths = .libPaths(), setup = setup, max_result_bytes = max_result_bytes,
                          progress_interval_ms = 100), NULL)
   script <- system.file("worker.R", package = "asyncjobs", mustWork = TRUE)
-  args <- c("--no-echo", "--no-restore", "--no-save", "--no-init-file", paste0("--file=", script))
+  # Workers load the very asyncjobs this session loaded, wherever it came from.
+  lib <- dirname(getNamespaceInfo("asyncjobs", "path"))
+  args <- c("--no-echo", "--no-restore", "--no-save", "--no-init-file", paste0("--file=", script), "--args", lib)
   refused <- .Call(wrap__aj_start, file.path(R.home("bin"), "R"), args, getwd(), init, as.integer(n),
         as.numeric(max_jobs_per_worker), as.numeric(max_worker_memory_mb),
         as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice),

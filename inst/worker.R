@@ -1,39 +1,25 @@
-# asyncjobs worker. Started by the pool with frames in on fd 3 and frames out
-# on fd 4 (see src/protocol.rs); stdout and stderr belong to the job.
+# asyncjobs worker. Started by the pool with its frame pipes on fds 3 and 4
+# and, as its argument, the library the API loaded asyncjobs from. Frames
+# are read and written by the package's Rust code (src/wire.rs); stdout and
+# stderr belong to the job.
 local({
+  lib <- commandArgs(trailingOnly = TRUE)
+  suppressPackageStartupMessages(library(asyncjobs, lib.loc = if (length(lib) && nzchar(lib[[1L]])) lib[[1L]]))
+  ns <- asNamespace("asyncjobs")
+  native <- function(name) get(name, envir = ns)
+  w_open <- native("wrap__aj_w_open")
+  w_read <- native("wrap__aj_w_read")
+  w_write <- native("wrap__aj_w_write")
   KIND <- c(init = 1L, job = 2L, shutdown = 3L, ready = 11L, setup_failed = 12L,
             progress = 13L, result = 14L, failed = 15L)
   SEP <- "\x1f"
-  con_in <- file("/dev/fd/3", open = "rb")
-  con_out <- file("/dev/fd/4", open = "wb")
-
-  # A job's blob is the executor's bytes then the params' (text: "id<SEP>fn_len");
-  # they are read apart, since splitting a large raw vector in R copies it.
+  .Call(w_open)
   read_frame <- function() {
-    h <- readBin(con_in, "integer", n = 3L, size = 4L, endian = "little")
-    if (length(h) < 3L) quit(save = "no", status = 0L) # the pool closed the pipe
-    text <- if (h[[2L]] > 0L) rawToChar(readBin(con_in, "raw", n = h[[2L]])) else ""
-    if (h[[1L]] == KIND[["job"]]) {
-      fields <- strsplit(text, SEP, fixed = TRUE)[[1L]]
-      fn_len <- as.integer(fields[[2L]])
-      return(list(kind = h[[1L]], id = fields[[1L]], fn = readBin(con_in, "raw", n = fn_len),
-                  params = readBin(con_in, "raw", n = h[[3L]] - fn_len)))
-    }
-    blob <- if (h[[3L]] > 0L) readBin(con_in, "raw", n = h[[3L]]) else raw()
-    list(kind = h[[1L]], text = text, blob = blob)
+    frame <- .Call(w_read)
+    if (is.null(frame)) quit(save = "no", status = 0L) # the pool closed the pipe
+    frame
   }
-  # One write per small frame; a large blob is not copied to join it.
-  write_frame <- function(kind, text = "", blob = raw()) {
-    text <- charToRaw(enc2utf8(text))
-    head <- c(writeBin(c(kind, length(text), length(blob)), raw(), size = 4L, endian = "little"), text)
-    if (length(blob) > 65536L) {
-      writeBin(head, con_out)
-      writeBin(blob, con_out)
-    } else {
-      writeBin(c(head, blob), con_out)
-    }
-    flush(con_out)
-  }
+  write_frame <- function(kind, text = "", blob = raw()) .Call(w_write, kind, enc2utf8(text), blob)
   failure <- function(code, message, detail = NULL) {
     detail <- c(list(code = code, message = message), detail)
     list(kind = KIND[["failed"]], text = paste0(code, SEP, message),
@@ -41,9 +27,8 @@ local({
   }
 
   init <- unserialize(read_frame()$blob)
-  .libPaths(init$libpaths)
+  .libPaths(unique(c(lib, init$libpaths)))
   problem <- tryCatch({
-    suppressPackageStartupMessages(library(asyncjobs))
     setup <- init$setup
     if (is.function(setup)) setup() else if (!is.null(setup)) eval(setup, envir = globalenv())
     NULL
@@ -86,6 +71,8 @@ local({
     NULL
   }
   unportable <- function(x, budget = 10000L) {
+    # Plain vectors hold no pointers: most results skip the walk.
+    if (is.null(x) || (is.atomic(x) && is.null(attributes(x)))) return(NULL)
     walked$n <- budget
     walk(x)
   }
@@ -148,7 +135,7 @@ local({
   for (f in c("read_frame", "write_frame", "failure", "emit", "walk", "unportable", "trim_calls", "run")) {
     assign(f, compiler::cmpfun(get(f)))
   }
-  assign("emit", emit, envir = get(".worker", envir = asNamespace("asyncjobs")))
+  assign("emit", emit, envir = get(".worker", envir = ns))
   baseline <- names(globalenv())
   write_frame(KIND[["ready"]])
   repeat {

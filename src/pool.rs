@@ -672,7 +672,7 @@ async fn start_worker(
         s.pid = Some(w.pid);
         s.spawned += 1;
     });
-    let _ = w.send(Kind::Init, "", &[&sh.config.init]).await;
+    let _ = w.send(Kind::Init, Uuid::nil(), 0, "", &[&sh.config.init]).await;
     let mut stderr = Tail::new(2048);
     let deadline = tokio::time::sleep(sh.config.setup_timeout);
     tokio::pin!(deadline);
@@ -820,8 +820,10 @@ async fn run_job(
     let deadline = tokio::time::sleep(Duration::from_millis(job.timeout_ms));
     tokio::pin!(deadline);
     let blobs: [&[u8]; 2] = [&job.executor, &job.params];
+    // Frames about this job must carry this tag: the job's code never sees it.
+    let tag = Uuid::new_v4().as_u64_pair().0 | 1; // never 0, which means "no job"
     let sent = tokio::select! {
-        r = w.send(Kind::Job, &text, &blobs) => r.is_ok(),
+        r = w.send(Kind::Job, id, tag, &text, &blobs) => r.is_ok(),
         _ = &mut deadline => false,
     };
     drop(job);
@@ -839,6 +841,11 @@ async fn run_job(
         }
         let (outcome, end) = tokio::select! {
             ev = w.next_event() => match ev {
+                Event::Frame(f) if f.job != id || f.tag != tag => {
+                    let msg = format!("worker {} sent a {:?} frame that does not belong to this job; \
+                                       the job or a process it started wrote to the worker's frame pipe", w.pid, f.kind);
+                    (Outcome::Failed(JobError::new("PROTOCOL_ERROR", msg)), Some(End::Kill))
+                }
                 Event::Frame(f) => match f.kind {
                     Kind::Progress => {
                         u.progress = Some(Progress::parse(&f.text));

@@ -8,6 +8,7 @@ use crate::pool::{Config, Pool, SlotState};
 use crate::registry::{
     self, block_on, estimate_seconds, hex, Cancel, MemoryStore, NewJob, Store, StoreError, Submit,
 };
+use crate::wire;
 use crate::worker::Spec;
 use extendr_api::prelude::*;
 use extendr_api::Result;
@@ -546,6 +547,7 @@ fn aj_counts() -> Result<Robj> {
 
 extendr_module! {
     mod asyncjobs;
+    use wire;
     fn aj_init;
     fn aj_open_store;
     fn aj_start;

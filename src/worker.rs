@@ -8,7 +8,8 @@
 //! API. Exit is observed through a pidfd, so no SIGCHLD handler is installed
 //! in the R process.
 
-use crate::protocol::{self, Decoder, Frame, Kind, ProtocolError};
+use crate::protocol::{self, Decoder, Frame, Header, Kind, ProtocolError, HEADER_LEN};
+use uuid::Uuid;
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -104,8 +105,15 @@ fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
         unsafe { libc::close(fd) };
         Ok(unsafe { OwnedFd::from_raw_fd(high?) })
     };
-    Ok((raise(fds[0])?, raise(fds[1])?))
+    let (r, w) = (raise(fds[0])?, raise(fds[1])?);
+    // A large pipe moves a big payload in few reads and wake-ups. Beyond
+    // /proc/sys/fs/pipe-max-size this fails for an unprivileged process, and
+    // the default size serves.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    Ok((r, w))
 }
+
+const PIPE_SIZE: libc::c_int = 1 << 20;
 
 fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd stays open, and is the same fd, for as long as it is owned.
@@ -144,6 +152,34 @@ impl Pipe {
             match read_now(self.fd.as_raw_fd(), buf) {
                 Ok(0) => self.eof = true,
                 Ok(n) => sink(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => self.eof = true,
+            }
+        }
+    }
+
+    /// Reads frames' bytes straight into the decoder's buffers, queueing
+    /// each whole frame before reading on (so the decoder always has room).
+    fn fill(&mut self, decoder: &mut Decoder, queued: &mut VecDeque<Event>) {
+        loop {
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(f)) => queued.push_back(Event::Frame(f)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        queued.push_back(Event::Protocol(e));
+                        self.eof = true;
+                        return;
+                    }
+                }
+            }
+            if self.eof {
+                return;
+            }
+            match read_now(self.fd.as_raw_fd(), decoder.spare()) {
+                Ok(0) => self.eof = true,
+                Ok(n) => decoder.filled(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(_) => self.eof = true,
@@ -246,22 +282,21 @@ impl Process {
         self.status
     }
 
-    /// Writes one frame. An error means the worker is gone or broken.
-    pub async fn send(&mut self, kind: Kind, text: &str, blobs: &[&[u8]]) -> io::Result<()> {
-        let bytes = protocol::encode(kind, text, blobs);
-        let mut at = 0;
-        while at < bytes.len() {
+    /// Writes one frame, its parts with `writev`. An error means the worker
+    /// is gone or broken.
+    pub async fn send(&mut self, kind: Kind, job: Uuid, tag: u64, text: &str, blobs: &[&[u8]]) -> io::Result<()> {
+        let blob_len = blobs.iter().map(|b| b.len()).sum();
+        let header = Header::new(kind, job, tag, text.len(), blob_len).encode();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + blobs.len());
+        parts.push(&header);
+        parts.push(text.as_bytes());
+        parts.extend_from_slice(blobs);
+        let total = HEADER_LEN + text.len() + blob_len;
+        let mut done = 0;
+        while done < total {
             let mut guard = self.to_worker.writable().await?;
-            let rest = &bytes[at..];
-            match guard.try_io(|fd| {
-                let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            }) {
-                Ok(Ok(n)) => at += n,
+            match guard.try_io(|fd| protocol::write_parts(fd.as_raw_fd(), &parts, done)) {
+                Ok(Ok(n)) => done += n,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => {}
@@ -270,23 +305,13 @@ impl Process {
         Ok(())
     }
 
-    /// Moves what the pipes hold now into the event queue, frames first.
+    /// Moves what the pipes hold now into the event queue: output first, so a
+    /// job's output is in before its result.
     fn collect(&mut self) {
         let Process { frames, stdout, stderr, decoder, queued, buf, .. } = self;
         stdout.drain(buf, |b| queued.push_back(Event::Output(Stream::Stdout, b.to_vec())));
         stderr.drain(buf, |b| queued.push_back(Event::Output(Stream::Stderr, b.to_vec())));
-        frames.drain(buf, |b| decoder.push(b));
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(frame)) => queued.push_back(Event::Frame(frame)),
-                Ok(None) => break,
-                Err(e) => {
-                    queued.push_back(Event::Protocol(e));
-                    frames.eof = true;
-                    break;
-                }
-            }
-        }
+        frames.fill(decoder, queued);
     }
 
     fn reap(&mut self) -> Option<ExitStatus> {
@@ -372,7 +397,7 @@ impl Process {
 
     /// Asks the worker to exit on its own, then terminates it if it does not.
     pub async fn shutdown(&mut self, grace: Duration) -> ExitStatus {
-        if self.send(Kind::Shutdown, "", &[]).await.is_ok() && self.wait_exit(grace).await {
+        if self.send(Kind::Shutdown, Uuid::nil(), 0, "", &[]).await.is_ok() && self.wait_exit(grace).await {
             self.kill_group(libc::SIGKILL);
             return self.status.unwrap_or(ExitStatus(0));
         }

@@ -1,9 +1,12 @@
 //! A scriptable stand-in for inst/worker.R, speaking the same frames.
 //! A job's params are a command: ok:TEXT, print:TEXT, fail:MSG, sleep:MS,
 //! exit:CODE, progress, spawn-hang (starts `sleep` in its group, reports its
-//! pid as progress, then hangs), huge (a frame over any limit).
+//! pid as progress, then hangs), huge (a frame over any limit), forge (a
+//! result with the wrong tag, then the right one), garbage (bytes that are
+//! not a frame).
 
 use asyncjobs::protocol::{encode, Decoder, Frame, Kind};
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -13,65 +16,79 @@ fn main() {
     let mut input = unsafe { File::from_raw_fd(3) };
     let mut output = unsafe { File::from_raw_fd(4) };
     let mut decoder = Decoder::new(usize::MAX);
+    let mut ready = VecDeque::new();
     let mut next = move || -> Option<Frame> {
         let mut buf = [0u8; 4096];
         loop {
-            if let Some(f) = decoder.next_frame().unwrap() {
+            if let Some(f) = ready.pop_front() {
                 return Some(f);
             }
             let n = input.read(&mut buf).ok()?;
             if n == 0 {
                 return None;
             }
-            decoder.push(&buf[..n]);
+            ready.extend(decoder.push(&buf[..n]).unwrap());
         }
     };
-    let mut send = move |kind: Kind, text: &str, blob: &[u8]| {
-        output.write_all(&encode(kind, text, &[blob])).unwrap();
+    // The job being run: its id and tag go on every frame about it.
+    let mut job = (uuid::Uuid::nil(), 0u64);
+    let mut raw = output.try_clone().unwrap();
+    let mut send = move |job: (uuid::Uuid, u64), kind: Kind, text: &str, blob: &[u8]| {
+        output.write_all(&encode(kind, job.0, job.1, text, &[blob])).unwrap();
     };
     let init = next().expect("init");
     if init.blob == b"fail-setup" {
         eprintln!("setup exploded");
-        send(Kind::SetupFailed, "setup exploded", &[]);
+        send(job, Kind::SetupFailed, "setup exploded", &[]);
         std::process::exit(1);
     }
     if init.blob == b"die-in-setup" {
         std::process::exit(3);
     }
-    send(Kind::Ready, "", &[]);
+    send(job, Kind::Ready, "", &[]);
     while let Some(frame) = next() {
         if frame.kind == Kind::Shutdown {
             break;
         }
-        let (fn_len, _) = frame.text.split_once('\u{1f}').map(|(id, n)| (n.parse::<usize>().unwrap(), id)).unwrap();
+        let (_, fn_len) = frame.text.split_once('\u{1f}').unwrap();
+        let fn_len: usize = fn_len.parse().unwrap();
+        job = (frame.job, frame.tag);
         let cmd = String::from_utf8_lossy(&frame.blob[fn_len..]).to_string();
         let (verb, arg) = cmd.split_once(':').unwrap_or((cmd.as_str(), ""));
         match verb {
-            "ok" => send(Kind::Result, "", arg.as_bytes()),
+            "ok" => send(job, Kind::Result, "", arg.as_bytes()),
             "print" => {
                 print!("{arg}");
                 std::io::stdout().flush().unwrap();
-                send(Kind::Result, "", b"printed");
+                send(job, Kind::Result, "", b"printed");
             }
-            "fail" => send(Kind::Failed, &format!("EXECUTION_ERROR\u{1f}{arg}"), &[]),
+            "fail" => send(job, Kind::Failed, &format!("EXECUTION_ERROR\u{1f}{arg}"), &[]),
             "sleep" => {
                 std::thread::sleep(Duration::from_millis(arg.parse().unwrap()));
-                send(Kind::Result, "", b"slept");
+                send(job, Kind::Result, "", b"slept");
             }
             "exit" => std::process::exit(arg.parse().unwrap()),
             "progress" => {
-                send(Kind::Progress, "1\u{1f}2\u{1f}half way", &[]);
-                send(Kind::Result, "", b"done");
+                send(job, Kind::Progress, "1\u{1f}2\u{1f}half way", &[]);
+                send(job, Kind::Result, "", b"done");
             }
             "spawn-hang" => {
                 let child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
-                send(Kind::Progress, &format!("NA\u{1f}NA\u{1f}{}", child.id()), &[]);
+                send(job, Kind::Progress, &format!("NA\u{1f}NA\u{1f}{}", child.id()), &[]);
                 loop {
                     std::thread::sleep(Duration::from_secs(1));
                 }
             }
-            "huge" => send(Kind::Result, "", &vec![0u8; 4 << 20]),
-            _ => send(Kind::Failed, &format!("EXECUTION_ERROR\u{1f}unknown command {cmd}"), &[]),
+            "forge" => {
+                send((job.0, job.1 ^ 1), Kind::Result, "", b"forged");
+                send(job, Kind::Result, "", b"real");
+            }
+            "garbage" => {
+                raw.write_all(b"hello from a stray process\n").unwrap();
+                send(job, Kind::Result, "", b"after garbage");
+            }
+            "huge" => send(job, Kind::Result, "", &vec![0u8; 4 << 20]),
+            _ => send(job, Kind::Failed, &format!("EXECUTION_ERROR\u{1f}unknown command {cmd}"), &[]),
         }
     }
 }

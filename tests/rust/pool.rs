@@ -187,6 +187,25 @@ fn oversized_frame_fails_the_job() {
     stop(pool, &seen);
 }
 
+/// A frame with another job's tag, or bytes that are not a frame, end the job
+/// they arrive in and replace the worker: the next job is not shifted.
+#[test]
+fn forged_and_stray_frames_fail_only_their_job() {
+    let pool = start(config(1, b""));
+    for cmd in ["forge", "garbage"] {
+        let first = pids_when_ready(&pool);
+        let id = submit(&pool, cmd, 10_000);
+        let next = submit(&pool, "ok:mine", 10_000);
+        let e = finished(&pool, id).error.expect("the job failed");
+        assert_eq!(e.code, "PROTOCOL_ERROR", "{cmd}: {}", e.message);
+        let j = finished(&pool, next);
+        assert_eq!(j.result.as_deref(), Some(&b"mine"[..]), "{cmd}: the next job got its own result");
+        wait_until("the worker was replaced", || dead(first[0]));
+    }
+    let seen = pids(&pool);
+    stop(pool, &seen);
+}
+
 #[test]
 fn recycling_replaces_workers_between_jobs() {
     let mut cfg = config(1, b"");
