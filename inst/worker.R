@@ -55,28 +55,6 @@ local({
     invisible(TRUE)
   }
 
-  # A result R can carry to another process only if it holds no pointers
-  # or connections (they would arrive dangling). Defined once: a closure made
-  # per job would be byte-compiled per job.
-  walked <- new.env()
-  walk <- function(x) {
-    walked$n <- walked$n - 1L
-    if (walked$n < 0L) return(NULL)
-    if (typeof(x) %in% c("externalptr", "weakref")) return(paste("an", typeof(x)))
-    if (inherits(x, "connection")) return("a connection")
-    if (is.list(x) && !is.data.frame(x)) {
-      for (el in x) if (!is.null(r <- walk(el))) return(r)
-    }
-    for (a in attributes(x)) if (!is.null(r <- walk(a))) return(r)
-    NULL
-  }
-  unportable <- function(x, budget = 10000L) {
-    # Plain vectors hold no pointers: most results skip the walk.
-    if (is.null(x) || (is.atomic(x) && is.null(attributes(x)))) return(NULL)
-    walked$n <- budget
-    walk(x)
-  }
-
   trim_calls <- function(calls) {
     start <- Position(function(cl) identical(cl, quote(executor(params))), calls, nomatch = 0L)
     calls <- calls[seq_along(calls) > start]
@@ -102,8 +80,6 @@ local({
       },
       error = function(e) calls <<- sys.calls()),
       error = function(e) structure(list(e), class = "asyncjobs_job_error"))
-    flush(stdout())
-    flush(stderr())
     if (inherits(value, "asyncjobs_job_error")) {
       e <- value[[1L]]
       call <- conditionCall(e)
@@ -111,14 +87,22 @@ local({
         call = if (!is.null(call)) deparse1(call, collapse = " "),
         class = class(e), traceback = trim_calls(calls), warnings = warnings)))
     }
-    bad <- unportable(value)
+    # A result R can carry to another process only if it holds no pointers
+    # (they would arrive dangling; a connection holds one): serialize() shows
+    # each to the hook, so plain results pay for no separate walk.
+    bad <- NULL
+    hook <- function(x) {
+      if (is.null(bad) && typeof(x) != "environment") bad <<- typeof(x)
+      NULL
+    }
+    bytes <- tryCatch(serialize(list(value = value, warnings = warnings), NULL, xdr = FALSE, refhook = hook),
+                      error = function(e) e)
     if (!is.null(bad)) {
       return(failure("RESULT_NOT_SERIALIZABLE", sprintf(
-        "The job's result contains %s, which cannot be sent to another R process", bad),
+        "The job's result contains %s (a connection, or an object of compiled code), which cannot be sent to another R process",
+        if (bad == "externalptr") "an external pointer" else paste("a", bad)),
         list(warnings = warnings)))
     }
-    bytes <- tryCatch(serialize(list(value = value, warnings = warnings), NULL, xdr = FALSE),
-                      error = function(e) e)
     if (inherits(bytes, "error")) {
       return(failure("RESULT_NOT_SERIALIZABLE", conditionMessage(bytes), list(warnings = warnings)))
     }
@@ -132,7 +116,7 @@ local({
 
   # Compile the loop's functions now: R's JIT compiles a closure made inside
   # local() at its second call, which would delay a worker's second job by ~35 ms.
-  for (f in c("read_frame", "write_frame", "failure", "emit", "walk", "unportable", "trim_calls", "run")) {
+  for (f in c("read_frame", "write_frame", "failure", "emit", "trim_calls", "run")) {
     assign(f, compiler::cmpfun(get(f)))
   }
   assign("emit", emit, envir = get(".worker", envir = ns))

@@ -119,6 +119,10 @@ fn aj_w_write(kind: i32, text: &str, blob: Robj) -> Result<bool> {
         return Ok(false);
     }
     let (job, tag) = if about_job { (w.job, w.tag) } else { (Uuid::nil(), 0) };
+    if !matches!(kind, Kind::Progress) {
+        // What the job printed goes out before its outcome.
+        unsafe { libc::fflush(std::ptr::null_mut()) };
+    }
     let header = Header::new(kind, job, tag, text.len(), blob.len()).encode();
     protocol::write_all_parts(w.output, &[&header, text.as_bytes(), blob]).map_err(|e| fail("writing a frame", e))?;
     if matches!(kind, Kind::Result | Kind::Failed) {
