@@ -107,6 +107,7 @@ local({
       withCallingHandlers({
         executor <- unserialize(frame$fn)
         params <- unserialize(frame$params)
+        asyncjobs:::.worker_seed(snapshot, executor) # isolation: the job's RNG stream
         executor(params)
       },
       warning = function(w) {
@@ -149,6 +150,7 @@ local({
     assign(f, compiler::cmpfun(get(f)))
   }
   assign("emit", emit, envir = get(".worker", envir = asNamespace("asyncjobs")))
+  snapshot <- asyncjobs:::.worker_snapshot() # isolation: the state setup left
   baseline <- names(globalenv())
   write_frame(KIND[["ready"]])
   repeat {
@@ -166,6 +168,13 @@ local({
     if (!identical(now, baseline)) {
       rm(list = setdiff(now, baseline), envir = globalenv())
       baseline <- names(globalenv())
+    }
+    # Isolation (R/isolation.R): options, env vars, wd, locale, search path and
+    # sinks go back to setup's; a worker that cannot be put back is replaced.
+    problems <- asyncjobs:::.worker_reset(snapshot)
+    if (length(problems)) {
+      message("asyncjobs worker: replaced, a job left state it cannot undo: ", paste(problems, collapse = "; "))
+      quit(save = "no", status = 1L)
     }
   }
   quit(save = "no", status = 0L)
