@@ -27,7 +27,7 @@
   had_seed <- exists(".Random.seed", envir = globalenv(), inherits = FALSE)
   s$rng <- RNGkind()
   if (!had_seed) rm(".Random.seed", envir = globalenv())
-  s$seeds <- integer()
+  read_seeds(s)
   s
 }
 
@@ -49,18 +49,20 @@
   invisible(seed)
 }
 
-# Random seeds are read 1024 at a time.
 fresh_seed <- function(snapshot) {
-  if (!length(snapshot$seeds)) {
-    con <- file("/dev/urandom", "rb")
-    on.exit(close(con))
-    seeds <- readBin(con, "integer", n = 1024L, size = 4L)
-    seeds[is.na(seeds)] <- 0L # NA_integer_ is no seed
-    snapshot$seeds <- seeds
-  }
+  if (!length(snapshot$seeds)) read_seeds(snapshot)
   seed <- snapshot$seeds[[1L]]
   snapshot$seeds <- snapshot$seeds[-1L]
   seed
+}
+
+# Random seeds are read 1024 at a time, between jobs.
+read_seeds <- function(snapshot) {
+  con <- file("/dev/urandom", "rb", raw = TRUE)
+  on.exit(close(con))
+  seeds <- readBin(con, "integer", n = 1024L, size = 4L)
+  seeds[is.na(seeds)] <- 0L # NA_integer_ is no seed
+  snapshot$seeds <- seeds
 }
 
 # Puts back what a job changed. Returns what could not be put back (then the
@@ -84,6 +86,7 @@ fresh_seed <- function(snapshot) {
   step("environment variables", reset_env)
   step("locale", reset_locale)
   step("working directory", reset_wd)
+  if (!length(snapshot$seeds)) step("random seeds", read_seeds)
   problems
 }
 
