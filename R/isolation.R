@@ -26,7 +26,9 @@
   # RNGkind() seeds the generator if nothing did yet: leave globals as they were.
   had_seed <- exists(".Random.seed", envir = globalenv(), inherits = FALSE)
   s$rng <- RNGkind()
-  if (!had_seed) rm(".Random.seed", envir = globalenv())
+  if (!had_seed && exists(".Random.seed", envir = globalenv(), inherits = FALSE)) {
+    rm(".Random.seed", envir = globalenv())
+  }
   read_seeds(s)
   s
 }
@@ -71,6 +73,14 @@ read_seeds <- function(snapshot) {
   n <- length(loadedNamespaces())
   snapshot$loaded <- n != snapshot$namespaces # did the job load a namespace?
   snapshot$namespaces <- n
+  # Most jobs change nothing: one pass of checks, most of the time in
+  # options() and Sys.getenv() (about 0.1 ms each on a busy machine).
+  if (same_options(options(), snapshot$options) && identical(Sys.getenv(), snapshot$env) &&
+      identical(search(), snapshot$search) && identical(getwd(), snapshot$wd) &&
+      identical(Sys.getlocale(), snapshot$locale) && sink.number() == snapshot$sinks &&
+      sink.number(type = "message") == snapshot$message_sink && length(snapshot$seeds)) {
+    return(character())
+  }
   problems <- character()
   step <- function(what, f) {
     tryCatch(f(snapshot), error = function(e) {
@@ -81,8 +91,10 @@ read_seeds <- function(snapshot) {
   # steps below into errors.
   step("options", reset_options)
   step("sinks", reset_sinks)
-  step("search path", reset_search)
-  step("options", reset_options) # detaching runs .onDetach hooks
+  if (!identical(search(), snapshot$search)) {
+    step("search path", reset_search)
+    step("options", reset_options) # detaching ran .onDetach hooks
+  }
   step("environment variables", reset_env)
   step("locale", reset_locale)
   step("working directory", reset_wd)
@@ -96,7 +108,7 @@ read_seeds <- function(snapshot) {
 # apart from the job's: then the added options stay, and become the baseline.
 reset_options <- function(s) {
   now <- options()
-  if (identical(now, s$options)) return()
+  if (same_options(now, s$options)) return()
   old <- s$options
   same <- vapply(names(old), function(n) identical(old[[n]], now[[n]]), TRUE)
   if (!all(same)) options(old[!same])
@@ -108,6 +120,9 @@ reset_options <- function(s) {
     options(structure(vector("list", length(added)), names = added))
   }
 }
+
+# Exact comparison is the faster one: unchanged options are the same objects.
+same_options <- function(x, y) identical(x, y, ignore.bytecode = FALSE, ignore.srcref = FALSE)
 
 reset_env <- function(s) {
   now <- Sys.getenv()
@@ -138,7 +153,6 @@ reset_locale <- function(s) {
 # Detaches what the job attached (its namespaces stay loaded); packages setup
 # attached and the job detached are attached again where they were.
 reset_search <- function(s) {
-  if (identical(search(), s$search)) return()
   for (name in setdiff(search(), s$search)) {
     suppressWarnings(detach(name, character.only = TRUE))
   }
