@@ -89,6 +89,18 @@ test_that("create_job(seed =) draws the same numbers whatever ran on the worker 
   expect_false(identical(run_job(draw, seed = 2)$x, first$x))
 })
 
+test_that("a seeded job draws the same numbers on each worker; setup's RNG kinds are kept", {
+  local_pool(2, setup = quote({ RNGkind("L'Ecuyer-CMRG"); set.seed(5) }))
+  draw <- function(p) { Sys.sleep(0.5); list(pid = Sys.getpid(), x = runif(3), kind = RNGkind()[[1L]]) }
+  # Both submitted at once: the second goes to the other, idle worker.
+  jobs <- lapply(1:2, function(i) create_job("isolation", i, draw, seed = 1))
+  sts <- lapply(jobs, finish)
+  expect_false(sts[[1]]$result$pid == sts[[2]]$result$pid)
+  expect_identical(sts[[1]]$result$x, sts[[2]]$result$x)
+  expect_identical(sts[[1]]$result$kind, "L'Ecuyer-CMRG")
+  expect_identical(sts[[1]]$result$x, withr::with_seed(1, runif(3), .rng_kind = "L'Ecuyer-CMRG"))
+})
+
 test_that("a job's set.seed() or RNGkind() does not reach the next job, and unseeded jobs do not replay a stream", {
   # A setup that seeds keeps .Random.seed among setup's globals.
   local_pool(1, setup = quote(set.seed(42)))
