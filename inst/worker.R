@@ -161,6 +161,15 @@ local({
     state$step <- NULL
     out <- run(frame)
     state$job <- NULL
+    # Isolation (R/isolation.R): options, env vars, wd, locale, search path and
+    # sinks go back to setup's before the pool may send another job. A worker
+    # that cannot be put back exits: the job fails (WORKER_CRASHED, the reason
+    # on its stderr) and the worker is replaced.
+    problems <- asyncjobs:::.worker_reset(snapshot)
+    if (length(problems)) {
+      message("asyncjobs worker: the job left state that cannot be undone: ", paste(problems, collapse = "; "))
+      quit(save = "no", status = 1L)
+    }
     write_frame(out$kind, out$text, out$blob)
     frame <- out <- NULL
     # A clean slate: what the job left in the global environment goes.
@@ -168,13 +177,6 @@ local({
     if (!identical(now, baseline)) {
       rm(list = setdiff(now, baseline), envir = globalenv())
       baseline <- names(globalenv())
-    }
-    # Isolation (R/isolation.R): options, env vars, wd, locale, search path and
-    # sinks go back to setup's; a worker that cannot be put back is replaced.
-    problems <- asyncjobs:::.worker_reset(snapshot)
-    if (length(problems)) {
-      message("asyncjobs worker: replaced, a job left state it cannot undo: ", paste(problems, collapse = "; "))
-      quit(save = "no", status = 1L)
     }
   }
   quit(save = "no", status = 0L)

@@ -139,20 +139,20 @@ test_that("a seed is validated, is not part of the duplicate check, and leaves a
   expect_null(attributes(sum))
 })
 
-test_that("a worker whose state cannot be put back is replaced, and the next job runs", {
+test_that("a job that leaves state the worker cannot undo fails, and a fresh worker runs the next job", {
   seen <- local_pool(1, setup = quote({
     d <- tempfile("iso-wd-")
     dir.create(d)
     setwd(d)
   }))
   pid <- get_worker_status()$pid
-  run_job(function(p) unlink(getwd(), recursive = TRUE))
-  expect_true(wait_until(function() {
-    now <- get_worker_status()$pid
-    length(now) == 1L && !is.na(now) && now != pid
-  }))
+  bad <- create_job("isolation", NULL, function(p) unlink(getwd(), recursive = TRUE))
+  st <- finish(bad)
+  expect_identical(st$status, "failed")
+  expect_identical(st$error$code, "WORKER_CRASHED")
+  expect_match(get_job_output(bad$job_id), "working directory")
+  after <- run_job(function(p) list(pid = Sys.getpid(), wd_ok = dir.exists(getwd())))
   note_pids(seen)
-  st <- run_job(function(p) list(pid = Sys.getpid(), wd_ok = dir.exists(getwd())))
-  expect_false(st$pid == pid)
-  expect_true(st$wd_ok)
+  expect_false(after$pid == pid)
+  expect_true(after$wd_ok)
 })
