@@ -1,9 +1,10 @@
 # Isolation between jobs on one worker. inst/worker.R calls, in the worker:
 #   snapshot <- .worker_snapshot()      once, after `setup` ran
 #   .worker_seed(snapshot, executor)    before each job, in the job's frame
-#   .worker_reset(snapshot)             after each job; a non-empty value
-#                                       means the worker could not be put
-#                                       back and must be replaced
+#   .worker_reset(snapshot)             after each job, before its result
+#                                       is sent; a non-empty value says what
+#                                       could not be put back: the worker
+#                                       must then exit and be replaced
 # The global environment is cleaned by inst/worker.R itself.
 
 # The LC_* categories Sys.setlocale() can set (LC_ALL is all of them).
@@ -36,8 +37,8 @@
 # A job starts from set.seed(seed) under the RNG kinds `setup` left, whatever
 # an earlier job did to the generator. create_job(seed = ) puts the seed on
 # the executor; without one it is 32 bits from /dev/urandom, so jobs on one
-# worker do not replay a stream (R's own seeding from the clock has about 16
-# bits that change between jobs).
+# worker do not replay a stream (R's own seeding from the clock changes in
+# only about 16 of its 32 bits between jobs a few ms apart).
 .worker_seed <- function(snapshot, executor) {
   seed <- attr(executor, "asyncjobs_seed", exact = TRUE)
   if (is.null(seed)) seed <- fresh_seed(snapshot)
@@ -67,8 +68,8 @@ read_seeds <- function(snapshot) {
   snapshot$seeds <- seeds
 }
 
-# Puts back what a job changed. Returns what could not be put back (then the
-# worker is replaced); character() when the worker is as `setup` left it.
+# Puts back what a job changed. Returns what could not be put back;
+# character() when the worker is as `setup` left it.
 .worker_reset <- function(snapshot) {
   n <- length(loadedNamespaces())
   snapshot$loaded <- n != snapshot$namespaces # did the job load a namespace?
