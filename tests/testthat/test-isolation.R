@@ -156,3 +156,11 @@ test_that("a job that leaves state the worker cannot undo fails, and a fresh wor
   expect_false(after$pid == pid)
   expect_true(after$wd_ok)
 })
+
+test_that("the seed travels through a durable store with the job", {
+  local_store(store_urls()[["sqlite"]], n = 1L)
+  draw <- function(p) runif(3)
+  x <- lapply(1:2, function(i) run_job(draw, params = i, seed = 1))
+  expect_identical(x[[1]], x[[2]])
+  expect_equal(x[[1]], c(0.2655087, 0.3721239, 0.5728534), tolerance = 1e-6)
+})
