@@ -21,6 +21,12 @@
 #' @param max_attempts (integer) runs allowed when the host running the job is
 #'   lost or stopped (`HOST_LOST`, `SHUTDOWN`): with attempts left the job
 #'   goes back to the queue instead of failing.
+#' @param seed (integer or NULL) the job runs after `set.seed(seed)` under the
+#'   RNG kinds `setup` left, so it draws the same numbers on any worker
+#'   whatever ran there before; a retry draws them again. NULL (the default):
+#'   a fresh random seed per job. The seed is not part of the duplicate check
+#'   (operation and params): put it in `params` too if jobs that differ only by
+#'   seed are not duplicates.
 #' @return (list) `list(job_id, status = "accepted", estimated_seconds)`, or
 #'   `list(error = "CAPACITY_EXCEEDED", message, retry_after = 60)` when the
 #'   store holds its cap of active jobs, `list(error = "DUPLICATE_JOB",
@@ -30,7 +36,7 @@
 #'   when the store cannot be reached.
 #' @export
 create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, unique = FALSE,
-                       queue = "default", priority = 0L, max_attempts = 1L) {
+                       queue = "default", priority = 0L, max_attempts = 1L, seed = NULL) {
   check_process()
   check_not_worker("create_job()")
   operation <- check_operation(operation)
@@ -47,6 +53,10 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
   if (!identical(max_attempts, 1L)) {
     check_number(max_attempts, "max_attempts", min = 1, integer = TRUE)
     if (max_attempts > 1000) abort("argument", sprintf("`max_attempts` must be a whole number from 1 to 1000, not %s.", describe(max_attempts)), "max_attempts")
+  }
+  if (!is.null(seed)) {
+    check_seed(seed)
+    executor_fn <- with_seed(executor_fn, seed)
   }
   bytes <- serialize_job(params, executor_fn, call = sys.call())
   check_payload(executor_fn, length(bytes$fn), operation)

@@ -72,6 +72,7 @@ local({
       withCallingHandlers({
         executor <- unserialize(frame$fn)
         params <- unserialize(frame$params)
+        asyncjobs:::.worker_seed(snapshot, executor) # isolation: the job's RNG stream
         executor(params)
       },
       warning = function(w) {
@@ -120,6 +121,7 @@ local({
     assign(f, compiler::cmpfun(get(f)))
   }
   assign("emit", emit, envir = get(".worker", envir = ns))
+  snapshot <- asyncjobs:::.worker_snapshot() # the state setup left (R/isolation.R)
   baseline <- names(globalenv())
   write_frame(KIND[["ready"]])
   repeat {
@@ -132,12 +134,22 @@ local({
     state$job <- NULL
     write_frame(out$kind, out$text, out$blob)
     frame <- out <- NULL
-    # A clean slate: what the job left in the global environment goes.
+    # Back to the state setup left, after the outcome is out (so the caller
+    # does not wait for it) and before the pool may send another job, which
+    # it does on the ready frame. What the job left in the global environment
+    # goes; options, env vars, wd, locale, search path and sinks are put back
+    # (R/isolation.R). A worker that cannot be put back exits and is replaced.
     now <- names(globalenv())
     if (!identical(now, baseline)) {
       rm(list = setdiff(now, baseline), envir = globalenv())
       baseline <- names(globalenv())
     }
+    problems <- asyncjobs:::.worker_reset(snapshot)
+    if (length(problems)) {
+      message("asyncjobs worker: the job left state that cannot be undone: ", paste(problems, collapse = "; "))
+      quit(save = "no", status = 1L)
+    }
+    write_frame(KIND[["ready"]])
   }
   quit(save = "no", status = 0L)
 })

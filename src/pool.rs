@@ -752,6 +752,9 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
         if let Some(end) = end {
             return end;
         }
+        if let Err(end) = await_reset(sh, w, stop).await {
+            return end;
+        }
         jobs_done += 1;
         // Reading /proc costs a system call per job: only when a limit needs it.
         let rss = if sh.config.max_rss_bytes < u64::MAX { w.rss_bytes() } else { None };
@@ -762,6 +765,25 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
         });
         if jobs_done >= sh.config.max_jobs_per_worker || rss.is_some_and(|r| r > sh.config.max_rss_bytes) {
             return End::Replace;
+        }
+    }
+}
+
+/// Waits for the worker's ready frame: after a job's outcome it puts its R
+/// session back to the state setup left, and takes no job until it has.
+async fn await_reset(sh: &Shared, w: &mut Process, stop: &mut watch::Receiver<bool>) -> Result<(), End> {
+    let deadline = tokio::time::sleep(sh.config.setup_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            ev = w.next_event() => match ev {
+                Event::Frame(f) if f.kind == Kind::Ready && f.job.is_nil() => return Ok(()),
+                Event::Output(_, bytes) => sh.echo(None, &bytes),
+                Event::Exited(_) => return Err(End::Died),
+                Event::Frame(_) | Event::Protocol(_) => return Err(End::Kill),
+            },
+            _ = &mut deadline => return Err(End::Kill),
+            _ = stopped(stop) => return Err(End::Stop),
         }
     }
 }

@@ -90,5 +90,8 @@ fn main() {
             "huge" => send(job, Kind::Result, "", &vec![0u8; 4 << 20]),
             _ => send(job, Kind::Failed, &format!("EXECUTION_ERROR\u{1f}unknown command {cmd}"), &[]),
         }
+        // Like the R worker: ready for the next job once its state is reset.
+        job = (uuid::Uuid::nil(), 0);
+        send(job, Kind::Ready, "", &[]);
     }
 }
