@@ -37,6 +37,7 @@
 //! HTTP side (status codes, plumber routes) is R code on top of the same
 //! calls; it needs nothing from the core.
 
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod registry;
