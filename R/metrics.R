@@ -6,7 +6,7 @@
 #' | metric | type | labels |
 #' |--------|------|--------|
 #' | `asyncjobs_jobs_submitted_total` | counter | `operation` |
-#' | `asyncjobs_jobs_rejected_total` (`CAPACITY_EXCEEDED`, `DUPLICATE_JOB`) | counter | `code` |
+#' | `asyncjobs_jobs_rejected_total` (`CAPACITY_EXCEEDED`, `DUPLICATE_JOB`, `POOL_UNAVAILABLE`, `STORE_UNAVAILABLE`) | counter | `code` |
 #' | `asyncjobs_jobs_completed_total` | counter | `operation` |
 #' | `asyncjobs_jobs_failed_total` | counter | `operation`, `code` |
 #' | `asyncjobs_jobs_cancelled_total` | counter | |

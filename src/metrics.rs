@@ -107,9 +107,14 @@ static METRICS: Lazy<Registry> = Lazy::new(Registry::default);
 pub fn submitted(operation: &str, r: &Submit) {
     match r {
         Submit::Accepted => METRICS.submitted.add(&[operation], 1),
-        Submit::Full { .. } => METRICS.rejected.add(&["CAPACITY_EXCEEDED"], 1),
-        Submit::Duplicate(_) => METRICS.rejected.add(&["DUPLICATE_JOB"], 1),
+        Submit::Full { .. } => rejected("CAPACITY_EXCEEDED"),
+        Submit::Duplicate(_) => rejected("DUPLICATE_JOB"),
     }
+}
+
+/// A submit refused before or by the store (`POOL_UNAVAILABLE`, `STORE_UNAVAILABLE`, ...).
+pub fn rejected(code: &str) {
+    METRICS.rejected.add(&[code], 1);
 }
 
 /// A job a worker ran, ended: counted by [`JobEnd::record`] once its

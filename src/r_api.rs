@@ -284,6 +284,7 @@ fn aj_submit(
     let pool = POOL.lock();
     let Some(pool) = pool.as_ref() else { return Ok(vec!["stopped".into(), String::new()]) };
     if let Some(why) = pool.unavailable() {
+        crate::metrics::rejected("POOL_UNAVAILABLE");
         return Ok(vec!["unavailable".into(), why]);
     }
     let id = Uuid::new_v4();
@@ -313,7 +314,7 @@ fn aj_submit(
         }
         Ok((Submit::Full { limit }, _)) => vec!["full".into(), limit.to_string()],
         Ok((Submit::Duplicate(existing), _)) => vec!["duplicate".into(), existing.to_string()],
-        Err(e) => vec!["store_error".into(), e.0],
+        Err(e) => { crate::metrics::rejected("STORE_UNAVAILABLE"); vec!["store_error".into(), e.0] }
     })
 }
 

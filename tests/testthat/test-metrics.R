@@ -66,6 +66,22 @@ test_that("get_metrics counts submits, outcomes, durations, cancels and the pool
   expect_match(text, "\nasyncjobs_pool_size 1\n", fixed = TRUE)
 })
 
+test_that("refused submits are counted by code", {
+  local_pool(1L)
+  before <- get_metrics()
+  slow <- create_job("metrics-refused", list(1), function(p) Sys.sleep(60), unique = TRUE)
+  expect_identical(create_job("metrics-refused", list(1), function(p) 1, unique = TRUE)$error, "DUPLICATE_JOB")
+  expect_identical(create_job("metrics-refused", list(2), function(p) 1)$error, "CAPACITY_EXCEEDED")
+  expect_identical(create_job("metrics-refused", list(3), function(p) 1)$error, "CAPACITY_EXCEEDED")
+  m <- get_metrics()
+  delta <- function(code) metric(m, "asyncjobs_jobs_rejected_total", code = code) -
+    metric(before, "asyncjobs_jobs_rejected_total", code = code)
+  expect_identical(c(delta("DUPLICATE_JOB"), delta("CAPACITY_EXCEEDED")), c(1, 2))
+  expect_identical(metric(m, "asyncjobs_jobs_submitted_total", operation = "metrics-refused") -
+                     metric(before, "asyncjobs_jobs_submitted_total", operation = "metrics-refused"), 1)
+  cancel_job(slow$job_id)
+})
+
 test_that("operation names are escaped in the exposition", {
   local_pool(1L)
   op <- 'quote " backslash \\ newline \n end'
