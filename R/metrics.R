@@ -15,7 +15,8 @@
 #' | `asyncjobs_store_errors_total` (what the failed call was for) | counter | `operation` |
 #' | `asyncjobs_pool_size` | gauge | |
 #' | `asyncjobs_workers` | gauge | `state` |
-#' | `asyncjobs_jobs_pending`, `asyncjobs_jobs_running` (in the store) | gauge | |
+#' | `asyncjobs_jobs_pending`, `asyncjobs_jobs_running` (in the store; absent when it cannot say) | gauge | |
+#' | `asyncjobs_store_up` (1 when the store answered the read) | gauge | |
 #'
 #' Counts are per process: an API counts the jobs it submits and cancels, a
 #' pool the jobs its workers completed or failed. With a shared store, sum

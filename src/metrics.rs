@@ -175,6 +175,8 @@ pub struct Gauges {
     /// Pending and running jobs in the store; None when it cannot say.
     pub pending: Option<usize>,
     pub running: Option<usize>,
+    /// Whether the store answered the snapshot's read.
+    pub store_up: bool,
 }
 
 /// One sample: its full name (with `_bucket`, `_sum`, ... for a histogram).
@@ -272,6 +274,7 @@ pub fn snapshot(g: &Gauges) -> Vec<Family> {
             &m.restarts,
         ),
         counter("asyncjobs_store_errors_total", "Store calls that failed, by what they were for.", &["operation"], &m.store_errors),
+        gauge("asyncjobs_store_up", "1 when the store answered this read, else 0.", vec![(vec![], f64::from(u8::from(g.store_up)))]),
         gauge("asyncjobs_pool_size", "Worker slots of this process's pool (0 without a pool).", vec![(vec![], g.pool_size as f64)]),
         gauge(
             "asyncjobs_workers",

@@ -561,7 +561,7 @@ fn aj_metrics(text: bool) -> Result<Robj> {
         }
     }
     if let Ok(c) = block_on(store().counts()) {
-        (g.pending, g.running) = (Some(c.pending), Some(c.running));
+        (g.pending, g.running, g.store_up) = (Some(c.pending), Some(c.running), true);
     }
     let families = crate::metrics::snapshot(&g);
     if text {

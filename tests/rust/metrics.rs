@@ -166,7 +166,13 @@ fn failed_setups_are_counted_as_restarts() {
 
 #[test]
 fn gauges_and_text_exposition() {
-    let g = Gauges { pool_size: 4, workers: vec![("idle".into(), 3), ("busy".into(), 1)], pending: Some(7), running: Some(1) };
+    let g = Gauges {
+        pool_size: 4,
+        workers: vec![("idle".into(), 3), ("busy".into(), 1)],
+        pending: Some(7),
+        running: Some(1),
+        store_up: true,
+    };
     let text = metrics::render(&metrics::snapshot(&g));
     for line in [
         "# TYPE asyncjobs_pool_size gauge",
@@ -174,6 +180,7 @@ fn gauges_and_text_exposition() {
         "asyncjobs_workers{state=\"busy\"} 1",
         "asyncjobs_jobs_pending 7",
         "asyncjobs_jobs_running 1",
+        "asyncjobs_store_up 1",
         "# TYPE asyncjobs_jobs_cancelled_total counter",
         "# TYPE asyncjobs_job_duration_seconds histogram",
     ] {
@@ -182,6 +189,7 @@ fn gauges_and_text_exposition() {
     // A store that cannot say has no pending or running gauge rather than a wrong one.
     let text = metrics::render(&metrics::snapshot(&Gauges::default()));
     assert!(!text.contains("asyncjobs_jobs_pending"));
+    assert!(text.lines().any(|l| l == "asyncjobs_store_up 0"));
     // Every sample line is `name{labels} value`, every name announced by a TYPE line first.
     let mut typed = Vec::new();
     for l in text.lines() {

@@ -167,3 +167,29 @@ test_that("the OpenAPI spec describes the job routes and the submit routes' answ
   expect_false(any(c("/jobs/metrics", "/jobs/workers", "/jobs/dashboard") %in% names(public$paths)))
   expect_error(job_openapi(submit = "submit"), "`submit`", class = "asyncjobs_error_argument")
 })
+
+test_that("failed store calls and the submits they refuse are counted", {
+  urls <- store_urls()
+  urls <- urls[intersect(c("postgres", "mysql"), names(urls))]
+  skip_if(!length(urls), "no PostgreSQL or MySQL server to cut (tools/test.sh sets ASYNCJOBS_TEST_POSTGRES)")
+  proxy <- local_proxy(urls[[1L]])
+  local_store(proxy$url, n = 0L)
+  errors <- function(m, what) metric(m, "asyncjobs_store_errors_total", operation = what)
+  before <- get_metrics()
+  expect_true("asyncjobs_jobs_pending" %in% before$metric)
+  proxy$cut()
+  expect_identical(create_job("metrics-outage", 1, function(p) p)$error, "STORE_UNAVAILABLE")
+  expect_identical(get_job_status("00000000-0000-4000-8000-000000000000")$error, "STORE_UNAVAILABLE")
+  m <- get_metrics()
+  expect_identical(errors(m, "submit") - errors(before, "submit"), 1)
+  expect_identical(errors(m, "status") - errors(before, "status"), 1)
+  expect_identical(metric(m, "asyncjobs_jobs_rejected_total", code = "STORE_UNAVAILABLE") -
+                     metric(before, "asyncjobs_jobs_rejected_total", code = "STORE_UNAVAILABLE"), 1)
+  # The store cannot say how many jobs wait: no gauge rather than a wrong one.
+  expect_false("asyncjobs_jobs_pending" %in% m$metric)
+  expect_identical(metric(m, "asyncjobs_store_up"), 0)
+  expect_identical(metric(before, "asyncjobs_store_up"), 1)
+  expect_identical(errors(m, "counts") - errors(before, "counts"), 1)
+  proxy$start()
+  expect_true(wait_until(function() "asyncjobs_jobs_pending" %in% get_metrics()$metric, timeout = 30))
+})
