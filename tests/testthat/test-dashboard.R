@@ -35,6 +35,7 @@ section_text <- function(dom, id) {
 }
 
 test_that("the dashboard route serves one self-contained page", {
+  skip_on_cran()
   api <- local_api(workers = 1L)
   h <- curl::new_handle(timeout = 30, forbid_reuse = TRUE)
   r <- curl::curl_fetch_memory(paste0(api$url, "/jobs/dashboard"), handle = h)
@@ -67,6 +68,7 @@ test_that("the dashboard is off unless asked for, needs the operator routes, and
 })
 
 test_that("the dashboard shows the pool, running jobs with progress, pending jobs and failures, in Chromium", {
+  skip_on_cran()
   skip_without_chromium()
   # A second page on the same job routes, without cancel buttons.
   extra <- quote(plumber::pr_mount(api, "/readonly", job_routes("/jobs", admin = TRUE, dashboard = TRUE)))
@@ -112,4 +114,35 @@ test_that("the dashboard shows the pool, running jobs with progress, pending job
   png <- Sys.getenv("ASYNCJOBS_DASHBOARD_PNG", file.path(tempdir(), "dashboard.png"))
   browse(paste0(api$url, "/jobs/dashboard"), png = png)
   expect_identical(readBin(png, "raw", 8L), as.raw(c(0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a)))
+})
+
+# Processes whose command line names `text` (a browser's profile directory).
+processes_naming <- function(text) {
+  pids <- as.integer(basename(Sys.glob("/proc/[0-9]*")))
+  cmd <- vapply(pids, function(p) {
+    x <- tryCatch(suppressWarnings(readBin(sprintf("/proc/%d/cmdline", p), "raw", 65536L)), error = function(e) raw())
+    rawToChar(x[x != as.raw(0)])
+  }, "")
+  pids[grepl(text, cmd, fixed = TRUE) & !vapply(pids, proc_dead, TRUE)]
+}
+
+test_that("cancel from the dashboard asks first, and only a yes cancels the job", {
+  skip_on_cran()
+  skip_without_chromium()
+  skip_if(!nzchar(Sys.which("python3")), "no python3 to drive Chromium")
+  api <- local_api(workers = 1L)
+  id <- http(api, "POST", "/analysis/refresh?seconds=120&source=cancel")$body$job_id
+  poll_until(api, id, function(b) identical(b$status, "running"))
+  profile <- withr::local_tempdir("chromium-")
+  r <- processx::run("python3", c(test_path("cdp-cancel.py"), chromium(), profile, paste0(api$url, "/jobs/dashboard"),
+                                  paste0(api$url, "/jobs/", id), id),
+                     timeout = 180, error_on_status = FALSE)
+  out <- strsplit(r$stdout, "\n")[[1L]]
+  expect_identical(r$status, 0L, info = paste(r$stdout, r$stderr))
+  expect_identical(out, c(sprintf("dialog: Cancel job %s? Its worker is stopped at once.", id), "after no: running",
+                          sprintf("dialog: Cancel job %s? Its worker is stopped at once.", id), "after yes: cancelled",
+                          "row gone"))
+  expect_identical(http(api, "GET", paste0("/jobs/", id))$body$status, "cancelled")
+  expect_true(wait_until(function() !length(processes_naming(profile)), timeout = 20),
+              info = "a Chromium process outlived the test")
 })

@@ -106,6 +106,7 @@ http_text <- function(api, path) {
 }
 
 test_that("GET /jobs/metrics serves the Prometheus text format", {
+  skip_on_cran()
   api <- local_api(workers = 2L)
   r <- http_text(api, "/jobs/metrics")
   expect_identical(r$status, 200L)
@@ -125,6 +126,7 @@ test_that("GET /jobs/metrics serves the Prometheus text format", {
 })
 
 test_that("the metrics route is an operator route: unmounted by default, behind authorize", {
+  skip_on_cran()
   api <- local_api(workers = 1L, extra = quote(demo_api(admin = FALSE)))
   r <- http(api, "GET", "/jobs/metrics")
   expect_identical(r$status, 404L)
@@ -169,6 +171,7 @@ test_that("the OpenAPI spec describes the job routes and the submit routes' answ
 })
 
 test_that("failed store calls and the submits they refuse are counted", {
+  skip_on_cran()
   urls <- store_urls()
   urls <- urls[intersect(c("postgres", "mysql"), names(urls))]
   skip_if(!length(urls), "no PostgreSQL or MySQL server to cut (tools/test.sh sets ASYNCJOBS_TEST_POSTGRES)")
