@@ -61,6 +61,7 @@ test_that("the dashboard is off unless asked for, needs the operator routes, and
   # A prefix cannot end the config's <script> element.
   expect_false(grepl("</script><b>", asyncjobs:::dashboard_html("/x</script><b>", FALSE), fixed = TRUE))
 
+  skip_on_cran()
   api <- local_api(workers = 1L, extra = quote(demo_api(admin = TRUE, dashboard = FALSE)))
   r <- http(api, "GET", "/jobs/dashboard")
   expect_identical(r$status, 404L)
