@@ -168,10 +168,11 @@ get_job_result <- function(job_id) {
 #'   full URL, for an API behind a proxy that rewrites paths.
 #' @param authorize (function or NULL) called as `authorize(req, action,
 #'   job_id)` before every route runs, `action` being "status", "result",
-#'   "output", "cancel", "list", "workers", "hosts", "metrics" or "dashboard" and `job_id` `NULL` for the
-#'   operator routes. `TRUE` runs the route; `FALSE` answers 403 `FORBIDDEN`
-#'   (whether or not the job exists); an error or any other value answers 500
-#'   `AUTHORIZE_FAILED`, without its message (which goes to the API's log).
+#'   "output", "cancel", "list", "workers", "hosts", "metrics" or "dashboard"
+#'   and `job_id` `NULL` for the operator routes. `TRUE` runs the route;
+#'   `FALSE` answers 403 `FORBIDDEN` (whether or not the job exists); an error
+#'   or any other value answers 500 `AUTHORIZE_FAILED`, without its message
+#'   (which goes to the API's log).
 #' @param admin (logical) also mount the operator routes.
 #' @param metrics (logical) mount `GET /metrics`.
 #' @param dashboard (logical) mount `GET /dashboard`; needs `admin = TRUE`.
@@ -186,6 +187,9 @@ pr_job_routes <- function(pr, prefix = "/jobs", authorize = NULL, admin = FALSE,
   check_string(prefix, "prefix")
   check_route_args(authorize, admin)
   check_page_args(admin, metrics, dashboard, allow_cancel)
+  if (!is.character(submit_paths) || anyNA(submit_paths) || !all(startsWith(submit_paths, "/"))) {
+    abort("argument", sprintf("`submit_paths` must be paths starting with \"/\", not %s.", describe(submit_paths)), "submit_paths")
+  }
   need_plumber()
   if (!inherits(pr, "Plumber")) abort("argument", sprintf("`pr` must be a plumber router, not %s.", describe(pr)), "pr")
   if (!startsWith(prefix, "/")) {

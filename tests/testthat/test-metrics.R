@@ -168,6 +168,7 @@ test_that("the OpenAPI spec describes the job routes and the submit routes' answ
   public <- pr_job_routes(plumber::pr(), "/jobs")$getApiSpec()
   expect_false(any(c("/jobs/metrics", "/jobs/workers", "/jobs/dashboard") %in% names(public$paths)))
   expect_error(job_openapi(submit = "submit"), "`submit`", class = "asyncjobs_error_argument")
+  expect_error(pr_job_routes(plumber::pr(), submit_paths = NA_character_), "`submit_paths`", class = "asyncjobs_error_argument")
 })
 
 test_that("failed store calls and the submits they refuse are counted", {
