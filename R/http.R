@@ -202,7 +202,9 @@ pr_job_routes <- function(pr, prefix = "/jobs", authorize = NULL, admin = FALSE,
     pr <- plumber::pr_get(pr, path, list_route(route_runner(prefix, authorize)),
                           serializer = plumber::serializer_unboxed_json(na = "null"))
   }
-  hidden <- c(if (!admin) c("/workers", "/hosts"), if (!metrics) "/metrics", if (!dashboard) "/dashboard")
+  # Also plumber's entry for the list under the mount ("/jobs/"), described at "/jobs".
+  hidden <- c(if (!admin) c("/workers", "/hosts"), if (!metrics) "/metrics", if (!dashboard) "/dashboard",
+              if (nzchar(path)) "/")
   add_job_openapi(pr, job_openapi(prefix, admin, metrics, dashboard, submit_paths), paste0(path, hidden))
 }
 

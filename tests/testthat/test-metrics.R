@@ -156,7 +156,9 @@ test_that("the OpenAPI spec describes the job routes and the submit routes' answ
   expect_true(all(c("202", "409", "503", "400") %in% names(submit)))
   expect_true("Location" %in% names(submit[["202"]]$headers))
   expect_true("Retry-After" %in% names(spec$components$responses$Unavailable$headers))
-  expect_true(all(c("/jobs/metrics", "/jobs/dashboard", "/jobs/workers") %in% names(spec$paths)))
+  expect_true(all(c("/jobs/metrics", "/jobs/dashboard", "/jobs/workers", "/jobs") %in% names(spec$paths)))
+  expect_false("/jobs/" %in% names(spec$paths))
+  expect_true(all(c("200", "400") %in% names(spec$paths[["/jobs"]]$get$responses)))
   # Every reference resolves.
   refs <- unique(unlist(rapply(spec, function(x) x, how = "unlist")[grepl("\\$ref$", names(rapply(spec, function(x) x, how = "unlist")))]))
   expect_gt(length(refs), 0L)
