@@ -22,8 +22,8 @@
 #' pool the jobs its workers completed or failed. With a shared store, sum
 #' the counters over every API replica and worker host; the pending and
 #' running gauges are the store's, the same on every replica. A job that
-#' fails without running (the pool stopped, no worker can start) is not in
-#' `asyncjobs_jobs_failed_total`. An operation or error code beyond the
+#' ends without a worker's outcome (`SHUTDOWN`, `POOL_UNAVAILABLE`,
+#' `HOST_LOST`) is not in `asyncjobs_jobs_failed_total`. An operation or error code beyond the
 #' first 1000 of a metric is counted as `_other`.
 #'
 #' @param format (string) `"data.frame"` or `"prometheus"`, the text
