@@ -141,6 +141,16 @@ get_job_result <- function(job_id) {
 #' - `GET /workers`: the worker pool, as [get_worker_status()].
 #' - `GET /hosts`: every pool registered in the store, as [get_hosts()].
 #'
+#' With `metrics = TRUE` (the default when `admin = TRUE`), `GET /metrics`
+#' answers [get_metrics()] in the Prometheus text format; with `dashboard =
+#' TRUE` (which needs `admin = TRUE`), `GET /dashboard` is a page that shows
+#' the pool, the running jobs with their progress, the pending jobs and the
+#' recent failures with their output, refreshed every 2 seconds from the JSON
+#' routes. It offers to cancel jobs (after a confirmation) only with
+#' `allow_cancel = TRUE`: the routes have no authentication of their own, so
+#' put the page behind `authorize` or a proxy that has. `pr_job_routes()` also
+#' adds [job_openapi()] to the API's OpenAPI spec.
+#'
 #' A job's id is the capability its submitter holds, so by default only the
 #' routes addressed by an id are mounted, and the operator paths answer 404
 #' (`GET /workers` is never taken for a job id). On these public routes a failed
@@ -158,36 +168,53 @@ get_job_result <- function(job_id) {
 #'   full URL, for an API behind a proxy that rewrites paths.
 #' @param authorize (function or NULL) called as `authorize(req, action,
 #'   job_id)` before every route runs, `action` being "status", "result",
-#'   "output", "cancel", "list", "workers" or "hosts" and `job_id` `NULL` for the
-#'   operator routes. `TRUE` runs the route; `FALSE` answers 403 `FORBIDDEN`
-#'   (whether or not the job exists); an error or any other value answers 500
-#'   `AUTHORIZE_FAILED`, without its message (which goes to the API's log).
+#'   "output", "cancel", "list", "workers", "hosts", "metrics" or "dashboard"
+#'   and `job_id` `NULL` for the operator routes. `TRUE` runs the route;
+#'   `FALSE` answers 403 `FORBIDDEN` (whether or not the job exists); an error
+#'   or any other value answers 500 `AUTHORIZE_FAILED`, without its message
+#'   (which goes to the API's log).
 #' @param admin (logical) also mount the operator routes.
+#' @param metrics (logical) mount `GET /metrics`.
+#' @param dashboard (logical) mount `GET /dashboard`; needs `admin = TRUE`.
+#' @param allow_cancel (logical) offer cancel buttons on the dashboard.
+#' @param submit_paths (character) the API's `POST` routes that submit jobs,
+#'   for the OpenAPI spec (see [job_openapi()]).
 #' @return (Plumber) `pr` with the endpoints mounted, or for `job_routes()` a
 #'   new router.
 #' @export
-pr_job_routes <- function(pr, prefix = "/jobs", authorize = NULL, admin = FALSE) {
+pr_job_routes <- function(pr, prefix = "/jobs", authorize = NULL, admin = FALSE,
+                          metrics = admin, dashboard = FALSE, allow_cancel = FALSE, submit_paths = character()) {
   check_string(prefix, "prefix")
   check_route_args(authorize, admin)
+  check_page_args(admin, metrics, dashboard, allow_cancel)
+  if (!is.character(submit_paths) || anyNA(submit_paths) || !all(startsWith(submit_paths, "/"))) {
+    abort("argument", sprintf("`submit_paths` must be paths starting with \"/\", not %s.", describe(submit_paths)), "submit_paths")
+  }
   need_plumber()
   if (!inherits(pr, "Plumber")) abort("argument", sprintf("`pr` must be a plumber router, not %s.", describe(pr)), "pr")
   if (!startsWith(prefix, "/")) {
     abort("argument", sprintf("`prefix` must be a path starting with \"/\", not \"%s\"; job_routes() takes a full URL.", prefix), "prefix")
   }
   path <- sub("/+$", "", prefix)
-  pr <- plumber::pr_mount(pr, if (nzchar(path)) path else "/", job_routes(prefix, authorize, admin))
+  pr <- plumber::pr_mount(pr, if (nzchar(path)) path else "/",
+                          job_routes(prefix, authorize, admin, metrics, dashboard, allow_cancel))
   if (admin && nzchar(path)) {
     pr <- plumber::pr_get(pr, path, list_route(route_runner(prefix, authorize)),
                           serializer = plumber::serializer_unboxed_json(na = "null"))
   }
-  pr
+  # Also plumber's entry for the list under the mount ("/jobs/"), described at "/jobs".
+  hidden <- c(if (!admin) c("/workers", "/hosts"), if (!metrics) "/metrics", if (!dashboard) "/dashboard",
+              if (nzchar(path)) "/")
+  add_job_openapi(pr, job_openapi(prefix, admin, metrics, dashboard, submit_paths), paste0(path, hidden))
 }
 
 #' @rdname pr_job_routes
 #' @export
-job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE) {
+job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE,
+                       metrics = admin, dashboard = FALSE, allow_cancel = FALSE) {
   check_string(prefix, "prefix")
   check_route_args(authorize, admin)
+  check_page_args(admin, metrics, dashboard, allow_cancel)
   need_plumber()
   run <- route_runner(prefix, authorize)
   routes <- list(
@@ -212,6 +239,7 @@ job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE) {
     hidden <- function(res) job_response(list(error = "NOT_FOUND", message = "Not found."), res, prefix)
     routes <- c(list(list("GET", "/workers", hidden), list("GET", "/hosts", hidden)), routes)
   }
+  routes <- c(page_routes(prefix, run, metrics, dashboard, allow_cancel), routes)
   json <- plumber::serializer_unboxed_json(na = "null")
   pr <- plumber::pr()
   for (r in routes) pr <- plumber::pr_handle(pr, r[[1L]], r[[2L]], r[[3L]], serializer = json)

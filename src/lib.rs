@@ -28,6 +28,9 @@
 //! * [`worker`] spawns and stops one R process: private pipes on fds 3 and 4
 //!   for [`protocol`] frames, stdout/stderr captured as job output, stdin at
 //!   /dev/null, a process group for clean kills, a pidfd to see it exit.
+//! * [`metrics`] counts, in atomics, what the pool and the R boundary see
+//!   happen (submits, outcomes and durations by operation, worker restarts,
+//!   failed store calls) and writes them in the Prometheus text format.
 //! * `r_api` (feature `r`) is the only module that knows R: it converts
 //!   arguments and records. Waits from R are sliced so that R can check for
 //!   interrupts.
@@ -37,6 +40,7 @@
 //! HTTP side (status codes, plumber routes) is R code on top of the same
 //! calls; it needs nothing from the core.
 
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod registry;

@@ -279,7 +279,9 @@ impl Pool {
     }
 
     pub async fn submit(&self, job: NewJob) -> StoreResult<Submit> {
+        let operation = job.operation.clone(); // metrics
         let r = self.shared.store.submit(job, self.capacity()).await?;
+        crate::metrics::submitted(&operation, &r);
         if r == Submit::Accepted {
             // A local store's jobs are taken by the slots themselves.
             if self.shared.store.shared() {
@@ -623,6 +625,7 @@ async fn run_slot(sh: Arc<Shared>, slot: usize) {
                 failures = 0;
                 let end = serve(&sh, slot, &mut w, &mut stop).await;
                 sh.update_slot(slot, |s| s.state = SlotState::Stopping);
+                crate::metrics::worker_restarted(match end { End::Died => "crashed", End::Kill => "killed", End::Replace => "recycled", End::Stop => "" });
                 let status = match end {
                     End::Died => w.exited().unwrap_or(ExitStatus(0)),
                     End::Replace => w.shutdown(sh.config.stop_grace).await,
@@ -634,6 +637,7 @@ async fn run_slot(sh: Arc<Shared>, slot: usize) {
             Err(None) => break,
             Err(Some(reason)) => {
                 failures += 1;
+                crate::metrics::worker_restarted("setup_failed");
                 sh.update_slot(slot, |s| s.last_exit = Some(reason.clone()));
                 if failures >= sh.config.max_setup_failures {
                     sh.update_slot(slot, |s| {
@@ -839,6 +843,7 @@ async fn run_job(
     let interval = sh.store.report_interval();
     let text = format!("{id}{FIELD_SEP}{}", job.executor.len());
     let timeout_ms = job.timeout_ms;
+    let (operation, started) = (job.operation.clone(), Instant::now()); // metrics
     let deadline = tokio::time::sleep(Duration::from_millis(job.timeout_ms));
     tokio::pin!(deadline);
     let blobs: [&[u8]; 2] = [&job.executor, &job.params];
@@ -923,7 +928,8 @@ async fn run_job(
             }
             _ = stopped(stop) => return Some(End::Stop),
         };
-        write_outcome(sh, &lease, outcome, &mut u, stop).await;
+        let ended = crate::metrics::JobEnd::of(&operation, &outcome, started);
+        if write_outcome(sh, &lease, outcome, &mut u, stop).await { ended.record() }
         return end;
     }
 }

@@ -285,6 +285,7 @@ fn aj_submit(
     let pool = POOL.lock();
     let Some(pool) = pool.as_ref() else { return Ok(vec!["stopped".into(), String::new()]) };
     if let Some(why) = pool.unavailable() {
+        crate::metrics::rejected("POOL_UNAVAILABLE");
         return Ok(vec!["unavailable".into(), why]);
     }
     let id = Uuid::new_v4();
@@ -314,7 +315,7 @@ fn aj_submit(
         }
         Ok((Submit::Full { limit }, _)) => vec!["full".into(), limit.to_string()],
         Ok((Submit::Duplicate(existing), _)) => vec!["duplicate".into(), existing.to_string()],
-        Err(e) => vec!["store_error".into(), e.0],
+        Err(e) => { crate::metrics::rejected("STORE_UNAVAILABLE"); vec!["store_error".into(), e.0] }
     })
 }
 
@@ -420,7 +421,7 @@ fn aj_cancel(id: &str) -> Result<Vec<String>> {
     Ok(match outcome {
         Ok(Cancel::NotFound) => vec!["not_found".into()],
         Ok(Cancel::Finished(st)) => vec!["finished".into(), st.as_str().into()],
-        Ok(Cancel::WasPending | Cancel::WasRunning(_)) => vec!["cancelled".into()],
+        Ok(Cancel::WasPending | Cancel::WasRunning(_)) => { crate::metrics::job_cancelled(); vec!["cancelled".into()] }
         Err(e) => vec!["store_error".into(), e.0],
     })
 }
@@ -545,6 +546,54 @@ fn aj_counts() -> Result<Robj> {
     or_store_error(c.map(|c| vec![c.pending as f64, c.running as f64, c.total as f64].into()))
 }
 
+/// The metrics now: the Prometheus text exposition (`text`), or columns
+/// metric, type, one per label name (NA where a sample has no such label), value.
+#[extendr]
+fn aj_metrics(text: bool) -> Result<Robj> {
+    check_owner()?;
+    let mut g = crate::metrics::Gauges::default();
+    if let Some(p) = POOL.lock().as_ref() {
+        g.pool_size = p.size();
+        for w in p.workers() {
+            match g.workers.iter_mut().find(|(s, _)| s == w.state.name()) {
+                Some((_, n)) => *n += 1,
+                None => g.workers.push((w.state.name().to_owned(), 1)),
+            }
+        }
+    }
+    if let Ok(c) = block_on(store().counts()) {
+        (g.pending, g.running, g.store_up) = (Some(c.pending), Some(c.running), true);
+    }
+    let families = crate::metrics::snapshot(&g);
+    if text {
+        return Ok(crate::metrics::render(&families).into());
+    }
+    let samples: Vec<(&crate::metrics::Family, &crate::metrics::Sample)> =
+        families.iter().flat_map(|f| f.samples.iter().map(move |s| (f, s))).collect();
+    let mut keys: Vec<&str> = Vec::new();
+    for (_, s) in &samples {
+        for (k, _) in &s.labels {
+            if !keys.contains(k) {
+                keys.push(k);
+            }
+        }
+    }
+    let mut names = vec!["metric", "type"];
+    names.extend(&keys);
+    names.push("value");
+    let mut cols: Vec<Robj> = vec![
+        samples.iter().map(|(_, s)| s.name.clone()).collect::<Vec<_>>().into(),
+        samples.iter().map(|(f, _)| f.kind).collect::<Vec<_>>().into(),
+    ];
+    for k in &keys {
+        let col: Vec<Option<String>> =
+            samples.iter().map(|(_, s)| s.labels.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())).collect();
+        cols.push(col.into());
+    }
+    cols.push(samples.iter().map(|(_, s)| s.value).collect::<Vec<f64>>().into());
+    Ok(named(&names, cols))
+}
+
 extendr_module! {
     mod asyncjobs;
     use wire;
@@ -568,4 +617,5 @@ extendr_module! {
     fn aj_output;
     fn aj_hosts;
     fn aj_counts;
+    fn aj_metrics;
 }

@@ -194,6 +194,7 @@ pub struct Lease {
 /// A job claimed by a host, with what its worker needs.
 pub struct Claimed {
     pub lease: Lease,
+    pub operation: Arc<str>,
     pub executor: Vec<u8>,
     pub params: Vec<u8>,
     pub timeout_ms: u64,
@@ -632,11 +633,11 @@ impl Store for MemoryStore {
             job.started_at = Some(now());
             job.attempts += 1;
             job.host = Some(host.clone());
-            let timeout_ms = job.timeout_ms;
+            let (timeout_ms, operation) = (job.timeout_ms, job.operation.clone());
             m.pending -= 1;
             m.running += 1;
             let p = m.payloads.remove(&id).unwrap_or(Payload { executor: Vec::new(), params: Vec::new() });
-            out.push(Claimed { lease: Lease { id, token }, executor: p.executor, params: p.params, timeout_ms });
+            out.push(Claimed { lease: Lease { id, token }, operation, executor: p.executor, params: p.params, timeout_ms });
         }
         Ok(out)
     }

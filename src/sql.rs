@@ -362,6 +362,7 @@ impl SqlStore {
             Ok(Err(_)) => format!("no answer within {} ms", self.timeout.as_millis()),
             Err(e) => format!("internal error: {e}"),
         };
+        crate::metrics::store_error(what);
         let mut msg = format!("store {} unavailable ({what}): {msg}", self.described);
         if let Some(p) = &self.secret {
             msg = msg.replace(p.as_str(), "***");
@@ -660,7 +661,7 @@ impl Db {
         }
         update.execute(&mut *tx).await?;
         let sql = self.sql(&format!(
-            "SELECT id, lease_token, timeout_ms, executor, params FROM asyncjobs_jobs \
+            "SELECT id, lease_token, timeout_ms, executor, params, operation FROM asyncjobs_jobs \
              WHERE lease_owner = ? AND status = 'running' AND id IN ({list}) ORDER BY priority DESC, seq"
         ));
         let mut select = q(sql).bind(host);
@@ -676,6 +677,7 @@ impl Db {
                     timeout_ms: r.try_get::<i64, _>(2)?.max(0) as u64,
                     executor: r.try_get::<Option<Vec<u8>>, _>(3)?.unwrap_or_default(),
                     params: r.try_get::<Option<Vec<u8>>, _>(4)?.unwrap_or_default(),
+                    operation: Arc::from(r.try_get::<String, _>(5)?),
                 })
             })
             .collect()

@@ -44,6 +44,7 @@ if [ -n "$serve" ]; then
   echo "Store: $shown_store"
   echo "Try:  curl -i -X POST '$base/analysis/kmeans?k=8'   then   curl -i $base/jobs/<job_id>"
   echo "      curl $base/jobs   curl $base/jobs/workers   curl -X DELETE $base/jobs/<job_id>   (Ctrl-C stops)"
+  echo "      curl $base/jobs/metrics   and the dashboard: $base/jobs/dashboard"
   exec Rscript inst/demo/serve.R "$port" 4
 fi
 

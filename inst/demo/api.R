@@ -67,13 +67,15 @@ submit_refresh <- function(req, res, seconds = "3", fail = "false", source = "HP
 bad_input <- function(res, message) job_response(list(error = "BAD_REQUEST", message = message), res)
 
 # The demo listens on 127.0.0.1 only, so it also mounts the operator routes
-# (job list, workers); an API on a public address keeps admin = FALSE.
-demo_api <- function(prefix = "/jobs", admin = TRUE, authorize = NULL) {
+# (job list, workers, metrics) and the dashboard with its cancel buttons; an
+# API on a public address keeps admin = FALSE.
+demo_api <- function(prefix = "/jobs", admin = TRUE, authorize = NULL, dashboard = admin, allow_cancel = dashboard) {
   json <- serializer_unboxed_json()
   pr() |>
     pr_get("/health", function() list(ok = TRUE, busy_workers = sum(get_worker_status()$state == "busy")),
            serializer = json) |>
     pr_post("/analysis/kmeans", submit_kmeans, serializer = json) |>
     pr_post("/analysis/refresh", submit_refresh, serializer = json) |>
-    pr_job_routes(prefix, authorize = authorize, admin = admin)
+    pr_job_routes(prefix, authorize = authorize, admin = admin, dashboard = dashboard, allow_cancel = allow_cancel,
+                  submit_paths = c("/analysis/kmeans", "/analysis/refresh"))
 }
