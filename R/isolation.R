@@ -16,7 +16,9 @@
 .worker_snapshot <- function() {
   s <- new.env(parent = emptyenv())
   s$options <- options()
+  s$options_now <- as.list(.Options) # in R's order, unsorted: cheap to compare
   s$env <- Sys.getenv()
+  s$env_hash <- env_hash()
   s$wd <- getwd()
   s$locale <- Sys.getlocale()
   s$locales <- vapply(.locale_categories, Sys.getlocale, "")
@@ -43,7 +45,9 @@
   seed <- attr(executor, "asyncjobs_seed", exact = TRUE)
   if (is.null(seed)) seed <- fresh_seed(snapshot)
   k <- snapshot$rng
-  if (identical(k[[3L]], "Rounding")) {
+  if (identical(RNGkind(), k)) {
+    set.seed(seed) # the kinds are setup's already: the short call
+  } else if (identical(k[[3L]], "Rounding")) {
     # Rounding warns at every set.seed(); setup chose it knowingly.
     suppressWarnings(set.seed(seed, kind = k[[1L]], normal.kind = k[[2L]], sample.kind = k[[3L]]))
   } else {
@@ -76,7 +80,7 @@ read_seeds <- function(snapshot) {
   snapshot$namespaces <- n
   # Most jobs change nothing: one pass of checks, most of the time in
   # options() and Sys.getenv() (about 0.1 ms each on a busy machine).
-  if (same_options(options(), snapshot$options) && identical(Sys.getenv(), snapshot$env) &&
+  if (same_options(as.list(.Options), snapshot$options_now) && identical(env_hash(), snapshot$env_hash) &&
       identical(search(), snapshot$search) && identical(getwd(), snapshot$wd) &&
       identical(Sys.getlocale(), snapshot$locale) && sink.number() == snapshot$sinks &&
       sink.number(type = "message") == snapshot$message_sink && length(snapshot$seeds)) {
@@ -100,8 +104,13 @@ read_seeds <- function(snapshot) {
   step("locale", reset_locale)
   step("working directory", reset_wd)
   if (!length(snapshot$seeds)) step("random seeds", read_seeds)
+  snapshot$options_now <- as.list(.Options)
+  snapshot$env_hash <- env_hash()
   problems
 }
+
+# A fingerprint of the environment variables, computed in Rust.
+env_hash <- function() .Call(wrap__aj_w_env_hash)
 
 # Options that existed after setup get setup's values back; options a job
 # added are removed. When the job loaded a namespace, its .onLoad may have

@@ -583,6 +583,8 @@ enum End {
     Kill,
     /// It is already dead.
     Died,
+    /// It exited while putting its state back after a job; its stderr says why.
+    ResetFailed(String),
 }
 
 /// The last bytes of a stream: a worker's stderr while it starts (to explain
@@ -625,14 +627,24 @@ async fn run_slot(sh: Arc<Shared>, slot: usize) {
                 failures = 0;
                 let end = serve(&sh, slot, &mut w, &mut stop).await;
                 sh.update_slot(slot, |s| s.state = SlotState::Stopping);
-                crate::metrics::worker_restarted(match end { End::Died => "crashed", End::Kill => "killed", End::Replace => "recycled", End::Stop => "" });
-                let status = match end {
-                    End::Died => w.exited().unwrap_or(ExitStatus(0)),
+                crate::metrics::worker_restarted(match end {
+                    End::Died => "crashed",
+                    End::ResetFailed(_) => "reset_failed",
+                    End::Kill => "killed",
+                    End::Replace => "recycled",
+                    End::Stop => "",
+                });
+                let status = match &end {
+                    End::Died | End::ResetFailed(_) => w.exited().unwrap_or(ExitStatus(0)),
                     End::Replace => w.shutdown(sh.config.stop_grace).await,
                     End::Kill => w.terminate(sh.config.stop_grace).await,
                     End::Stop => w.terminate(sh.config.stop_grace).await,
                 };
-                sh.update_slot(slot, |s| s.last_exit = Some(format!("worker {} {status}", w.pid)));
+                let why = match end {
+                    End::ResetFailed(why) => format!(" after a job: {why}"),
+                    _ => String::new(),
+                };
+                sh.update_slot(slot, |s| s.last_exit = Some(format!("worker {} {status}{why}", w.pid)));
             }
             Err(None) => break,
             Err(Some(reason)) => {
@@ -778,12 +790,18 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
 async fn await_reset(sh: &Shared, w: &mut Process, stop: &mut watch::Receiver<bool>) -> Result<(), End> {
     let deadline = tokio::time::sleep(sh.config.setup_timeout);
     tokio::pin!(deadline);
+    let mut stderr = Tail::new(2048);
     loop {
         tokio::select! {
             ev = w.next_event() => match ev {
                 Event::Frame(f) if f.kind == Kind::Ready && f.job.is_nil() => return Ok(()),
-                Event::Output(_, bytes) => sh.echo(None, &bytes),
-                Event::Exited(_) => return Err(End::Died),
+                Event::Output(stream, bytes) => {
+                    if stream == Stream::Stderr {
+                        stderr.push(&bytes);
+                    }
+                    sh.echo(None, &bytes);
+                }
+                Event::Exited(_) => return Err(End::ResetFailed(stderr.text().trim().to_owned())),
                 Event::Frame(_) | Event::Protocol(_) => return Err(End::Kill),
             },
             _ = &mut deadline => return Err(End::Kill),

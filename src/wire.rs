@@ -132,9 +132,25 @@ fn aj_w_write(kind: i32, text: &str, blob: Robj) -> Result<bool> {
     Ok(true)
 }
 
+/// A fingerprint of the process environment (every `NAME=value` in order),
+/// so the worker can tell in microseconds whether a job changed it.
+#[extendr]
+fn aj_w_env_hash() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in std::env::vars_os() {
+        h.update(k.as_encoded_bytes());
+        h.update([0]);
+        h.update(v.as_encoded_bytes());
+        h.update([0]);
+    }
+    crate::registry::hex(&h.finalize()[..16])
+}
+
 extendr_module! {
     mod wire;
     fn aj_w_open;
     fn aj_w_read;
     fn aj_w_write;
+    fn aj_w_env_hash;
 }
