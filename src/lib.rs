@@ -28,11 +28,18 @@
 //! * [`worker`] spawns and stops one R process: private pipes on fds 3 and 4
 //!   for [`protocol`] frames, stdout/stderr captured as job output, stdin at
 //!   /dev/null, a process group for clean kills, a pidfd to see it exit.
+//! * [`protocol`] frames bind every message about a job to that job's id and
+//!   a random tag drawn per dispatch; the worker's end (`wire`, feature `r`)
+//!   lives in the worker process, which loads this same library: it moves
+//!   the pipes out of a job's reach and stamps the tag, so nothing a job or
+//!   its children write can pass for another job's frame. After each outcome
+//!   the worker resets its R session and sends a ready frame; only then does
+//!   it get the next job.
 //! * [`metrics`] counts, in atomics, what the pool and the R boundary see
 //!   happen (submits, outcomes and durations by operation, worker restarts,
 //!   failed store calls) and writes them in the Prometheus text format.
-//! * `r_api` (feature `r`) is the only module that knows R: it converts
-//!   arguments and records. Waits from R are sliced so that R can check for
+//! * `r_api` and `wire` (feature `r`) are the only modules that know R: they
+//!   convert arguments and records. Waits from R are sliced so that R can check for
 //!   interrupts.
 //!
 //! Nothing here calls into R from a runtime thread: results cross as
