@@ -219,7 +219,7 @@ soak_seconds <- as.numeric(Sys.getenv("ASYNCJOBS_SOAK_SECONDS", "60"))
 for (engine in names(urls)) {
   url <- urls[[engine]]
 
-  test_that(sprintf("[%s] soak: two replicas, three worker hosts, kill -9, freezes and cancels; every job ends exactly once", engine), {
+  test_that(sprintf("[%s] soak: two replicas, three worker hosts, kill -9, freezes, cancels, escaping children and stray frames; every job ends exactly once", engine), {
     skip_if(is.na(soak_seconds) || soak_seconds <= 0, "ASYNCJOBS_SOAK_SECONDS is 0")
     lease <- 3
     withr::local_options(asyncjobs.lease_seconds = lease)
@@ -236,6 +236,20 @@ for (engine in names(urls)) {
       start_workers(n = 0L, store = url)
       run <- function(p) {
         file.create(file.path(p$dir, paste0(p$token, "-", Sys.getpid(), "-", sprintf("%.0f", stats::runif(1) * 1e9))))
+        if (p$mischief == "child") {
+          # A process that leaves the worker's process group: it must not outlive the job.
+          system(sprintf("setsid sh -c 'echo $$ >> %s; exec sleep 300' >/dev/null 2>&1 &",
+                         file.path(p$dir, paste0("child-", p$token))))
+        } else if (p$mischief == "garbage") {
+          # Bytes on the frame pipe: this job fails, no other job notices.
+          for (fd in list.files("/proc/self/fd")) {
+            if (as.integer(fd) >= 100L && startsWith(Sys.readlink(file.path("/proc/self/fd", fd)), "pipe:")) {
+              con <- file(file.path("/dev/fd", fd), "wb")
+              writeBin(charToRaw(strrep("garbage ", 8L)), con)
+              close(con)
+            }
+          }
+        }
         Sys.sleep(p$seconds)
         p$token
       }
@@ -249,12 +263,13 @@ for (engine in names(urls)) {
         k <- k + 1L
         token <- sprintf("r%d_%05d", i, k)
         attempts <- sample(1:2, 1L)
-        j <- create_job("soak", list(token = token, dir = dir, seconds = stats::runif(1, 0.1, 2)), run,
-                        queue = q, max_attempts = attempts)
+        mischief <- if (k %% 7L == 0L) "child" else if (k %% 11L == 0L) "garbage" else "-"
+        j <- create_job("soak", list(token = token, dir = dir, seconds = stats::runif(1, 0.1, 2), mischief = mischief),
+                        run, queue = q, max_attempts = attempts)
         if (is.null(j$job_id)) {
           errors <- c(errors, j$error)
         } else {
-          cat(token, j$job_id, attempts, "\n", file = out, append = TRUE)
+          cat(token, j$job_id, attempts, mischief, "\n", file = out, append = TRUE)
           mine <- c(mine, j$job_id)
         }
         if (stats::runif(1) < 0.08) cancel_job(sample(mine, 1L))
@@ -322,7 +337,7 @@ for (engine in names(urls)) {
     observe()
 
     sub <- do.call(rbind, lapply(list.files(dir, "^submitted-", full.names = TRUE), function(f) {
-      utils::read.table(f, col.names = c("token", "job_id", "max_attempts"), stringsAsFactors = FALSE)
+      utils::read.table(f, col.names = c("token", "job_id", "max_attempts", "mischief"), stringsAsFactors = FALSE)
     }))
     expect_gt(nrow(sub), 10)
     jobs <- list_jobs(operation = "soak")
@@ -350,7 +365,9 @@ for (engine in names(urls)) {
         if (runs > max(rec$attempts, 0L)) sprintf("executed %d times in %d attempts", runs, rec$attempts),
         if (sub$max_attempts[[r]] == 1L && runs > 1L) sprintf("max_attempts = 1 but executed %d times", runs),
         if (identical(st$status, "completed") && (!identical(st$result, token) || runs < 1L)) "completed without its result or a run",
-        if (identical(st$status, "failed") && !isTRUE(st$error$code %in% c("HOST_LOST", "SHUTDOWN", "WORKER_CRASHED"))) {
+        if (identical(st$status, "completed") && sub$mischief[[r]] == "garbage") "completed although it wrote to its frame pipe",
+        if (identical(st$status, "failed") &&
+            !isTRUE(st$error$code %in% c("HOST_LOST", "SHUTDOWN", "WORKER_CRASHED", if (sub$mischief[[r]] == "garbage") "PROTOCOL_ERROR"))) {
           paste("failed with", st$error$code)
         },
         if (identical(st$status, "cancelled") && !identical(st$error$code, "CANCELLED")) "cancelled without CANCELLED"
@@ -358,6 +375,11 @@ for (engine in names(urls)) {
       if (length(why)) bad[[paste(token, id)]] <- paste(why, collapse = "; ")
     }
     expect_identical(length(bad), 0L, info = paste(names(bad), bad, sep = ": ", collapse = "\n"))
+    # Every process a job started outside its worker's process group is gone,
+    # whether its job ended, was cancelled or its host was killed.
+    children <- unlist(lapply(list.files(dir, "^child-", full.names = TRUE), function(f) as.integer(readLines(f))))
+    expect_gt(length(children), 0L)
+    expect_all_dead(children)
     # What the soak did, for the log.
     message(sprintf("soak [%s] %.0f s: %d jobs (%s); events: %s; submit errors: %d",
                     engine, soak_seconds, nrow(sub),
