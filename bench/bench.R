@@ -78,14 +78,15 @@ if (!mirai_ok) {
     t0 <- now(); hs <- lapply(seq_len(N_THROUGHPUT), s$submit)
     for (h in hs) s$wait(h)
     tp <- N_THROUGHPUT / (now() - t0)
-    big_rt <- vapply(1:5, function(i) { t0 <- now(); s$wait(s$submit_big()); 1000 * (now() - t0) }, 0)
+    big_rt <- vapply(1:5, function(i) { t0 <- now(); h <- s$submit_big(); t1 <- now(); s$wait(h); 1000 * c(now() - t0, t1 - t0) }, c(0, 0))
     s$stop()
-    c(rt = median(rt), submit = sub, tp = tp, big = median(big_rt))
+    c(rt = median(rt), submit = sub, tp = tp, big = median(big_rt[1, ]), big_sub = median(big_rt[2, ]))
   }
 
   # The floor: two R processes and two pipes (FIFOs). The parent serializes a
   # value and writes it with its length; the child reads it, unserializes it and
-  # sends back the value (or a 10 MB payload's length) the same way. No job
+  # sends back the value (or a 10 MB payload's length) the same way. Native
+  # byte order (xdr = FALSE), as asyncjobs and nanonext do. No job
   # manager, no scheduling: what any R-to-R transport must pay at least.
   floor_rep <- function() {
     d <- tempfile("floor"); dir.create(d)
@@ -94,12 +95,12 @@ if (!mirai_ok) {
     child <- sprintf(paste0(
       "i <- file('%s', 'rb', raw = TRUE); o <- file('%s', 'wb', raw = TRUE); writeBin(Sys.getpid(), o); flush(o); ",
       "repeat { n <- readBin(i, 'integer'); if (!length(n)) break; x <- unserialize(readBin(i, 'raw', n)); ",
-      "b <- serialize(if (is.list(x)) length(x$x) else x, NULL); writeBin(length(b), o); writeBin(b, o); flush(o) }"), to, from)
+      "b <- serialize(if (is.list(x)) length(x$x) else x, NULL, xdr = FALSE); writeBin(length(b), o); writeBin(b, o); flush(o) }"), to, from)
     system2(file.path(R.home("bin"), "Rscript"), c("--vanilla", "-e", shQuote(child)), wait = FALSE, stdout = FALSE)
     o <- file(to, "wb", raw = TRUE); i <- file(from, "rb", raw = TRUE)
     pid <- readBin(i, "integer")
     rt1 <- function(x) {
-      b <- serialize(x, NULL); writeBin(length(b), o); writeBin(b, o); flush(o)
+      b <- serialize(x, NULL, xdr = FALSE); writeBin(length(b), o); writeBin(b, o); flush(o)
       unserialize(readBin(i, "raw", readBin(i, "integer")))
     }
     for (k in 1:200) stopifnot(rt1(k) == k)
@@ -107,9 +108,11 @@ if (!mirai_ok) {
     big_rt <- vapply(1:5, function(k) { t0 <- now(); stopifnot(rt1(big) == length(big$x)); 1000 * (now() - t0) }, 0)
     close(o); close(i) # the child reads end-of-file and quits
     tools::pskill(pid); unlink(d, recursive = TRUE)
-    c(rt = median(rt), submit = NA, tp = NA, big = median(big_rt))
+    c(rt = median(rt), submit = NA, tp = NA, big = median(big_rt), big_sub = NA)
   }
 
+  loadavg <- function() tryCatch(scan("/proc/loadavg", n = 1L, quiet = TRUE), error = function(e) NA)
+  load0 <- loadavg()
   res <- list()
   for (r in seq_len(REPS)) {
     for (nm in names(setups)) res[[nm]] <- cbind(res[[nm]], one_rep(setups[[nm]]))
@@ -129,7 +132,8 @@ if (!mirai_ok) {
     list("rt", "round trip of a trivial job, one at a time, p50 (us)", "%.0f", FALSE),
     list("submit", sprintf("submit on the API thread, per call, %d calls (us)", N_SUBMIT), "%.1f", FALSE),
     list("tp", sprintf("throughput, %d trivial jobs, 8 workers (jobs/s)", N_THROUGHPUT), "%.0f", TRUE),
-    list("big", "10 MB params round trip, job returns its length (ms)", "%.1f", FALSE))
+    list("big", "10 MB params round trip, job returns its length (ms)", "%.1f", FALSE),
+    list("big_sub", "  of which the submit call (create_job(), mirai()) (ms)", "%.1f", FALSE))
   cat(sprintf("## asyncjobs vs mirai\n\nmirai %s, nanonext %s, asyncjobs %s; medians (IQR) over %d repetitions; round trips: the p50 of %d in each repetition, 10 MB: of 5.\n\n",
               packageVersion("mirai"), packageVersion("nanonext"), packageVersion("asyncjobs"), REPS, N_RT))
   cat("| metric |", paste(c(names(setups), "floor: R to R over a pipe"), collapse = " | "),
@@ -142,7 +146,8 @@ if (!mirai_ok) {
       verdict(med(a, k), med("mirai (dispatcher)", k), m[[4]]), "")
     cat("|", paste(c(m[[2]], cells, ratios), collapse = " | "), "|\n")
   }
-  cat("\nRatios are against mirai with its dispatcher (the default of `daemons()`).\n\n")
+  cat(sprintf("\nRatios are against mirai with its dispatcher (the default of `daemons()`). 1-minute load average: %.1f before, %.1f after (%d cores).\n\n",
+              load0, loadavg(), parallel::detectCores()))
   if (identical(Sys.getenv("BENCH_ONLY"), "mirai")) quit(save = "no")
 }
 
