@@ -4,9 +4,9 @@
 #
 #   bash tools/build-peers.sh [NANONEXT_SRC [MIRAI_SRC]]
 #
-# A source is a package directory (with DESCRIPTION) or a git directory (bare or
-# not), from which PEERS_REF_NANONEXT / PEERS_REF_MIRAI is exported (default: the
-# newest v* tag, i.e. the latest release, else HEAD). Defaults: $NANONEXT_SRC,
+# A source is a package directory (with DESCRIPTION), built as it is, or a bare
+# git directory such as a mirror, from which PEERS_REF_NANONEXT / PEERS_REF_MIRAI
+# is exported (default: the newest v* tag, i.e. the latest release, else HEAD). Defaults: $NANONEXT_SRC,
 # $MIRAI_SRC, then /work/.mirror/r-lib+{nanonext,mirai}/repo. The library is
 # $ASYNCJOBS_PEERS_LIB (default /work/peers/Rlib); bench/bench.R reads the same
 # variable. As root, installs libnng-dev, libmbedtls-dev and cmake when missing.
@@ -45,7 +45,7 @@ mkdir -p "$lib"
 unpack() {
   local name="$1" src="$2" ref_var="PEERS_REF_${1^^}" gitdir ref
   mkdir -p "$tmp/$name"
-  if [ -f "$src/DESCRIPTION" ] && ! git -C "$src" rev-parse --git-dir >/dev/null 2>&1; then
+  if [ -f "$src/DESCRIPTION" ]; then # a package directory (a work tree): as it is
     cp -a "$src/." "$tmp/$name/"
     echo "$name: directory $src" >&2
     return
