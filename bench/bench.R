@@ -19,6 +19,138 @@ sleeper <- function(p) { Sys.sleep(0.25); p }
 # The same, reporting how long Sys.sleep itself took inside the job.
 timed_sleeper <- function(p) { t0 <- proc.time()[[3L]]; Sys.sleep(0.25); proc.time()[[3L]] - t0 }
 
+## asyncjobs against mirai ---------------------------------------------------
+# mirai and nanonext are not in Debian: tools/build-peers.sh builds them into
+# $ASYNCJOBS_PEERS_LIB (default /work/peers/Rlib). Every figure is a median over
+# REPS repetitions; in each repetition every setup runs once, in turn, on a fresh
+# pool of 8 (asyncjobs at nice 10, the default, and at nice 0; mirai with its
+# dispatcher, the default of daemons(), and without), so drifts in the machine's
+# load fall on all of them. BENCH_ONLY=mirai stops the script after this table.
+big_len <- function(p) length(p$x)
+big <- list(x = runif(10 * 1024^2 / 8)) # 10 MB of doubles
+peers_lib <- Sys.getenv("ASYNCJOBS_PEERS_LIB", "/work/peers/Rlib")
+mirai_ok <- dir.exists(file.path(peers_lib, "mirai")) &&
+  requireNamespace("mirai", lib.loc = c(peers_lib, .libPaths()), quietly = TRUE)
+if (!mirai_ok) {
+  cat(sprintf("asyncjobs vs mirai: skipped, mirai is not installed in %s (ASYNCJOBS_PEERS_LIB); build it with bash tools/build-peers.sh\n\n", peers_lib))
+} else {
+  .libPaths(c(.libPaths(), peers_lib))
+  # mirai's daemons are new Rscript processes: they find mirai through R_LIBS.
+  Sys.setenv(R_LIBS = paste(c(Sys.getenv("R_LIBS"), peers_lib)[nzchar(c(Sys.getenv("R_LIBS"), peers_lib))], collapse = ":"))
+  N_RT <- as.integer(Sys.getenv("BENCH_RT", "500"))
+  N_SUBMIT <- 1000L
+  connected <- function() { # waits for the 8 daemons to dial in
+    t0 <- now()
+    while (mirai::status()$connections < 8L) { if (now() - t0 > 60) stop("mirai: 8 daemons did not connect in 60 s"); Sys.sleep(0.05) }
+  }
+  # One setup: how to start 8 workers, submit, wait, stop.
+  setups <- list(
+    `asyncjobs (nice 10)` = list(
+      start = function() start_workers(8, max_queued = 1e6, wait = TRUE),
+      submit = function(i) create_job("m", i, trivial)$job_id,
+      submit_big = function() create_job("m", big, big_len)$job_id,
+      wait = function(h) wait_for_job(h)$result,
+      stop = function() stop_workers()),
+    `asyncjobs (nice 0)` = list(
+      start = function() start_workers(8, max_queued = 1e6, wait = TRUE, nice = 0),
+      submit = function(i) create_job("m", i, trivial)$job_id,
+      submit_big = function() create_job("m", big, big_len)$job_id,
+      wait = function(h) wait_for_job(h)$result,
+      stop = function() stop_workers()),
+    `mirai (dispatcher)` = list(
+      start = function() { mirai::daemons(8, dispatcher = TRUE); connected() },
+      submit = function(i) mirai::mirai(p, p = i),
+      submit_big = function() mirai::mirai(length(p$x), p = big),
+      wait = function(h) h[],
+      stop = function() mirai::daemons(0)),
+    `mirai (no dispatcher)` = list(
+      start = function() { mirai::daemons(8, dispatcher = FALSE); connected() },
+      submit = function(i) mirai::mirai(p, p = i),
+      submit_big = function() mirai::mirai(length(p$x), p = big),
+      wait = function(h) h[],
+      stop = function() mirai::daemons(0)))
+  one_rep <- function(s) {
+    s$start()
+    for (i in 1:200) s$wait(s$submit(i)) # warm up every worker
+    rt <- vapply(seq_len(N_RT), function(i) { t0 <- now(); s$wait(s$submit(i)); us(now() - t0) }, 0)
+    t0 <- now(); hs <- lapply(seq_len(N_SUBMIT), s$submit); sub <- us((now() - t0) / N_SUBMIT)
+    for (h in hs) s$wait(h)
+    t0 <- now(); hs <- lapply(seq_len(N_THROUGHPUT), s$submit)
+    for (h in hs) s$wait(h)
+    tp <- N_THROUGHPUT / (now() - t0)
+    big_rt <- vapply(1:5, function(i) { t0 <- now(); h <- s$submit_big(); t1 <- now(); s$wait(h); 1000 * c(now() - t0, t1 - t0) }, c(0, 0))
+    s$stop()
+    c(rt = median(rt), submit = sub, tp = tp, big = median(big_rt[1, ]), big_sub = median(big_rt[2, ]))
+  }
+
+  # The floor: two R processes and two pipes (FIFOs). The parent serializes a
+  # value and writes it with its length; the child reads it, unserializes it and
+  # sends back the value (or a 10 MB payload's length) the same way. Native
+  # byte order (xdr = FALSE), as asyncjobs and nanonext do. No job
+  # manager, no scheduling: what any R-to-R transport must pay at least.
+  floor_rep <- function() {
+    d <- tempfile("floor"); dir.create(d)
+    to <- file.path(d, "to"); from <- file.path(d, "from")
+    system2("mkfifo", c(to, from))
+    child <- sprintf(paste0(
+      "i <- file('%s', 'rb', raw = TRUE); o <- file('%s', 'wb', raw = TRUE); writeBin(Sys.getpid(), o); flush(o); ",
+      "repeat { n <- readBin(i, 'integer'); if (!length(n)) break; x <- unserialize(readBin(i, 'raw', n)); ",
+      "b <- serialize(if (is.list(x)) length(x$x) else x, NULL, xdr = FALSE); writeBin(length(b), o); writeBin(b, o); flush(o) }"), to, from)
+    system2(file.path(R.home("bin"), "Rscript"), c("--vanilla", "-e", shQuote(child)), wait = FALSE, stdout = FALSE)
+    o <- file(to, "wb", raw = TRUE); i <- file(from, "rb", raw = TRUE)
+    pid <- readBin(i, "integer")
+    rt1 <- function(x) {
+      b <- serialize(x, NULL, xdr = FALSE); writeBin(length(b), o); writeBin(b, o); flush(o)
+      unserialize(readBin(i, "raw", readBin(i, "integer")))
+    }
+    for (k in 1:200) stopifnot(rt1(k) == k)
+    rt <- vapply(seq_len(N_RT), function(k) { t0 <- now(); rt1(k); us(now() - t0) }, 0)
+    big_rt <- vapply(1:5, function(k) { t0 <- now(); stopifnot(rt1(big) == length(big$x)); 1000 * (now() - t0) }, 0)
+    close(o); close(i) # the child reads end-of-file and quits
+    tools::pskill(pid); unlink(d, recursive = TRUE)
+    c(rt = median(rt), submit = NA, tp = NA, big = median(big_rt), big_sub = NA)
+  }
+
+  loadavg <- function() tryCatch(scan("/proc/loadavg", n = 1L, quiet = TRUE), error = function(e) NA)
+  load0 <- loadavg()
+  res <- list()
+  for (r in seq_len(REPS)) {
+    for (nm in names(setups)) res[[nm]] <- cbind(res[[nm]], one_rep(setups[[nm]]))
+    res[["floor"]] <- cbind(res[["floor"]], floor_rep())
+  }
+  med <- function(nm, k) median(res[[nm]][k, ])
+  cell <- function(nm, k, fmt) {
+    x <- res[[nm]][k, ]
+    if (all(is.na(x))) "n/a" else sprintf(paste0(fmt, " (IQR ", fmt, "-", fmt, ")"), median(x), quantile(x, .25), quantile(x, .75))
+  }
+  verdict <- function(a, m, higher_better) {
+    q <- a / m; better <- if (higher_better) q > 1 else q < 1
+    sprintf("%.2f (asyncjobs %.1fx %s)", q, if (q >= 1) q else 1 / q,
+            if (better) (if (higher_better) "higher" else "less") else (if (higher_better) "lower" else "more"))
+  }
+  metrics <- list(
+    list("rt", "round trip of a trivial job, one at a time, p50 (us)", "%.0f", FALSE),
+    list("submit", sprintf("submit on the API thread, per call, %d calls (us)", N_SUBMIT), "%.1f", FALSE),
+    list("tp", sprintf("throughput, %d trivial jobs, 8 workers (jobs/s)", N_THROUGHPUT), "%.0f", TRUE),
+    list("big", "10 MB params round trip, job returns its length (ms)", "%.1f", FALSE),
+    list("big_sub", "  of which the submit call (create_job(), mirai()) (ms)", "%.1f", FALSE))
+  cat(sprintf("## asyncjobs vs mirai\n\nmirai %s, nanonext %s, asyncjobs %s; medians (IQR) over %d repetitions; round trips: the p50 of %d in each repetition, 10 MB: of 5.\n\n",
+              packageVersion("mirai"), packageVersion("nanonext"), packageVersion("asyncjobs"), REPS, N_RT))
+  cat("| metric |", paste(c(names(setups), "floor: R to R over a pipe"), collapse = " | "),
+      "| asyncjobs/mirai, nice 10 | asyncjobs/mirai, nice 0 |\n")
+  cat("|", paste(rep("---", length(setups) + 4L), collapse = " | "), "|\n")
+  for (m in metrics) {
+    k <- m[[1]]
+    cells <- vapply(c(names(setups), "floor"), cell, "", k = k, fmt = m[[3]])
+    ratios <- vapply(c("asyncjobs (nice 10)", "asyncjobs (nice 0)"), function(a)
+      verdict(med(a, k), med("mirai (dispatcher)", k), m[[4]]), "")
+    cat("|", paste(c(m[[2]], cells, ratios), collapse = " | "), "|\n")
+  }
+  cat(sprintf("\nRatios are against mirai with its dispatcher (the default of `daemons()`). 1-minute load average: %.1f before, %.1f after (%d cores).\n\n",
+              load0, loadavg(), parallel::detectCores()))
+  if (identical(Sys.getenv("BENCH_ONLY"), "mirai")) quit(save = "no")
+}
+
 ## asyncjobs ---------------------------------------------------------------
 start_workers(8, max_queued = 1e6, wait = TRUE)
 for (i in 1:200) wait_for_job(create_job("warm", i, trivial)$job_id)
@@ -57,8 +189,7 @@ sleeps <- function(label) {
   add("  of which asyncjobs per job (dispatch, result)", label, summ(parts["pool", ], "ms"))
 }
 sleeps("asyncjobs")
-big <- list(x = runif(10 * 1024^2 / 8))
-p10 <- replicate(REPS, { t0 <- now(); wait_for_job(create_job("big", big, function(p) length(p$x))$job_id); 1000 * (now() - t0) })
+p10 <- replicate(REPS, { t0 <- now(); wait_for_job(create_job("big", big, big_len)$job_id); 1000 * (now() - t0) })
 add("10 MB params round trip", "asyncjobs", summ(p10, "ms"))
 stop_workers()
 # The default nice value (10) trades a little of this for the API's responsiveness.
