@@ -47,7 +47,7 @@ spawner <- function(p) {
       r <- tryCatch(readBin(f, "raw", 4096L), error = function(e) raw(), warning = function(w) raw())
       r[r == as.raw(0L)] <- as.raw(32L)
       strsplit(rawToChar(r), " ", fixed = TRUE)[[1L]]
-    })
+    }))
     if (all(paste0(p$tag, 1:5) %in% args)) break
     Sys.sleep(0.05)
   }
@@ -85,8 +85,13 @@ available <- local({
   }
 })
 
-for (mech in c("cgroup", "subreaper")) {
+# Forces `mech` for the calling test; skips it where `mech` is not available.
+use_mech <- function(mech, env = parent.frame()) {
+  if (!mech %in% available()) skip(paste(mech, "containment is not available here"))
+  withr::local_envvar(ASYNCJOBS_CONTAINMENT = mech, .local_envir = env)
+}
 
+for (mech in c("cgroup", "subreaper")) {
   test_that(paste(mech, "| a job's background processes go when it completes, before its result"), {
     use_mech(mech)
     local_pool(n = 1L)
