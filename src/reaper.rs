@@ -366,19 +366,19 @@ impl Tree {
         self.cgroup.as_ref().and_then(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok())
     }
 
-    /// What the worker left after it died: its cgroup's members, or the
-    /// processes that carry its marker.
-    pub fn kill_leftovers(&self) {
+    /// What the worker left after it died: its cgroup's members, or (with
+    /// `scan`) the processes that carry its marker.
+    pub fn kill_leftovers(&self, scan: bool) {
         match self.mechanism {
             Mechanism::Cgroup => {
                 if let Some(d) = &self.cgroup {
                     let _ = cgroup_kill(d);
                 }
             }
-            Mechanism::Subreaper => {
+            Mechanism::Subreaper if scan => {
                 kill_marked(&format!("{TREE_ENV}={}", self.env_value()));
             }
-            Mechanism::Pgroup => {}
+            Mechanism::Subreaper | Mechanism::Pgroup => {}
         }
     }
 

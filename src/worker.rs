@@ -205,6 +205,10 @@ pub struct Process {
     buf: Vec<u8>,
     /// How the processes it starts are contained.
     pub tree: Tree,
+    /// Its descendants were killed while it was stopped or idle: none can
+    /// have escaped to init.
+    swept: bool,
+    leftovers_killed: bool,
 }
 
 impl Process {
@@ -288,7 +292,7 @@ impl Process {
         if pidfd < 0 {
             let err = io::Error::last_os_error();
             unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-            tree.kill_leftovers();
+            tree.kill_leftovers(true);
             return Err(err);
         }
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
@@ -304,6 +308,8 @@ impl Process {
             queued: VecDeque::new(),
             buf: vec![0; 64 * 1024],
             tree,
+            swept: false,
+            leftovers_killed: false,
         })
     }
 
@@ -385,7 +391,7 @@ impl Process {
                     if self.reap().is_some() {
                         // Processes the job left go with it.
                         self.kill_group(libc::SIGKILL);
-                        self.tree.kill_leftovers();
+                        self.kill_leftovers();
                     }
                     continue;
                 }
@@ -438,9 +444,18 @@ impl Process {
         self.status.unwrap_or(ExitStatus(0))
     }
 
+    /// Kills what the dead worker left, once: its cgroup's members, or (a
+    /// subreaper that died before its tree was swept) the marked processes.
+    fn kill_leftovers(&mut self) {
+        if !self.leftovers_killed {
+            self.leftovers_killed = true;
+            self.tree.kill_leftovers(!self.swept);
+        }
+    }
+
     /// SIGTERM to the worker's descendants, `grace` for them to go, then
     /// SIGKILL in rounds until none is alive.
-    async fn end_descendants(&self, grace: Duration) {
+    async fn end_descendants(&mut self, grace: Duration) {
         let pid = self.pid as i32;
         if reaper::signal_descendants(pid, libc::SIGTERM) > 0 {
             let deadline = tokio::time::Instant::now() + grace;
@@ -449,14 +464,21 @@ impl Process {
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !reaper::kill_round(pid, &Default::default(), false) && tokio::time::Instant::now() < deadline {
+        loop {
+            if reaper::kill_round(pid, &Default::default(), false) {
+                self.swept = true;
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
     /// Once the worker is dead: what it left is killed, its cgroup removed.
     pub async fn release_tree(&mut self) {
-        self.tree.kill_leftovers();
+        self.kill_leftovers();
         for _ in 0..1000 {
             if self.tree.remove() {
                 return;
@@ -492,7 +514,7 @@ impl Drop for Process {
         if self.status.is_none() {
             if self.tree.mechanism == Mechanism::Subreaper {
                 unsafe { libc::kill(self.pid as i32, libc::SIGSTOP) };
-                reaper::kill_descendants(self.pid as i32, &Default::default(), false, Duration::from_secs(2));
+                self.swept = reaper::kill_descendants(self.pid as i32, &Default::default(), false, Duration::from_secs(2));
             }
             self.kill_group(libc::SIGKILL);
             unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
@@ -500,7 +522,7 @@ impl Drop for Process {
             let mut raw = 0;
             unsafe { libc::waitpid(self.pid as i32, &mut raw, 0) };
         }
-        self.tree.kill_leftovers();
+        self.kill_leftovers();
         if !self.tree.remove() {
             if let Some(d) = &self.tree.cgroup {
                 reaper::cgroup_remove(d, Duration::from_millis(200));
