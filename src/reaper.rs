@@ -194,7 +194,7 @@ pub fn kill_marked(marker: &str) -> usize {
     for _ in 0..20 {
         let mut found = 0;
         for pid in pids() {
-            if pid == me || stat(pid).map_or(true, |s| s.dead()) {
+            if pid == me || stat(pid).is_none_or(|s| s.dead()) {
                 continue;
             }
             let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
