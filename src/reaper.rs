@@ -402,9 +402,9 @@ fn worker_mechanism() -> Option<Mechanism> {
 }
 
 /// Kills this process's tree and this process. Called by the guard.
-fn die() -> ! {
+fn die(mechanism: Mechanism) -> ! {
     let me = std::process::id() as i32;
-    if worker_mechanism() == Some(Mechanism::Cgroup) {
+    if mechanism == Mechanism::Cgroup {
         if let Some(dir) = own_cgroup() {
             // Members, this process included, die at once.
             let _ = cgroup_kill(&dir);
@@ -430,7 +430,7 @@ pub fn arm_guard() -> io::Result<Mechanism> {
         return Err(io::Error::last_os_error());
     }
     if unsafe { libc::getppid() } != parent {
-        die();
+        die(mechanism);
     }
     std::thread::Builder::new().name("asyncjobs-guard".into()).spawn(move || {
         // R's signal handlers must run on R's thread only.
@@ -442,7 +442,7 @@ pub fn arm_guard() -> io::Result<Mechanism> {
                 break;
             }
         }
-        die();
+        die(mechanism);
     })?;
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0 as libc::c_ulong) };
     Ok(mechanism)
