@@ -167,7 +167,9 @@ ensure_pool <- function() {
 #'   ("starting", "idle", "busy", "stopping", "failed" or "stopped"),
 #'   `jobs_done` (by the current process), `spawned` (processes started in the
 #'   slot), `job_id`, `rss_mb`, `last_exit` (how the previous process ended)
-#'   and `reason` (why a failed slot gave up).
+#'   `reason` (why a failed slot gave up) and `containment`, how the processes
+#'   its jobs start are contained: "cgroup", "subreaper" or "pgroup" (see the
+#'   README, "What is killed, when").
 #' @export
 get_worker_status <- function() {
   check_process()
@@ -252,4 +254,12 @@ get_hosts <- function() {
   for (col in c("pid", "slots", "running")) df[[col]] <- as.integer(df[[col]])
   for (col in c("started_at", "heartbeat_at", "stopped_at")) df[[col]] <- .POSIXct(df[[col]])
   df
+}
+
+# In a worker (inst/worker.R): arms the guard that ends the worker's process
+# tree when the API dies, and returns the per-job hook: TRUE at a job's
+# start, FALSE at its end (kills and reaps what the job started).
+tree_hooks <- function() {
+  .Call(wrap__aj_tree_guard)
+  function(begin) .Call(wrap__aj_tree_job, begin)
 }

@@ -29,6 +29,8 @@ local({
   init <- unserialize(read_frame()$blob)
   .libPaths(unique(c(lib, init$libpaths)))
   problem <- tryCatch({
+    # [tree] Before setup: the API dying takes this worker's processes with it.
+    tree_job <- native("tree_hooks")()
     setup <- init$setup
     if (is.function(setup)) setup() else if (!is.null(setup)) eval(setup, envir = globalenv())
     NULL
@@ -130,8 +132,10 @@ local({
     state$job <- frame$id
     state$at <- -Inf
     state$step <- NULL
+    tree_job(TRUE) # [tree] the processes already here (setup's) stay
     out <- run(frame)
     state$job <- NULL
+    tree_job(FALSE) # [tree] those the job started go, before its result
     write_frame(out$kind, out$text, out$blob)
     frame <- out <- NULL
     # Back to the state setup left, after the outcome is out (so the caller

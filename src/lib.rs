@@ -27,7 +27,9 @@
 //!   and rescues the jobs of hosts that stopped renewing theirs.
 //! * [`worker`] spawns and stops one R process: private pipes on fds 3 and 4
 //!   for [`protocol`] frames, stdout/stderr captured as job output, stdin at
-//!   /dev/null, a process group for clean kills, a pidfd to see it exit.
+//!   /dev/null, a process group, a pidfd to see it exit. [`reaper`] contains
+//!   the processes a job starts (a cgroup, or the worker as subreaper), so
+//!   that none outlives its job, its worker or the API.
 //! * [`protocol`] frames bind every message about a job to that job's id and
 //!   a random tag drawn per dispatch; the worker's end (`wire`, feature `r`)
 //!   lives in the worker process, which loads this same library: it moves
@@ -50,6 +52,7 @@
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod reaper;
 pub mod registry;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod sql;

@@ -25,6 +25,7 @@ use crate::registry::{
     Cancel, Claimed, HostInfo, JobError, Lease, NewJob, Outcome, Progress, Report, Signal, Store, StoreResult, Submit,
     OUTPUT_LIMIT,
 };
+use crate::reaper::{Containment, Mechanism};
 use crate::worker::{Event, ExitStatus, Process, Spec, Stream};
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -98,6 +99,8 @@ pub struct SlotInfo {
     pub spawned: u64,
     pub last_exit: Option<String>,
     pub rss_bytes: Option<u64>,
+    /// How the current process's children are contained (see `reaper`).
+    pub containment: Option<Mechanism>,
 }
 
 /// A job running here: its slot and lease, and whether it was taken from us.
@@ -131,6 +134,7 @@ struct Shared {
     /// Set by a drain: claim nothing more; idle workers stop.
     draining: watch::Sender<bool>,
     health: Mutex<Health>,
+    containment: Containment,
 }
 
 /// One line on stderr with a UTC timestamp: what a pool tells its operator.
@@ -238,6 +242,7 @@ impl Pool {
                         spawned: 0,
                         last_exit: None,
                         rss_bytes: None,
+                        containment: None,
                     })
                     .collect(),
             ),
@@ -250,6 +255,7 @@ impl Pool {
             stop,
             draining,
             health: Mutex::new(Health::default()),
+            containment: Containment::detect(),
             config,
         });
         let sh = shared.clone();
@@ -635,7 +641,10 @@ async fn run_slot(sh: Arc<Shared>, slot: usize) {
                     End::Stop => "",
                 });
                 let status = match &end {
-                    End::Died | End::ResetFailed(_) => w.exited().unwrap_or(ExitStatus(0)),
+                    End::Died | End::ResetFailed(_) => {
+                        w.release_tree().await;
+                        w.exited().unwrap_or(ExitStatus(0))
+                    }
                     End::Replace => w.shutdown(sh.config.stop_grace).await,
                     End::Kill => w.terminate(sh.config.stop_grace).await,
                     End::Stop => w.terminate(sh.config.stop_grace).await,
@@ -682,11 +691,26 @@ async fn start_worker(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Process, Option<String>> {
     let max_frame = sh.config.max_result_bytes.saturating_add(1 << 20);
-    let mut w = Process::spawn(&sh.config.spec, max_frame)
-        .map_err(|e| Some(format!("cannot start {}: {e}", sh.config.spec.program.display())))?;
+    let tree = sh.containment.next();
+    let spawned = match Process::spawn_in(&sh.config.spec, max_frame, tree.clone()) {
+        Err(e) if tree.mechanism == Mechanism::Cgroup => {
+            tree.remove();
+            let refused = [libc::EACCES, libc::EPERM, libc::EROFS, libc::EBUSY, libc::EOPNOTSUPP, libc::EINVAL];
+            if e.raw_os_error().is_some_and(|c| refused.contains(&c)) {
+                // Not allowed to join its cgroup: the next level down, for good.
+                sh.containment.cgroup_failed(&e);
+                Process::spawn_in(&sh.config.spec, max_frame, sh.containment.next())
+            } else {
+                Err(e)
+            }
+        }
+        r => r,
+    };
+    let mut w = spawned.map_err(|e| Some(format!("cannot start {}: {e}", sh.config.spec.program.display())))?;
     sh.update_slot(slot, |s| {
         s.pid = Some(w.pid);
         s.spawned += 1;
+        s.containment = Some(w.tree.mechanism);
     });
     let _ = w.send(Kind::Init, Uuid::nil(), 0, "", &[&sh.config.init]).await;
     let mut stderr = Tail::new(2048);

@@ -478,7 +478,7 @@ fn aj_workers() -> Result<Robj> {
         slots.iter().map(f).collect::<Vec<Option<String>>>().into()
     };
     Ok(named(
-        &["slot", "pid", "state", "jobs_done", "spawned", "job_id", "rss_mb", "last_exit", "reason"],
+        &["slot", "pid", "state", "jobs_done", "spawned", "job_id", "rss_mb", "last_exit", "reason", "containment"],
         vec![
             col_i(&|s| Some(s.slot as f64 + 1.0)),
             col_i(&|s| s.pid.map(f64::from)),
@@ -495,8 +495,31 @@ fn aj_workers() -> Result<Robj> {
                 SlotState::Failed(r) => Some(r.clone()),
                 _ => None,
             }),
+            col_s(&|s| s.containment.map(|m| m.name().to_owned())),
         ],
     ))
+}
+
+/// In a worker: arms the guard that takes the worker's process tree down
+/// when the API dies; the mechanism in force, or why the guard failed.
+#[extendr]
+fn aj_tree_guard() -> String {
+    match crate::reaper::arm_guard() {
+        Ok(m) => m.name().to_owned(),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// In a worker, around each job: `TRUE` notes the processes already there;
+/// `FALSE` kills (and reaps) those the job started. FALSE when some are left.
+#[extendr]
+fn aj_tree_job(begin: bool) -> bool {
+    if begin {
+        crate::reaper::job_begin();
+        true
+    } else {
+        crate::reaper::job_end()
+    }
 }
 
 /// Every pool registered in the store, as columns.
@@ -614,6 +637,8 @@ extendr_module! {
     fn aj_cleanup;
     fn aj_list;
     fn aj_workers;
+    fn aj_tree_guard;
+    fn aj_tree_job;
     fn aj_output;
     fn aj_hosts;
     fn aj_counts;

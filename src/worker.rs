@@ -2,13 +2,16 @@
 //!
 //! The child gets stdin from /dev/null, stdout and stderr as pipes (job
 //! output), fd 3 for frames from the core and fd 4 for frames to the core. It
-//! leads its own process group so that a stop reaches every process a job
-//! started, and it dies with the thread that spawned it (`PR_SET_PDEATHSIG`).
+//! leads its own process group, and is contained as [`crate::reaper`]
+//! describes (its own cgroup, or a subreaper), so that a stop reaches every
+//! process a job started; it dies with the thread that spawned it
+//! (`PR_SET_PDEATHSIG`) until its guard watches the API instead.
 //! It may run at a higher nice value, so that busy workers leave CPU to the
 //! API. Exit is observed through a pidfd, so no SIGCHLD handler is installed
 //! in the R process.
 
 use crate::protocol::{self, Decoder, Frame, Header, Kind, ProtocolError, HEADER_LEN};
+use crate::reaper::{self, Mechanism, Tree};
 use uuid::Uuid;
 use std::collections::VecDeque;
 use std::io;
@@ -200,12 +203,23 @@ pub struct Process {
     decoder: Decoder,
     queued: VecDeque<Event>,
     buf: Vec<u8>,
+    /// How the processes it starts are contained.
+    pub tree: Tree,
+    /// Its descendants were killed while it was stopped or idle: none can
+    /// have escaped to init.
+    swept: bool,
+    leftovers_killed: bool,
 }
 
 impl Process {
     /// Spawns the worker. Call from the pool's own thread: the child's
     /// PDEATHSIG fires when the spawning thread exits.
     pub fn spawn(spec: &Spec, max_frame: usize) -> io::Result<Process> {
+        Process::spawn_in(spec, max_frame, Tree::pgroup())
+    }
+
+    /// Spawns the worker contained by `tree` (a subreaper, in its cgroup).
+    pub fn spawn_in(spec: &Spec, max_frame: usize, tree: Tree) -> io::Result<Process> {
         let (in_r, in_w) = pipe_pair()?; // core -> worker, child reads fd 3
         let (out_r, out_w) = pipe_pair()?; // worker -> core, child writes fd 4
         let (in_fd, out_fd) = (in_r.as_raw_fd(), out_w.as_raw_fd());
@@ -223,12 +237,29 @@ impl Process {
         for k in &spec.env_remove {
             cmd.env_remove(k);
         }
+        cmd.env(reaper::TREE_ENV, tree.env_value());
+        let subreaper = tree.mechanism >= Mechanism::Subreaper;
+        let procs = tree.procs_path();
         let nice = spec.nice.clamp(0, 19);
         // Only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
                 cvt(libc::setpgid(0, 0))?;
                 cvt(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong))?;
+                if subreaper {
+                    // Orphans of the job come back to the worker, not to init.
+                    cvt(libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong))?;
+                }
+                if let Some(procs) = &procs {
+                    // Into the worker's cgroup before R runs: "0" is this process.
+                    let fd = cvt(libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC))?;
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = io::Error::last_os_error();
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(err);
+                    }
+                }
                 if libc::getppid() != parent {
                     return Err(io::Error::from_raw_os_error(libc::ESRCH));
                 }
@@ -261,6 +292,7 @@ impl Process {
         if pidfd < 0 {
             let err = io::Error::last_os_error();
             unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            tree.kill_leftovers(true);
             return Err(err);
         }
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
@@ -275,6 +307,9 @@ impl Process {
             decoder: Decoder::new(max_frame),
             queued: VecDeque::new(),
             buf: vec![0; 64 * 1024],
+            tree,
+            swept: false,
+            leftovers_killed: false,
         })
     }
 
@@ -354,8 +389,9 @@ impl Process {
                     // Whatever it wrote before dying counts, in order.
                     self.collect();
                     if self.reap().is_some() {
-                        // Processes the job left in the group go with it.
+                        // Processes the job left go with it.
                         self.kill_group(libc::SIGKILL);
+                        self.kill_leftovers();
                     }
                     continue;
                 }
@@ -381,24 +417,85 @@ impl Process {
         tokio::time::timeout(limit, wait).await.is_ok()
     }
 
-    /// Ends the worker and its process group: SIGTERM, `grace`, SIGKILL.
+    /// Ends the worker and every process it started. With a subreaper the
+    /// worker is stopped first (it can neither start processes nor die and
+    /// orphan them); its descendants get SIGTERM, `grace`, then SIGKILL in
+    /// rounds until none is left; then the worker goes. Otherwise the group
+    /// gets SIGTERM, `grace`, SIGKILL, and the cgroup is killed.
     pub async fn terminate(&mut self, grace: Duration) -> ExitStatus {
         if self.reap().is_none() {
-            self.kill_group(libc::SIGTERM);
-            if !self.wait_exit(grace).await {
+            if self.tree.mechanism == Mechanism::Subreaper {
+                unsafe { libc::kill(self.pid as i32, libc::SIGSTOP) };
+                self.end_descendants(grace).await;
                 self.kill_group(libc::SIGKILL);
+                unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
                 self.wait_exit(Duration::from_secs(3600)).await;
+            } else {
+                self.kill_group(libc::SIGTERM);
+                if !self.wait_exit(grace).await {
+                    self.kill_group(libc::SIGKILL);
+                    self.wait_exit(Duration::from_secs(3600)).await;
+                }
             }
         }
         // Children that ignored SIGTERM, or outlived their leader.
         self.kill_group(libc::SIGKILL);
+        self.release_tree().await;
         self.status.unwrap_or(ExitStatus(0))
     }
 
+    /// Kills what the dead worker left, once: its cgroup's members, or (a
+    /// subreaper that died before its tree was swept) the marked processes.
+    fn kill_leftovers(&mut self) {
+        if !self.leftovers_killed {
+            self.leftovers_killed = true;
+            self.tree.kill_leftovers(!self.swept);
+        }
+    }
+
+    /// SIGTERM to the worker's descendants, `grace` for them to go, then
+    /// SIGKILL in rounds until none is alive.
+    async fn end_descendants(&mut self, grace: Duration) {
+        let pid = self.pid as i32;
+        if reaper::signal_descendants(pid, libc::SIGTERM) > 0 {
+            let deadline = tokio::time::Instant::now() + grace;
+            while tokio::time::Instant::now() < deadline && reaper::signal_descendants(pid, 0) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if reaper::kill_round(pid, &Default::default(), false) {
+                self.swept = true;
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Once the worker is dead: what it left is killed, its cgroup removed.
+    pub async fn release_tree(&mut self) {
+        self.kill_leftovers();
+        for _ in 0..1000 {
+            if self.tree.remove() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
     /// Asks the worker to exit on its own, then terminates it if it does not.
+    /// What setup started goes first (a subreaper's orphans would go to init).
     pub async fn shutdown(&mut self, grace: Duration) -> ExitStatus {
+        if self.tree.mechanism >= Mechanism::Subreaper && self.reap().is_none() {
+            self.end_descendants(grace).await;
+        }
         if self.send(Kind::Shutdown, Uuid::nil(), 0, "", &[]).await.is_ok() && self.wait_exit(grace).await {
             self.kill_group(libc::SIGKILL);
+            self.release_tree().await;
             return self.status.unwrap_or(ExitStatus(0));
         }
         self.terminate(grace).await
@@ -415,10 +512,21 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if self.status.is_none() {
+            if self.tree.mechanism == Mechanism::Subreaper {
+                unsafe { libc::kill(self.pid as i32, libc::SIGSTOP) };
+                self.swept = reaper::kill_descendants(self.pid as i32, &Default::default(), false, Duration::from_secs(2));
+            }
             self.kill_group(libc::SIGKILL);
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
             // SIGKILL cannot be caught: this wait is short, and leaves no zombie.
             let mut raw = 0;
             unsafe { libc::waitpid(self.pid as i32, &mut raw, 0) };
+        }
+        self.kill_leftovers();
+        if !self.tree.remove() {
+            if let Some(d) = &self.tree.cgroup {
+                reaper::cgroup_remove(d, Duration::from_millis(200));
+            }
         }
     }
 }

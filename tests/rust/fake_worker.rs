@@ -1,9 +1,10 @@
 //! A scriptable stand-in for inst/worker.R, speaking the same frames.
 //! A job's params are a command: ok:TEXT, print:TEXT, fail:MSG, sleep:MS,
 //! exit:CODE, progress, spawn-hang (starts `sleep` in its group, reports its
-//! pid as progress, then hangs), huge (a frame over any limit), forge (a
-//! result with the wrong tag, then the right one), garbage (bytes that are
-//! not a frame).
+//! pid as progress, then hangs), escape-hang and escape-exit (the same with a
+//! `setsid` sleep its shell orphaned; then hangs, or exits 3), huge (a frame
+//! over any limit), forge (a result with the wrong tag, then the right one),
+//! garbage (bytes that are not a frame).
 
 use asyncjobs::protocol::{encode, Decoder, Frame, Kind};
 use std::collections::VecDeque;
@@ -75,6 +76,23 @@ fn main() {
             "spawn-hang" => {
                 let child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
                 send(job, Kind::Progress, &format!("NA\u{1f}NA\u{1f}{}", child.id()), &[]);
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+            // A sleep that leaves the group and its parent (setsid, orphaned);
+            // its pid as progress; then hang (escape-hang) or die (escape-exit).
+            "escape-hang" | "escape-exit" => {
+                let out = std::process::Command::new("sh")
+                    .args(["-c", "setsid sleep 1001 </dev/null >/dev/null 2>&1 & echo $!"])
+                    .output()
+                    .unwrap();
+                let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                send(job, Kind::Progress, &format!("NA\u{1f}NA\u{1f}{pid}"), &[]);
+                if verb == "escape-exit" {
+                    std::thread::sleep(Duration::from_millis(200));
+                    std::process::exit(3);
+                }
                 loop {
                     std::thread::sleep(Duration::from_secs(1));
                 }
