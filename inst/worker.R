@@ -150,7 +150,8 @@ local({
     }
     problems <- asyncjobs:::.worker_reset(snapshot)
     if (length(problems)) {
-      message("asyncjobs worker: the job left state that cannot be undone: ", paste(problems, collapse = "; "))
+      write_frame(KIND[["setup_failed"]], paste("the job left state that cannot be undone:",
+                                                 paste(problems, collapse = "; ")))
       quit(save = "no", status = 1L)
     }
     write_frame(KIND[["ready"]])

@@ -641,10 +641,12 @@ async fn run_slot(sh: Arc<Shared>, slot: usize) {
                     End::Stop => "",
                 });
                 let status = match &end {
-                    End::Died | End::ResetFailed(_) => {
+                    End::Died => {
                         w.release_tree().await;
                         w.exited().unwrap_or(ExitStatus(0))
                     }
+                    // It said why and is exiting; make sure of it.
+                    End::ResetFailed(_) => w.terminate(sh.config.stop_grace).await,
                     End::Replace => w.shutdown(sh.config.stop_grace).await,
                     End::Kill => w.terminate(sh.config.stop_grace).await,
                     End::Stop => w.terminate(sh.config.stop_grace).await,
@@ -819,6 +821,7 @@ async fn await_reset(sh: &Shared, w: &mut Process, stop: &mut watch::Receiver<bo
         tokio::select! {
             ev = w.next_event() => match ev {
                 Event::Frame(f) if f.kind == Kind::Ready && f.job.is_nil() => return Ok(()),
+                Event::Frame(f) if f.kind == Kind::SetupFailed && f.job.is_nil() => return Err(End::ResetFailed(f.text)),
                 Event::Output(stream, bytes) => {
                     if stream == Stream::Stderr {
                         stderr.push(&bytes);
