@@ -46,3 +46,5 @@ pub mod worker;
 
 #[cfg(feature = "r")]
 mod r_api;
+#[cfg(feature = "r")]
+mod rfast;

@@ -15,9 +15,10 @@ fn job(op: &str, params: &[u8]) -> NewJob {
     NewJob {
         id: Uuid::new_v4(),
         operation: op.into(),
-        params_hash: sha256(params),
+        // None: the store hashes when it needs to (the memory store lazily).
+        params_hash: None,
         executor: b"fn".to_vec(),
-        params: params.to_vec(),
+        params: Arc::new(params.to_vec()),
         timeout_ms: 1_800_000,
         queue: "default".into(),
         priority: 0,
