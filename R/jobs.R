@@ -48,20 +48,13 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
     check_number(max_attempts, "max_attempts", min = 1, integer = TRUE)
     if (max_attempts > 1000) abort("argument", sprintf("`max_attempts` must be a whole number from 1 to 1000, not %s.", describe(max_attempts)), "max_attempts")
   }
-  call <- sys.call()
   bind <- !identical(getOption("asyncjobs.jobs_env"), FALSE)
   warn <- getOption("asyncjobs.warn_payload_bytes", 256 * 1024)
   # One call serializes both into Rust memory, submits, and lists the id in
-  # jobs_env (one step for Ctrl-C too). The handler runs only when R cannot
-  # serialize one of them, and names which.
+  # jobs_env (one step for Ctrl-C too).
   submit <- function() {
-    r <- withCallingHandlers(
-      .Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
-            max_attempts, unique, bind, warn),
-      error = function(e) {
-        serialize_arg(params, "params", call)
-        serialize_arg(executor_fn, "executor_fn", call)
-      })
+    r <- .Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
+               max_attempts, unique, bind, warn)
     if (inherits(r, "asyncjobs_big_executor")) {
       check_payload(executor_fn, r[[2L]], operation)
       r <- r[[1L]]
@@ -101,11 +94,24 @@ check_queue <- function(x, arg, call = sys.call(-1L)) {
   }
 }
 
-serialize_arg <- function(x, arg, call = sys.call(-4L)) {
-  tryCatch(serialize(x, NULL, xdr = FALSE), error = function(e) {
-    abort("serialize", sprintf("`%s` cannot be serialized for a worker: %s", arg, conditionMessage(e)),
-          arg, call = call)
-  })
+# Raised from native code (rf::serialize) when R cannot serialize `arg` of
+# create_job() or check_duplicate_job(); `value` is what R was unwinding
+# with (for an error caught by a tryCatch: list(condition, ...)).
+serialize_error <- function(arg, value) {
+  msg <- if (is.list(value) && inherits(value[[1L]], "condition")) {
+    conditionMessage(value[[1L]])
+  } else {
+    sub("^Error[^:]*: *", "", trimws(geterrmessage()))
+  }
+  call <- NULL
+  for (i in rev(seq_len(sys.nframe() - 1L))) {
+    f <- sys.function(i)
+    if (identical(f, create_job) || identical(f, check_duplicate_job)) {
+      call <- sys.call(i)
+      break
+    }
+  }
+  abort("serialize", sprintf("`%s` cannot be serialized for a worker: %s", arg, msg), arg, call = call)
 }
 
 #' Status of a job
@@ -156,9 +162,7 @@ status_of_written <- function(id, rec) {
 check_duplicate_job <- function(operation, params) {
   check_process()
   operation <- check_operation(operation)
-  call <- sys.call()
-  r <- withCallingHandlers(.Call(.state$c_duplicate, operation, params),
-                           error = function(e) serialize_arg(params, "params", call))
+  r <- .Call(.state$c_duplicate, operation, params)
   if (store_failed(r)) store_unavailable(r) else r
 }
 

@@ -35,6 +35,7 @@ jobs_env <- new.env(parent = emptyenv())
   .state$messages <- .default_messages
   .state$payload_warned <- character()
   # The hot calls' native routines: .state$c_submit, c_status, c_duplicate, ...
+  .state$serialize_error <- serialize_error # raised from native code
   natives <- .Call(wrap__aj_init, .state, jobs_env)
   for (n in names(natives)) assign(paste0("c_", n), natives[[n]], envir = .state)
   ns <- topenv()

@@ -9,7 +9,7 @@ use crate::registry::{
     self, block_on, estimate_seconds, hex, Cancel, JobError, JobView, MemoryStore, NewJob, Status, Store, StoreError,
     Submit,
 };
-use crate::rfast::{self as rf, nil, R_ContinueUnwind, R_MakeUnwindCont, Rf_protect, Rf_unprotect, SET_VECTOR_ELT, SEXP};
+use crate::rfast::{self as rf, nil, Rf_protect, Rf_unprotect, SET_VECTOR_ELT, SEXP};
 use crate::worker::Spec;
 use extendr_api::prelude::*;
 use extendr_api::Result;
@@ -550,8 +550,8 @@ enum Submitted {
 /// "accepted", estimated_seconds)` or c(outcome, detail): full/limit,
 /// duplicate/id, unavailable/reason, store_error/message, stopped; wrapped
 /// as list(that, bytes) of class asyncjobs_big_executor when the executor
-/// serializes to more than `warn` bytes. An R error while serializing
-/// propagates (R's handler names the argument).
+/// serializes to more than `warn` bytes. When R cannot serialize an
+/// argument, the classed error naming it (see rf::serialize).
 unsafe extern "C" fn c_submit(
     operation: SEXP,
     params: SEXP,
@@ -565,16 +565,8 @@ unsafe extern "C" fn c_submit(
     warn: SEXP,
 ) -> SEXP {
     owner_or_error();
-    let cont = Rf_protect(R_MakeUnwindCont());
-    let Ok(params) = rf::serialize(params, cont) else { R_ContinueUnwind(cont) };
-    let executor = match rf::serialize(executor, cont) {
-        Ok(b) => b,
-        Err(()) => {
-            drop(params);
-            R_ContinueUnwind(cont)
-        }
-    };
-    Rf_unprotect(1);
+    let mut params = rf::serialize(params, "params", std::ptr::null_mut());
+    let executor = rf::serialize(executor, "executor_fn", &mut params);
     let operation = rf::as_str(operation).unwrap_or("").to_owned();
     let queue = rf::as_str(queue).unwrap_or("default").to_owned();
     let timeout_ms = rf::as_f64(timeout_ms).unwrap_or(1_800_000.0);
@@ -896,9 +888,7 @@ unsafe fn job_record(id: &Uuid) -> SEXP {
 /// list(duplicate = TRUE, existing_job_id), or a store error.
 unsafe extern "C" fn c_duplicate(operation: SEXP, params: SEXP) -> SEXP {
     owner_or_error();
-    let cont = Rf_protect(R_MakeUnwindCont());
-    let Ok(params) = rf::serialize(params, cont) else { R_ContinueUnwind(cont) };
-    Rf_unprotect(1);
+    let params = rf::serialize(params, "params", std::ptr::null_mut());
     let operation = rf::as_str(operation).unwrap_or("").to_owned();
     let found = guarded_value(move || {
         let hash = registry::sha256(&params);

@@ -22,6 +22,7 @@ pub const INTSXP: c_int = 13;
 pub const REALSXP: c_int = 14;
 pub const STRSXP: c_int = 16;
 pub const VECSXP: c_int = 19;
+const CLOSXP: c_int = 3;
 const CE_UTF8: c_int = 1;
 
 #[repr(C)]
@@ -119,8 +120,11 @@ extern "C" {
         cdata: *mut c_void,
         cont: SEXP,
     ) -> SEXP;
-    pub fn R_MakeUnwindCont() -> SEXP;
-    pub fn R_ContinueUnwind(cont: SEXP) -> !;
+    fn R_MakeUnwindCont() -> SEXP;
+    fn CAR(x: SEXP) -> SEXP;
+    fn Rf_lang3(f: SEXP, a: SEXP, b: SEXP) -> SEXP;
+    fn Rf_eval(x: SEXP, env: SEXP) -> SEXP;
+    static R_GlobalEnv: SEXP;
     fn R_MakeExternalPtr(p: *mut c_void, tag: SEXP, prot: SEXP) -> SEXP;
     fn R_MakeExternalPtrFn(p: DlFunc, tag: SEXP, prot: SEXP) -> SEXP;
     fn R_SetExternalPtrProtected(s: SEXP, p: SEXP);
@@ -332,24 +336,50 @@ unsafe extern "C" fn serialize_body(d: *mut c_void) -> SEXP {
     R_NilValue
 }
 
-unsafe extern "C" fn note_jump(d: *mut c_void, jump: Rboolean) {
-    if jump != 0 {
-        *(d as *mut bool) = true;
+struct Guard {
+    out: *mut Vec<u8>,
+    /// Another buffer of the caller's to free before the error.
+    also: *mut Vec<u8>,
+    arg: &'static str,
+    cont: SEXP,
+}
+
+/// R_UnwindProtect's cleanup: R raised an error while serializing `arg`.
+/// Frees the Rust buffers the jump would skip, then raises instead the
+/// package's classed error naming the argument (R's `serialize_error()` in
+/// R/jobs.R, given what R was unwinding with). We are back on a shallow C
+/// stack here, in the context of the native call, so a new error is sound:
+/// it starts its own jump and the first one is dropped.
+unsafe extern "C" fn on_jump(d: *mut c_void, jump: Rboolean) {
+    if jump == 0 {
+        return;
     }
+    let g = &mut *(d as *mut Guard);
+    drop(std::mem::take(&mut *g.out));
+    if !g.also.is_null() {
+        drop(std::mem::take(&mut *g.also));
+    }
+    let handler = STATE_ENV.with(|s| *s.borrow()).map(|env| Rf_findVarInFrame(env, Rf_install(c"serialize_error".as_ptr())));
+    if let Some(f) = handler.filter(|f| TYPEOF(*f) == CLOSXP) {
+        let arg = Rf_protect(string(g.arg));
+        let call = Rf_protect(Rf_lang3(f, arg, CAR(g.cont)));
+        Rf_eval(call, R_GlobalEnv);
+        Rf_unprotect(2);
+    }
+    // Not reached when the handler raised its error; R goes on unwinding.
 }
 
 /// The bytes `serialize(x, NULL, xdr = FALSE)` gives, written straight into
-/// a Vec. Err when R raised an error: the caller drops what it holds and
-/// calls `R_ContinueUnwind(cont)` (cont from `R_MakeUnwindCont`, protected).
-pub unsafe fn serialize(x: SEXP, cont: SEXP) -> Result<Vec<u8>, ()> {
+/// a Vec. When R raises an error (C stack, memory), it does not return:
+/// `also` (a buffer of the caller's, or null) is freed and the classed error
+/// naming `arg` is raised.
+pub unsafe fn serialize(x: SEXP, arg: &'static str, also: *mut Vec<u8>) -> Vec<u8> {
     let mut call = SerializeCall { x, out: Vec::with_capacity(512) };
-    let mut jumped = false;
-    R_UnwindProtect(serialize_body, &mut call as *mut SerializeCall as *mut c_void, note_jump, &mut jumped as *mut bool as *mut c_void, cont);
-    if jumped {
-        Err(())
-    } else {
-        Ok(call.out)
-    }
+    let cont = Rf_protect(R_MakeUnwindCont());
+    let mut guard = Guard { out: &mut call.out, also, arg, cont };
+    R_UnwindProtect(serialize_body, &mut call as *mut SerializeCall as *mut c_void, on_jump, &mut guard as *mut Guard as *mut c_void, cont);
+    Rf_unprotect(1);
+    call.out
 }
 
 struct Reader<'a> {
