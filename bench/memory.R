@@ -16,7 +16,7 @@ if (MODE == "workers") {
 } else {
   start_workers(1, queues = "nobody", max_queued = ROUND, wait = TRUE)
 }
-cat(sprintf("%s: %s jobs, cleanup every %s, mode %s\n", R.version.string, format(N, big.mark = ","),
+cat(sprintf("%s: %s jobs, cleanup every %s, mode %s\n", R.version.string, format(N, big.mark = ",", scientific = FALSE),
             format(ROUND, big.mark = ","), MODE))
 cat("| jobs run | RSS (MB) | R heap (MB) | jobs_env entries |\n|---|---|---|---|\n")
 t0 <- Sys.time()
@@ -36,7 +36,7 @@ for (r in seq_len(ceiling(N / ROUND))) {
   heap <- sum(gc()[, 2])
   rows[[r]] <- c(jobs = r * ROUND, rss = rss_mb(), heap = heap, env = length(ls(jobs_env)))
   if (r == 1 || r %% 10 == 0) {
-    cat(sprintf("| %s | %.1f | %.1f | %d |\n", format(r * ROUND, big.mark = ","), rss_mb(), heap,
+    cat(sprintf("| %s | %.1f | %.1f | %d |\n", format(r * ROUND, big.mark = ",", scientific = FALSE), rss_mb(), heap,
                 length(ls(jobs_env))))
   }
 }

@@ -846,7 +846,10 @@ unsafe fn guarded_value<T>(f: impl FnOnce() -> T) -> T {
 
 /// What `jobs_env[[id]]` shows for a bound job: the contract's record.
 unsafe fn job_record(id: &Uuid) -> SEXP {
-    let view = match guarded_value(|| read_job(id)) {
+    let view = match guarded_value(|| {
+        store().hash_now(id);
+        read_job(id)
+    }) {
         Ok(Some(v)) => v,
         Ok(None) => return nil(),
         Err(e) => return store_unavailable(e),

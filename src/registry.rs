@@ -342,6 +342,9 @@ pub trait Store: Send + Sync {
     async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit>;
     /// The hash of a job submitted without one, computed elsewhere.
     fn params_hashed(&self, _id: &Uuid, _hash: [u8; 32]) {}
+    /// Computes now the params hash of a job submitted without one, so that
+    /// the next read shows it (reads themselves never hash).
+    fn hash_now(&self, _id: &Uuid) {}
     /// A job's record; the result and error detail only when `with_result`.
     async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>>;
     /// The pending or running job with this operation and params hash.
@@ -634,11 +637,16 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>> {
-        let mut m = self.inner.lock();
-        if let Some(params) = m.unhashed.get(id).cloned() {
-            m.set_hash(id, sha256(&params));
+    fn hash_now(&self, id: &Uuid) {
+        let params = self.inner.lock().unhashed.get(id).cloned();
+        if let Some(params) = params {
+            // Hashed outside the lock; a hash that landed meanwhile is the same.
+            self.params_hashed(id, sha256(&params));
         }
+    }
+
+    async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>> {
+        let m = self.inner.lock();
         let Some(job) = m.jobs.get(id) else { return Ok(None) };
         let mut job = job.clone();
         if !with_result {
