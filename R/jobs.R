@@ -32,7 +32,7 @@
 create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, unique = FALSE,
                        queue = "default", priority = 0L, max_attempts = 1L) {
   check_process()
-  check_not_worker("create_job()")
+  if (.state$in_worker) check_not_worker("create_job()") # the flag is read once, at load
   operation <- check_operation(operation)
   if (missing(params)) abort("argument", "`params` is missing: pass what the executor needs (NULL for nothing).", "params")
   if (!is.function(executor_fn)) {
@@ -128,11 +128,16 @@ serialize_error <- function(arg, value) {
 #'   traceback, warnings)`.
 #' @export
 get_job_status <- function(job_id) {
-  check_process()
-  check_job_id(job_id)
-  # One call builds the contract's list (see c_status in src/r_api.rs).
+  # One call builds the contract's list (c_status in src/r_api.rs); it checks
+  # the id and the process itself, and asks for R's checks when they matter.
   r <- .Call(.state$c_status, job_id)
   if (is.null(oldClass(r))) return(r)
+  if (inherits(r, "asyncjobs_check")) {
+    check_process()
+    check_job_id(job_id)
+    r <- .Call(.state$c_status, job_id)
+    if (is.null(oldClass(r))) return(r)
+  }
   if (store_failed(r)) return(store_unavailable(r))
   status_of_written(job_id, r[[1L]]) # a record a caller wrote into jobs_env
 }

@@ -34,6 +34,7 @@ jobs_env <- new.env(parent = emptyenv())
   .state$size <- 8L
   .state$messages <- .default_messages
   .state$payload_warned <- character()
+  .state$in_worker <- identical(Sys.getenv("ASYNCJOBS_WORKER"), "1")
   # The hot calls' native routines: .state$c_submit, c_status, c_duplicate, ...
   .state$serialize_error <- serialize_error # raised from native code
   natives <- .Call(wrap__aj_init, .state, jobs_env)

@@ -25,6 +25,8 @@ static STORE: Lazy<Mutex<(String, Arc<dyn Store>)>> =
     Lazy::new(|| Mutex::new(("memory".into(), Arc::new(MemoryStore::new()))));
 static POOL: Lazy<Mutex<Option<Pool>>> = Lazy::new(|| Mutex::new(None));
 static OWNER: Lazy<u32> = Lazy::new(std::process::id);
+/// Set once R has chosen a store (use_store()), so hot calls may skip R's checks.
+static STORE_CHOSEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn check_owner() -> Result<()> {
     if std::process::id() != *OWNER {
@@ -78,6 +80,7 @@ fn aj_open_store(url: &str, timeout_ms: f64, lease_ms: f64) -> Result<Vec<String
     check_owner()?;
     let mut current = STORE.lock();
     if current.0 == url {
+        STORE_CHOSEN.store(true, std::sync::atomic::Ordering::Relaxed);
         return Ok(vec!["ok".into(), current.1.describe()]);
     }
     if POOL.lock().is_some() {
@@ -92,6 +95,7 @@ fn aj_open_store(url: &str, timeout_ms: f64, lease_ms: f64) -> Result<Vec<String
         Ok(s) => {
             let described = s.describe();
             *current = (url.to_owned(), s);
+            STORE_CHOSEN.store(true, std::sync::atomic::Ordering::Relaxed);
             vec!["ok".into(), described]
         }
         Err(e) => vec!["error".into(), e.0],
@@ -810,10 +814,15 @@ fn read_job(id: &Uuid) -> std::result::Result<Option<JobView>, StoreError> {
 }
 
 /// get_job_status()'s one call: the contract's list; a record a caller
-/// wrote, as list(record) of class asyncjobs_written; or a store error.
+/// wrote, as list(record) of class asyncjobs_written; a store error; or,
+/// when R's checks must run first (no store chosen yet, a forked child, an
+/// id that is not a single non-empty string), NULL of class asyncjobs_check.
 unsafe extern "C" fn c_status(id: SEXP) -> SEXP {
-    owner_or_error();
-    let Some(id) = rf::as_str(id) else { return not_found() };
+    let id = rf::as_str(id).filter(|s| !s.is_empty() && rf::Rf_xlength(id) == 1);
+    let ready = std::process::id() == *OWNER && STORE_CHOSEN.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(id) = id.filter(|_| ready) else {
+        return rf::set_class(rf::Rf_ScalarLogical(0), "asyncjobs_check");
+    };
     let written = rf::JOBS_ENV.with(|e| {
         let e = e.borrow();
         if e.written_len() > 0 {
