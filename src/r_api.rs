@@ -821,7 +821,8 @@ unsafe extern "C" fn c_status(id: SEXP) -> SEXP {
     let id = rf::as_str(id).filter(|s| !s.is_empty() && rf::Rf_xlength(id) == 1);
     let ready = std::process::id() == *OWNER && STORE_CHOSEN.load(std::sync::atomic::Ordering::Relaxed);
     let Some(id) = id.filter(|_| ready) else {
-        return rf::set_class(rf::Rf_ScalarLogical(0), "asyncjobs_check");
+        // A fresh vector: R's scalar FALSE is shared, never give it a class.
+        return rf::set_class(rf::string("check"), "asyncjobs_check");
     };
     let written = rf::JOBS_ENV.with(|e| {
         let e = e.borrow();
