@@ -805,20 +805,33 @@ impl Store for MemoryStore {
     }
 
     async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
-        let mut m = self.inner.lock();
+        let mut guard = self.inner.lock();
+        let m = &mut *guard;
         let cutoff = now() - max_age;
-        let old: Vec<Uuid> = m
-            .jobs
-            .values()
-            .filter(|j| j.status.is_terminal() && j.completed_at.unwrap_or(j.submitted_at) < cutoff)
-            .map(|j| j.id)
-            .take(batch)
-            .collect();
-        for id in &old {
-            m.jobs.remove(id);
-            m.outputs.remove(id);
-            m.tokens.remove(id);
-            m.unhashed.remove(id);
+        // One pass over the jobs; the side maps only where they hold anything.
+        let mut old: Vec<Uuid> = Vec::new();
+        m.jobs.retain(|id, j| {
+            let expired =
+                old.len() < batch && j.status.is_terminal() && j.completed_at.unwrap_or(j.submitted_at) < cutoff;
+            if expired {
+                old.push(*id);
+            }
+            !expired
+        });
+        if !m.outputs.is_empty() {
+            for id in &old {
+                m.outputs.remove(id);
+            }
+        }
+        if !m.tokens.is_empty() {
+            for id in &old {
+                m.tokens.remove(id);
+            }
+        }
+        if !m.unhashed.is_empty() {
+            for id in &old {
+                m.unhashed.remove(id);
+            }
         }
         if !old.is_empty() && m.jobs.len() < m.jobs.capacity() / 4 {
             m.jobs.shrink_to_fit();
