@@ -38,7 +38,7 @@
 create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, unique = FALSE,
                        queue = "default", priority = 0L, max_attempts = 1L, seed = NULL) {
   check_process()
-  check_not_worker("create_job()")
+  if (.state$in_worker) check_not_worker("create_job()") # the flag is read once, at load
   operation <- check_operation(operation)
   if (missing(params)) abort("argument", "`params` is missing: pass what the executor needs (NULL for nothing).", "params")
   if (!is.function(executor_fn)) {
@@ -58,24 +58,27 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
     check_seed(seed)
     executor_fn <- with_seed(executor_fn, seed)
   }
-  bytes <- serialize_job(params, executor_fn, call = sys.call())
-  check_payload(executor_fn, length(bytes$fn), operation)
   bind <- !identical(getOption("asyncjobs.jobs_env"), FALSE)
-  # The submit and its jobs_env binding are one step for Ctrl-C: an interrupt
-  # between them would leave a job that jobs_env does not show.
-  submit <- function() suspendInterrupts({
-    r <- .Call(wrap__aj_submit, operation, bytes$fn, bytes$params, as.numeric(timeout_ms),
-               queue, as.integer(priority), as.integer(max_attempts), unique)
-    if (bind && r[[1L]] == "accepted") bind_job(r[[2L]])
+  warn <- getOption("asyncjobs.warn_payload_bytes", 256 * 1024)
+  # One call serializes both into Rust memory, submits, and lists the id in
+  # jobs_env (one step for Ctrl-C too).
+  submit <- function() {
+    r <- .Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
+               max_attempts, unique, bind, warn)
+    if (inherits(r, "asyncjobs_big_executor")) {
+      check_payload(executor_fn, r[[2L]], operation)
+      r <- r[[1L]]
+    }
     r
-  })
+  }
   r <- submit()
+  if (is.list(r)) return(r) # accepted: list(job_id, status, estimated_seconds)
   if (r[[1L]] == "stopped") {
     ensure_pool()
     r <- submit()
+    if (is.list(r)) return(r)
   }
   switch(r[[1L]],
-    accepted = list(job_id = r[[2L]], status = "accepted", estimated_seconds = as.numeric(r[[3L]])),
     full = list(error = "CAPACITY_EXCEEDED",
                 message = sprintf("Maximum %s concurrent jobs reached. Try again later.", r[[2L]]),
                 retry_after = 60),
@@ -101,20 +104,24 @@ check_queue <- function(x, arg, call = sys.call(-1L)) {
   }
 }
 
-# Both in one tryCatch: it is the dearest part of a submit.
-serialize_job <- function(params, executor_fn, call) {
-  tryCatch(list(params = serialize(params, NULL, xdr = FALSE), fn = serialize(executor_fn, NULL, xdr = FALSE)),
-           error = function(e) {
-             serialize_arg(params, "params", call)
-             serialize_arg(executor_fn, "executor_fn", call)
-           })
-}
-
-serialize_arg <- function(x, arg, call = sys.call(-4L)) {
-  tryCatch(serialize(x, NULL, xdr = FALSE), error = function(e) {
-    abort("serialize", sprintf("`%s` cannot be serialized for a worker: %s", arg, conditionMessage(e)),
-          arg, call = call)
-  })
+# Raised from native code (rf::serialize) when R cannot serialize `arg` of
+# create_job() or check_duplicate_job(); `value` is what R was unwinding
+# with (for an error caught by a tryCatch: list(condition, ...)).
+serialize_error <- function(arg, value) {
+  msg <- if (is.list(value) && inherits(value[[1L]], "condition")) {
+    conditionMessage(value[[1L]])
+  } else {
+    sub("^Error[^:]*: *", "", trimws(geterrmessage()))
+  }
+  call <- NULL
+  for (i in rev(seq_len(sys.nframe() - 1L))) {
+    f <- sys.function(i)
+    if (identical(f, create_job) || identical(f, check_duplicate_job)) {
+      call <- sys.call(i)
+      break
+    }
+  }
+  abort("serialize", sprintf("`%s` cannot be serialized for a worker: %s", arg, msg), arg, call = call)
 }
 
 #' Status of a job
@@ -131,69 +138,18 @@ serialize_arg <- function(x, arg, call = sys.call(-4L)) {
 #'   traceback, warnings)`.
 #' @export
 get_job_status <- function(job_id) {
-  check_process()
-  check_job_id(job_id)
-  local <- overridden(job_id)
-  rec <- if (is.null(local)) .Call(wrap__aj_job, job_id)
-  if (store_failed(rec)) return(store_unavailable(rec))
-  if (is.null(rec)) {
-    local <- local %||% written_record(job_id)
-    if (is.null(local)) return(list(error = "JOB_NOT_FOUND", message = "Job ID not found"))
-    return(status_of_written(job_id, local))
+  # One call builds the contract's list (c_status in src/r_api.rs); it checks
+  # the id and the process itself, and asks for R's checks when they matter.
+  r <- .Call(.state$c_status, job_id)
+  if (is.null(oldClass(r))) return(r)
+  if (inherits(r, "asyncjobs_check")) {
+    check_process()
+    check_job_id(job_id)
+    r <- .Call(.state$c_status, job_id)
+    if (is.null(oldClass(r))) return(r)
   }
-  status_of(rec)
-}
-
-# Looking a name up in an environment installs it as a symbol, which R never
-# frees: a client polling random ids would grow the API without bound. So
-# jobs_env and .overrides are only searched when they hold records a caller
-# wrote (jobs_env then has more bindings than the ones create_job made).
-# length(jobs_env) walks its table (about 1.5 ms at 100k jobs), but only for
-# ids the registry does not know.
-overridden <- function(id) if (length(.overrides)) .overrides[[id]]
-
-# A record a caller wrote into jobs_env itself (not a live binding).
-written_record <- function(id) {
-  if (length(jobs_env) == .state$bound) return(NULL)
-  if (!exists(id, envir = jobs_env, inherits = FALSE) || bindingIsActive(id, jobs_env)) return(NULL)
-  rec <- get(id, envir = jobs_env, inherits = FALSE)
-  if (is.list(rec)) rec
-}
-
-posix <- function(x) if (is.null(x) || is.na(x)) NULL else .POSIXct(x)
-
-status_of <- function(rec) {
-  switch(rec$status,
-    pending = list(
-      job_id = rec$job_id, status = "pending", step = get_progress_message(rec$operation),
-      estimated_seconds = round(rec$estimated_seconds), retry_after = 5,
-      position = rec$position, submitted_at = posix(rec$submitted_at)),
-    running = list(
-      job_id = rec$job_id, status = "running",
-      step = rec$step %||% get_progress_message(rec$operation),
-      estimated_seconds = round(rec$estimated_seconds), retry_after = 5,
-      progress = list(current = rec$current %||% NA_real_, total = rec$total %||% NA_real_),
-      started_at = posix(rec$started_at),
-      elapsed_seconds = round(rec$now - rec$started_at, 3)),
-    finished_status(rec))
-}
-
-finished_status <- function(rec) {
-  out <- if (!is.null(rec$result)) unserialize(rec$result)
-  list(
-    job_id = rec$job_id, status = rec$status, completed_at = posix(rec$completed_at),
-    result = out$value, error = job_error(rec), warnings = out$warnings,
-    operation = rec$operation, submitted_at = posix(rec$submitted_at),
-    started_at = posix(rec$started_at),
-    duration_seconds = if (!is.na(rec$started_at)) rec$completed_at - rec$started_at)
-}
-
-job_error <- function(rec) {
-  if (is.null(rec$error_code)) return(NULL)
-  detail <- if (!is.null(rec$error_detail)) unserialize(rec$error_detail) else list()
-  detail$code <- rec$error_code
-  detail$message <- rec$error_message
-  detail[unique(c("code", "message", names(detail)))]
+  if (store_failed(r)) return(store_unavailable(r))
+  status_of_written(job_id, r[[1L]]) # a record a caller wrote into jobs_env
 }
 
 status_of_written <- function(id, rec) {
@@ -206,20 +162,6 @@ status_of_written <- function(id, rec) {
   list(job_id = rec$job_id %||% id, status = status,
        completed_at = rec$completed_at %||% rec$submitted_at, result = rec$result,
        error = rec$error)
-}
-
-# What jobs_env[[id]] shows: the contract's record.
-job_record <- function(id) {
-  local <- overridden(id)
-  if (!is.null(local)) return(local)
-  rec <- .Call(wrap__aj_job, id)
-  if (store_failed(rec)) return(store_unavailable(rec))
-  if (is.null(rec)) return(NULL)
-  out <- if (!is.null(rec$result)) unserialize(rec$result)
-  list(job_id = rec$job_id, operation = rec$operation, status = rec$status,
-       submitted_at = posix(rec$submitted_at), params_hash = rec$params_hash,
-       result = out$value, error = job_error(rec), completed_at = posix(rec$completed_at),
-       started_at = posix(rec$started_at), timeout_ms = rec$timeout_ms)
 }
 
 #' Is the same job already pending or running?
@@ -235,9 +177,8 @@ job_record <- function(id) {
 check_duplicate_job <- function(operation, params) {
   check_process()
   operation <- check_operation(operation)
-  id <- .Call(wrap__aj_duplicate, operation, serialize_arg(params, "params"))
-  if (store_failed(id)) return(store_unavailable(id))
-  if (is.null(id)) list(duplicate = FALSE) else list(duplicate = TRUE, existing_job_id = id)
+  r <- .Call(.state$c_duplicate, operation, params)
+  if (store_failed(r)) store_unavailable(r) else r
 }
 
 #' Remove old finished jobs
@@ -253,34 +194,18 @@ cleanup_old_jobs <- function(max_age_seconds = 86400) {
   cutoff <- as.numeric(Sys.time()) - max_age_seconds
   # A shared store deletes in batches, one call each, so Ctrl-C is seen between them.
   batch <- if (identical(.state$store, "memory")) Inf else 1000
-  ids <- character()
+  n <- 0
   repeat {
-    got <- .Call(wrap__aj_cleanup, as.numeric(max_age_seconds), batch)
+    # Removes the jobs and their jobs_env entries; returns how many.
+    got <- .Call(.state$c_cleanup, as.numeric(max_age_seconds), batch)
     if (store_failed(got)) abort("store_unavailable", paste("Old jobs could not be removed:", got))
-    ids <- c(ids, got)
-    if (length(got) < batch) break
+    n <- n + got
+    if (got < batch) break
   }
-  names <- ls(jobs_env, all.names = TRUE, sorted = FALSE)
-  written <- character()
-  if (length(names) != .state$bound) {
-    # Records callers wrote themselves age the same way.
-    for (id in names) {
-      if (bindingIsActive(id, jobs_env)) next
-      rec <- get(id, envir = jobs_env)
-      when <- if (is.list(rec)) rec$completed_at %||% rec$submitted_at
-      if (is.list(rec) && (rec$status %||% "completed") %in% c("completed", "failed", "cancelled") &&
-          !is.null(when) && as.numeric(when) < cutoff) {
-        written <- c(written, id)
-      }
-    }
-  }
-  bound <- intersect(ids, names)
-  .state$bound <- .state$bound - length(bound)
-  rm(list = union(bound, written), envir = jobs_env)
-  if (length(.overrides)) rm(list = intersect(c(ids, written), ls(.overrides, all.names = TRUE)), envir = .overrides)
-  n <- length(union(ids, written))
+  # Records callers wrote into jobs_env age the same way.
+  n <- n + .Call(.state$c_cleanup_written, cutoff)
   message(sprintf("Cleaned up %d old jobs", n))
-  invisible(n)
+  invisible(as.integer(n))
 }
 
 #' Wait for a job to finish

@@ -14,15 +14,14 @@
 #' for example a result served from a cache) is reported by [get_job_status()]
 #' like any other job.
 #'
-#' Each binding costs about 12 us at submit and 600 bytes of R memory while
-#' the job is retained (R never frees the symbol). An API that does not read
-#' `jobs_env` can set `options(asyncjobs.jobs_env = FALSE)`: jobs submitted
-#' then get no binding; every function still finds them by id.
+#' It is an R user-defined database (class "UserDefinedDatabase"): the ids
+#' live in Rust, and a job costs no R memory until a caller names its id
+#' (R then keeps that name as a symbol for good). `as.list(jobs_env)` and
+#' `eapply()` do not work on it; use `mget(ls(jobs_env), envir = jobs_env)`.
+#' With `options(asyncjobs.jobs_env = FALSE)` jobs submitted then are not
+#' listed in it; every function still finds them by id.
 #' @export
 jobs_env <- new.env(parent = emptyenv())
-
-# Records callers wrote over a live binding.
-.overrides <- new.env(parent = emptyenv())
 
 .default_messages <- list(
   clustering = "Fetching interaction data from STRING-db...",
@@ -35,8 +34,11 @@ jobs_env <- new.env(parent = emptyenv())
   .state$size <- 8L
   .state$messages <- .default_messages
   .state$payload_warned <- character()
-  .state$bound <- 0L # active bindings create_job made in jobs_env
-  .Call(wrap__aj_init)
+  .state$in_worker <- identical(Sys.getenv("ASYNCJOBS_WORKER"), "1")
+  # The hot calls' native routines: .state$c_submit, c_status, c_duplicate, ...
+  .state$serialize_error <- serialize_error # raised from native code
+  natives <- .Call(wrap__aj_init, .state, jobs_env)
+  for (n in names(natives)) assign(paste0("c_", n), natives[[n]], envir = .state)
   ns <- topenv()
   makeActiveBinding("MAX_CONCURRENT_JOBS", function() .state$size, ns)
   # Stop the pool when R exits normally; PR_SET_PDEATHSIG covers the rest.
@@ -52,11 +54,3 @@ jobs_env <- new.env(parent = emptyenv())
 
 # Plain numbers: date-time arithmetic costs more than the waits it times.
 now_ms <- function() as.numeric(Sys.time()) * 1000
-
-# Binds a job id in jobs_env to its live record.
-bind_job <- function(id) {
-  makeActiveBinding(id, function(value) {
-    if (missing(value)) job_record(id) else assign(id, value, envir = .overrides)
-  }, jobs_env)
-  .state$bound <- .state$bound + 1L
-}

@@ -26,22 +26,29 @@ cat(sprintf("%d trivial jobs in %.2f s (%.0f jobs/s); CPU per job: API R thread 
             N, el, N / el, cpu[["main"]], cpu[["pool"]], cpu[["workers"]], sum(cpu), parallel::detectCores()))
 
 ns <- asNamespace("asyncjobs")
+st <- ns$.state
+# CPU time per call of this process (steadier than wall time on a shared machine).
 step <- function(label, expr, n = 5000) {
   e <- substitute(expr); env <- parent.frame()
-  t0 <- proc.time()[["elapsed"]]; for (i in seq_len(n)) eval(e, env)
-  cat(sprintf("| %s | %.1f us |\n", label, (proc.time()[["elapsed"]] - t0) / n * 1e6))
+  cpu <- function() sum(proc.time()[c("user.self", "sys.self")])
+  t0 <- cpu(); for (i in seq_len(n)) eval(e, env)
+  cat(sprintf("| %s | %.1f us |\n", label, (cpu() - t0) / n * 1e6))
 }
-fb <- serialize(f, NULL, xdr = FALSE); pb <- serialize(1L, NULL, xdr = FALSE)
-cat("\n| step of create_job() | time |\n|---|---|\n")
-step("argument checks (process, operation, timeout)", { ns$check_process(); ns$check_string("op", "operation"); ns$check_number(1800000, "timeout_ms", min = 1) })
-step("serialize params and executor (one tryCatch)", ns$serialize_job(1L, f, NULL))
-step("Rust: hash, record, enqueue (.Call)", .Call(ns$wrap__aj_submit, "op", fb, pb, 1800000))
-step("jobs_env binding (symbol + active binding)", ns$bind_job(paste0("id-", runif(1))))
+cat("\n| step of create_job() | CPU time |\n|---|---|\n")
+step("argument checks (process, worker, operation, timeout)", {
+  ns$check_process(); ns$check_not_worker("x"); ns$check_operation("op"); ns$check_number(1800000, "timeout_ms", min = 1)
+})
+step("two getOption() (jobs_env, payload warning)", {
+  getOption("asyncjobs.jobs_env"); getOption("asyncjobs.warn_payload_bytes", 256 * 1024)
+})
+step("native: serialize both, submit, list in jobs_env (.Call)",
+     .Call(st$c_submit, "op", 1L, f, 1800000, "default", 0L, 1L, FALSE, TRUE, Inf))
 step("create_job() in all", create_job("op", 1L, f))
 id <- ids[[1]]
-cat("\n| step of get_job_status() (finished job) | time |\n|---|---|\n")
-step("Rust: record to R list (.Call)", .Call(ns$wrap__aj_job, id))
-step("R: unserialize result, build the contract list", ns$status_of(.Call(ns$wrap__aj_job, id)))
+cat("\n| step of get_job_status() (finished job) | CPU time |\n|---|---|\n")
+step("argument checks (process, job id)", { ns$check_process(); ns$check_job_id(id) })
+step("native: read, unserialize result, build the list (.Call)", .Call(st$c_status, id))
 step("get_job_status() in all", get_job_status(id))
+step("check_duplicate_job() in all", check_duplicate_job("op", 1L))
 step("wait_for_job() of a finished job", wait_for_job(id))
 stop_workers()

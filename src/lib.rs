@@ -61,4 +61,6 @@ pub mod worker;
 #[cfg(feature = "r")]
 mod r_api;
 #[cfg(feature = "r")]
+mod rfast;
+#[cfg(feature = "r")]
 mod wire;

@@ -6,8 +6,10 @@
 
 use crate::pool::{Config, Pool, SlotState};
 use crate::registry::{
-    self, block_on, estimate_seconds, hex, Cancel, MemoryStore, NewJob, Store, StoreError, Submit,
+    self, block_on, estimate_seconds, hex, Cancel, JobError, JobView, MemoryStore, NewJob, Status, Store, StoreError,
+    Submit,
 };
+use crate::rfast::{self as rf, nil, Rf_protect, Rf_unprotect, SET_VECTOR_ELT, SEXP};
 use crate::wire;
 use crate::worker::Spec;
 use extendr_api::prelude::*;
@@ -24,6 +26,8 @@ static STORE: Lazy<Mutex<(String, Arc<dyn Store>)>> =
     Lazy::new(|| Mutex::new(("memory".into(), Arc::new(MemoryStore::new()))));
 static POOL: Lazy<Mutex<Option<Pool>>> = Lazy::new(|| Mutex::new(None));
 static OWNER: Lazy<u32> = Lazy::new(std::process::id);
+/// Set once R has chosen a store (use_store()), so hot calls may skip R's checks.
+static STORE_CHOSEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn check_owner() -> Result<()> {
     if std::process::id() != *OWNER {
@@ -77,6 +81,7 @@ fn aj_open_store(url: &str, timeout_ms: f64, lease_ms: f64) -> Result<Vec<String
     check_owner()?;
     let mut current = STORE.lock();
     if current.0 == url {
+        STORE_CHOSEN.store(true, std::sync::atomic::Ordering::Relaxed);
         return Ok(vec!["ok".into(), current.1.describe()]);
     }
     if POOL.lock().is_some() {
@@ -91,6 +96,7 @@ fn aj_open_store(url: &str, timeout_ms: f64, lease_ms: f64) -> Result<Vec<String
         Ok(s) => {
             let described = s.describe();
             *current = (url.to_owned(), s);
+            STORE_CHOSEN.store(true, std::sync::atomic::Ordering::Relaxed);
             vec!["ok".into(), described]
         }
         Err(e) => vec!["error".into(), e.0],
@@ -107,10 +113,17 @@ fn open_sql(_: &str, _: Duration, _: Duration) -> std::result::Result<Arc<dyn St
     Err(StoreError("this build of asyncjobs has no database drivers".into()))
 }
 
-/// Records the owning process id; called from .onLoad.
+/// Called from .onLoad: records the owning process, keeps `.state` (for the
+/// progress messages), makes `jobs_env` the jobs database, and returns the
+/// native routines of the hot calls, which `.Call` takes directly.
 #[extendr]
-fn aj_init() -> i32 {
-    *OWNER as i32
+fn aj_init(state: Robj, jobs_env: Robj) -> Robj {
+    let _ = *OWNER;
+    unsafe {
+        rf::set_state_env(state.get());
+        rf::init_jobs_env(jobs_env.get(), job_record);
+        Robj::from_sexp(natives())
+    }
 }
 
 #[extendr]
@@ -265,69 +278,6 @@ fn aj_pool_info() -> Result<Robj> {
     ))
 }
 
-/// c(outcome, detail, estimate): accepted/id/seconds, full/limit,
-/// duplicate/id, unavailable/reason, store_error/message, stopped.
-#[extendr]
-#[allow(clippy::too_many_arguments)]
-fn aj_submit(
-    operation: &str,
-    executor: Robj,
-    params: Robj,
-    timeout_ms: f64,
-    queue: &str,
-    priority: i32,
-    max_attempts: i32,
-    unique: bool,
-) -> Result<Vec<String>> {
-    check_owner()?;
-    let executor = raw(&executor, "executor")?;
-    let params = raw(&params, "params")?;
-    let pool = POOL.lock();
-    let Some(pool) = pool.as_ref() else { return Ok(vec!["stopped".into(), String::new()]) };
-    if let Some(why) = pool.unavailable() {
-        crate::metrics::rejected("POOL_UNAVAILABLE");
-        return Ok(vec!["unavailable".into(), why]);
-    }
-    let id = Uuid::new_v4();
-    let job = NewJob {
-        id,
-        operation: operation.to_owned(),
-        params_hash: registry::sha256(params),
-        executor: executor.to_vec(),
-        params: params.to_vec(),
-        timeout_ms: limit(timeout_ms),
-        queue: queue.to_owned(),
-        priority,
-        max_attempts: max_attempts.max(1) as u32,
-        unique,
-    };
-    let submitted = block_on(async {
-        let r = pool.submit(job).await?;
-        let typical = match r {
-            Submit::Accepted => pool.store().typical_duration(operation).await?,
-            _ => None,
-        };
-        Ok::<_, StoreError>((r, typical))
-    });
-    Ok(match submitted {
-        Ok((Submit::Accepted, typical)) => {
-            vec!["accepted".into(), id.to_string(), format!("{}", typical.unwrap_or(30.0).round())]
-        }
-        Ok((Submit::Full { limit }, _)) => vec!["full".into(), limit.to_string()],
-        Ok((Submit::Duplicate(existing), _)) => vec!["duplicate".into(), existing.to_string()],
-        Err(e) => { crate::metrics::rejected("STORE_UNAVAILABLE"); vec!["store_error".into(), e.0] }
-    })
-}
-
-/// The id of a pending or running job with the same operation and params, or NULL.
-#[extendr]
-fn aj_duplicate(operation: &str, params: Robj) -> Result<Robj> {
-    check_owner()?;
-    let hash = registry::sha256(raw(&params, "params")?);
-    let found = block_on(store().find_active(operation, &hash));
-    or_store_error(found.map(|id| id.map_or_else(|| ().into(), |id| id.to_string().into())))
-}
-
 const JOB_FIELDS: [&str; 23] = [
     "job_id",
     "operation",
@@ -424,16 +374,6 @@ fn aj_cancel(id: &str) -> Result<Vec<String>> {
         Ok(Cancel::WasPending | Cancel::WasRunning(_)) => { crate::metrics::job_cancelled(); vec!["cancelled".into()] }
         Err(e) => vec!["store_error".into(), e.0],
     })
-}
-
-/// Removes up to `batch` finished jobs that ended more than `max_age`
-/// seconds ago; returns their ids. R calls it until a batch comes back short.
-#[extendr]
-fn aj_cleanup(max_age: f64, batch: f64) -> Result<Robj> {
-    check_owner()?;
-    let batch = limit(batch).clamp(1, usize::MAX as u64) as usize;
-    let removed = block_on(store().cleanup(max_age, batch));
-    or_store_error(removed.map(|ids| ids.iter().map(Uuid::to_string).collect::<Vec<_>>().into()))
 }
 
 /// Every job as columns, oldest first.
@@ -617,6 +557,482 @@ fn aj_metrics(text: bool) -> Result<Robj> {
     Ok(named(&names, cols))
 }
 
+// ---------------------------------------------------------------- hot calls
+//
+// Plain native routines (no extendr conversions), called through the
+// external pointers aj_init returns. Nothing here holds a lock or an owned
+// value across an R call that may raise an error, except where said.
+
+/// Params up to this size are hashed at submit; larger ones by the I/O
+/// runtime's blocking pool, or by the first duplicate check or status read
+/// that needs the hash, whichever comes first.
+const INLINE_HASH_BYTES: usize = 4096;
+
+fn natives() -> SEXP {
+    type F = rf::DlFunc;
+    unsafe {
+        let fns: [(&str, F); 5] = [
+            ("submit", std::mem::transmute::<*const (), F>(c_submit as *const ())),
+            ("status", std::mem::transmute::<*const (), F>(c_status as *const ())),
+            ("duplicate", std::mem::transmute::<*const (), F>(c_duplicate as *const ())),
+            ("cleanup", std::mem::transmute::<*const (), F>(c_cleanup as *const ())),
+            ("cleanup_written", std::mem::transmute::<*const (), F>(c_cleanup_written as *const ())),
+        ];
+        let names: Vec<&str> = fns.iter().map(|f| f.0).collect();
+        rf::named_list("natives", &names, |out| {
+            for (i, (_, f)) in fns.iter().enumerate() {
+                SET_VECTOR_ELT(out, i as isize, rf::native(*f));
+            }
+        })
+    }
+}
+
+/// Runs `f`, turning a panic into an R error (raised after `f`'s values are gone).
+unsafe fn guarded(f: impl FnOnce() -> SEXP) -> SEXP {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(x) => x,
+        Err(_) => rf::Rf_error(c"asyncjobs: internal error (a Rust panic); see stderr".as_ptr()),
+    }
+}
+
+unsafe fn owner_or_error() {
+    if std::process::id() != *OWNER {
+        rf::Rf_error(
+            c"asyncjobs cannot be used from a forked child process (for example inside parallel::mclapply)".as_ptr(),
+        );
+    }
+}
+
+unsafe fn store_error_sexp(e: StoreError) -> SEXP {
+    rf::set_class(rf::string(&e.0), "asyncjobs_store_error")
+}
+
+unsafe fn strings(items: &[&str]) -> SEXP {
+    let out = Rf_protect(rf::Rf_allocVector(rf::STRSXP, items.len() as isize));
+    for (i, s) in items.iter().enumerate() {
+        rf::SET_STRING_ELT(out, i as isize, rf::mkchar(s));
+    }
+    Rf_unprotect(1);
+    out
+}
+
+enum Submitted {
+    Accepted(Uuid, f64),
+    Other(Vec<String>),
+}
+
+/// create_job's one call: serializes params and executor into Rust memory,
+/// submits, binds the id in jobs_env. Returns `list(job_id, status =
+/// "accepted", estimated_seconds)` or c(outcome, detail): full/limit,
+/// duplicate/id, unavailable/reason, store_error/message, stopped; wrapped
+/// as list(that, bytes) of class asyncjobs_big_executor when the executor
+/// serializes to more than `warn` bytes. When R cannot serialize an
+/// argument, the classed error naming it (see rf::serialize).
+unsafe extern "C" fn c_submit(
+    operation: SEXP,
+    params: SEXP,
+    executor: SEXP,
+    timeout_ms: SEXP,
+    queue: SEXP,
+    priority: SEXP,
+    max_attempts: SEXP,
+    unique: SEXP,
+    bind: SEXP,
+    warn: SEXP,
+) -> SEXP {
+    owner_or_error();
+    let mut params = rf::serialize(params, "params", std::ptr::null_mut());
+    let executor = rf::serialize(executor, "executor_fn", &mut params);
+    let operation = rf::as_str(operation).unwrap_or("").to_owned();
+    let queue = rf::as_str(queue).unwrap_or("default").to_owned();
+    let timeout_ms = rf::as_f64(timeout_ms).unwrap_or(1_800_000.0);
+    let priority = rf::as_i32(priority).unwrap_or(0);
+    let max_attempts = rf::as_i32(max_attempts).unwrap_or(1);
+    let (unique, bind) = (rf::as_bool(unique), rf::as_bool(bind));
+    let executor_len = executor.len();
+    let big = rf::as_f64(warn).is_some_and(|w| executor_len as f64 > w);
+    let out = guarded(move || {
+        let out = submit_job(operation, params, executor, timeout_ms, queue, priority, max_attempts, unique);
+        match out {
+            Submitted::Accepted(id, estimate) => {
+                if bind {
+                    rf::JOBS_ENV.with(|e| e.borrow_mut().bound.insert(id));
+                }
+                let id = id.to_string();
+                rf::named_list("accepted", &["job_id", "status", "estimated_seconds"], |l| {
+                    SET_VECTOR_ELT(l, 0, rf::string(&id));
+                    SET_VECTOR_ELT(l, 1, rf::string("accepted"));
+                    SET_VECTOR_ELT(l, 2, rf::real(estimate));
+                })
+            }
+            Submitted::Other(v) => strings(&v.iter().map(String::as_str).collect::<Vec<_>>()),
+        }
+    });
+    if !big {
+        return out;
+    }
+    Rf_protect(out);
+    let l = rf::named_list("big_executor", &["submitted", "executor_bytes"], |l| {
+        SET_VECTOR_ELT(l, 0, out);
+        SET_VECTOR_ELT(l, 1, rf::real(executor_len as f64));
+    });
+    Rf_unprotect(1);
+    rf::set_class(l, "asyncjobs_big_executor")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn submit_job(
+    operation: String,
+    params: Vec<u8>,
+    executor: Vec<u8>,
+    timeout_ms: f64,
+    queue: String,
+    priority: i32,
+    max_attempts: i32,
+    unique: bool,
+) -> Submitted {
+    let pool = POOL.lock();
+    let Some(pool) = pool.as_ref() else { return Submitted::Other(vec!["stopped".into(), String::new()]) };
+    if let Some(why) = pool.unavailable() {
+        crate::metrics::rejected("POOL_UNAVAILABLE");
+        return Submitted::Other(vec!["unavailable".into(), why]);
+    }
+    let s = pool.store().clone();
+    let params = Arc::new(params);
+    // The memory store hashes big params off this thread; a shared store
+    // needs the hash in the insert.
+    let lazy = !unique && !s.shared() && params.len() > INLINE_HASH_BYTES;
+    let id = Uuid::new_v4();
+    let job = NewJob {
+        id,
+        params_hash: (!lazy).then(|| registry::sha256(&params)),
+        operation,
+        executor,
+        params: params.clone(),
+        timeout_ms: limit(timeout_ms),
+        queue,
+        priority,
+        max_attempts: max_attempts.max(1) as u32,
+        unique,
+    };
+    let op = job.operation.clone();
+    let submitted = block_on(async {
+        let r = pool.submit(job).await?;
+        let typical = match r {
+            Submit::Accepted => pool.store().typical_duration(&op).await?,
+            _ => None,
+        };
+        Ok::<_, StoreError>((r, typical))
+    });
+    match submitted {
+        Ok((Submit::Accepted, typical)) => {
+            if lazy {
+                registry::runtime().spawn_blocking(move || s.params_hashed(&id, registry::sha256(&params)));
+            }
+            Submitted::Accepted(id, typical.unwrap_or(30.0).round())
+        }
+        Ok((Submit::Full { limit }, _)) => Submitted::Other(vec!["full".into(), limit.to_string()]),
+        Ok((Submit::Duplicate(existing), _)) => Submitted::Other(vec!["duplicate".into(), existing.to_string()]),
+        Err(e) => {
+            crate::metrics::rejected("STORE_UNAVAILABLE");
+            Submitted::Other(vec!["store_error".into(), e.0])
+        }
+    }
+}
+
+unsafe fn not_found() -> SEXP {
+    rf::named_list("not_found", &["error", "message"], |l| {
+        SET_VECTOR_ELT(l, 0, rf::string("JOB_NOT_FOUND"));
+        SET_VECTOR_ELT(l, 1, rf::string("Job ID not found"));
+    })
+}
+
+unsafe fn store_unavailable(e: StoreError) -> SEXP {
+    rf::named_list("store_unavailable", &["error", "message", "retry_after"], |l| {
+        SET_VECTOR_ELT(l, 0, rf::string("STORE_UNAVAILABLE"));
+        SET_VECTOR_ELT(l, 1, rf::string(&e.0));
+        SET_VECTOR_ELT(l, 2, rf::real(5.0));
+    })
+}
+
+/// R's round(x): halves to even.
+fn round_even(x: f64) -> f64 {
+    x.round_ties_even()
+}
+
+/// A finished job's error as the contract shows it: list(code, message,
+/// then what the worker's detail holds: call, class, traceback, warnings).
+unsafe fn job_error(err: Option<&JobError>) -> SEXP {
+    let Some(e) = err else { return nil() };
+    let detail = Rf_protect(match e.detail.as_deref() {
+        Some(b) => rf::unserialize(b),
+        None => nil(),
+    });
+    let mut names = vec!["code".to_owned(), "message".to_owned()];
+    let mut from = Vec::new();
+    if rf::TYPEOF(detail) == rf::VECSXP {
+        for (i, n) in rf::list_names(detail).into_iter().enumerate() {
+            if !names.contains(&n) {
+                names.push(n);
+                from.push(i as isize);
+            }
+        }
+    }
+    let out = Rf_protect(rf::Rf_allocVector(rf::VECSXP, names.len() as isize));
+    SET_VECTOR_ELT(out, 0, rf::string(&e.code));
+    SET_VECTOR_ELT(out, 1, rf::string(&e.message));
+    for (k, i) in from.iter().enumerate() {
+        SET_VECTOR_ELT(out, 2 + k as isize, rf::VECTOR_ELT(detail, *i));
+    }
+    let values: Vec<SEXP> = (0..names.len() as isize).map(|i| rf::VECTOR_ELT(out, i)).collect();
+    let list = rf::list_from(&names, &values);
+    Rf_unprotect(2);
+    list
+}
+
+/// The unserialized `list(value, warnings)` a completed job sent, or NULL.
+unsafe fn job_result(view: &JobView) -> SEXP {
+    match view.job.result.as_deref() {
+        Some(b) => rf::unserialize(b),
+        None => nil(),
+    }
+}
+
+/// get_job_status()'s list for a job in the store.
+unsafe fn status_list(view: &JobView) -> SEXP {
+    let job = &view.job;
+    let estimate = estimate_seconds(job, view.typical, view.now);
+    match job.status {
+        Status::Pending => rf::named_list(
+            "pending",
+            &["job_id", "status", "step", "estimated_seconds", "retry_after", "position", "submitted_at"],
+            |l| {
+                SET_VECTOR_ELT(l, 0, rf::string(&job.id.to_string()));
+                SET_VECTOR_ELT(l, 1, rf::string("pending"));
+                SET_VECTOR_ELT(l, 2, rf::progress_message(&job.operation));
+                SET_VECTOR_ELT(l, 3, rf::real(round_even(estimate)));
+                SET_VECTOR_ELT(l, 4, rf::real(5.0));
+                SET_VECTOR_ELT(l, 5, view.position.map_or_else(|| nil(), |p| rf::Rf_ScalarInteger(p as i32)));
+                SET_VECTOR_ELT(l, 6, rf::posix(Some(job.submitted_at)));
+            },
+        ),
+        Status::Running => rf::named_list(
+            "running",
+            &["job_id", "status", "step", "estimated_seconds", "retry_after", "progress", "started_at", "elapsed_seconds"],
+            |l| {
+                let progress = job.progress.as_deref();
+                SET_VECTOR_ELT(l, 0, rf::string(&job.id.to_string()));
+                SET_VECTOR_ELT(l, 1, rf::string("running"));
+                let step = match progress.and_then(|p| p.step.as_deref()) {
+                    Some(s) => rf::string(s),
+                    None => rf::progress_message(&job.operation),
+                };
+                SET_VECTOR_ELT(l, 2, step);
+                SET_VECTOR_ELT(l, 3, rf::real(round_even(estimate)));
+                SET_VECTOR_ELT(l, 4, rf::real(5.0));
+                let na = rf::R_NaReal;
+                let current = progress.and_then(|p| p.current).unwrap_or(na);
+                let total = progress.and_then(|p| p.total).unwrap_or(na);
+                SET_VECTOR_ELT(
+                    l,
+                    5,
+                    rf::named_list("progress", &["current", "total"], |p| {
+                        SET_VECTOR_ELT(p, 0, rf::real(current));
+                        SET_VECTOR_ELT(p, 1, rf::real(total));
+                    }),
+                );
+                SET_VECTOR_ELT(l, 6, rf::posix(job.started_at));
+                let elapsed = job.started_at.map_or(na, |s| round_even((view.now - s) * 1000.0) / 1000.0);
+                SET_VECTOR_ELT(l, 7, rf::real(elapsed));
+            },
+        ),
+        _ => {
+            let result = Rf_protect(job_result(view));
+            let l = rf::named_list(
+                "finished",
+                &[
+                    "job_id",
+                    "status",
+                    "completed_at",
+                    "result",
+                    "error",
+                    "warnings",
+                    "operation",
+                    "submitted_at",
+                    "started_at",
+                    "duration_seconds",
+                ],
+                |l| {
+                    SET_VECTOR_ELT(l, 0, rf::string(&job.id.to_string()));
+                    SET_VECTOR_ELT(l, 1, rf::string(job.status.as_str()));
+                    SET_VECTOR_ELT(l, 2, rf::posix(job.completed_at));
+                    SET_VECTOR_ELT(l, 3, rf::list_get(result, "value"));
+                    SET_VECTOR_ELT(l, 4, job_error(job.error.as_deref()));
+                    SET_VECTOR_ELT(l, 5, rf::list_get(result, "warnings"));
+                    SET_VECTOR_ELT(l, 6, rf::string(&job.operation));
+                    SET_VECTOR_ELT(l, 7, rf::posix(Some(job.submitted_at)));
+                    SET_VECTOR_ELT(l, 8, rf::posix(job.started_at));
+                    let duration = match job.started_at {
+                        Some(s) => rf::real(job.completed_at.map_or(rf::R_NaReal, |c| c - s)),
+                        None => nil(),
+                    };
+                    SET_VECTOR_ELT(l, 9, duration);
+                },
+            );
+            Rf_unprotect(1);
+            l
+        }
+    }
+}
+
+fn read_job(id: &Uuid) -> std::result::Result<Option<JobView>, StoreError> {
+    block_on(store().get(id, true))
+}
+
+/// get_job_status()'s one call: the contract's list; a record a caller
+/// wrote, as list(record) of class asyncjobs_written; a store error; or,
+/// when R's checks must run first (no store chosen yet, a forked child, an
+/// id that is not a single non-empty string), NULL of class asyncjobs_check.
+unsafe extern "C" fn c_status(id: SEXP) -> SEXP {
+    let id = rf::as_str(id).filter(|s| !s.is_empty() && rf::Rf_xlength(id) == 1);
+    let ready = std::process::id() == *OWNER && STORE_CHOSEN.load(std::sync::atomic::Ordering::Relaxed);
+    let Some(id) = id.filter(|_| ready) else {
+        // A fresh vector: R's scalar FALSE is shared, never give it a class.
+        return rf::set_class(rf::string("check"), "asyncjobs_check");
+    };
+    let written = rf::JOBS_ENV.with(|e| {
+        let e = e.borrow();
+        if e.written_len() > 0 {
+            e.written(id).filter(|v| rf::TYPEOF(*v) == rf::VECSXP)
+        } else {
+            None
+        }
+    });
+    if let Some(rec) = written {
+        let l = rf::named_list("written", &["record"], |l| {
+            SET_VECTOR_ELT(l, 0, rec);
+        });
+        return rf::set_class(l, "asyncjobs_written");
+    }
+    let Some(uuid) = parse_id(id) else { return not_found() };
+    let read = guarded_value(|| read_job(&uuid));
+    match read {
+        Ok(Some(view)) => status_list(&view),
+        Ok(None) => not_found(),
+        Err(e) => store_error_sexp(e),
+    }
+}
+
+unsafe fn guarded_value<T>(f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(x) => x,
+        Err(_) => rf::Rf_error(c"asyncjobs: internal error (a Rust panic); see stderr".as_ptr()),
+    }
+}
+
+/// What `jobs_env[[id]]` shows for a bound job: the contract's record.
+unsafe fn job_record(id: &Uuid) -> SEXP {
+    let view = match guarded_value(|| {
+        store().hash_now(id);
+        read_job(id)
+    }) {
+        Ok(Some(v)) => v,
+        Ok(None) => return nil(),
+        Err(e) => return store_unavailable(e),
+    };
+    let job = &view.job;
+    let result = Rf_protect(job_result(&view));
+    let l = rf::named_list(
+        "record",
+        &[
+            "job_id",
+            "operation",
+            "status",
+            "submitted_at",
+            "params_hash",
+            "result",
+            "error",
+            "completed_at",
+            "started_at",
+            "timeout_ms",
+        ],
+        |l| {
+            SET_VECTOR_ELT(l, 0, rf::string(&job.id.to_string()));
+            SET_VECTOR_ELT(l, 1, rf::string(&job.operation));
+            SET_VECTOR_ELT(l, 2, rf::string(job.status.as_str()));
+            SET_VECTOR_ELT(l, 3, rf::posix(Some(job.submitted_at)));
+            SET_VECTOR_ELT(l, 4, rf::string(&hex(&job.params_hash)));
+            SET_VECTOR_ELT(l, 5, rf::list_get(result, "value"));
+            SET_VECTOR_ELT(l, 6, job_error(job.error.as_deref()));
+            SET_VECTOR_ELT(l, 7, rf::posix(job.completed_at));
+            SET_VECTOR_ELT(l, 8, rf::posix(job.started_at));
+            SET_VECTOR_ELT(l, 9, rf::real(job.timeout_ms as f64));
+        },
+    );
+    Rf_unprotect(1);
+    l
+}
+
+/// check_duplicate_job()'s one call: list(duplicate = FALSE) or
+/// list(duplicate = TRUE, existing_job_id), or a store error.
+unsafe extern "C" fn c_duplicate(operation: SEXP, params: SEXP) -> SEXP {
+    owner_or_error();
+    let params = rf::serialize(params, "params", std::ptr::null_mut());
+    let operation = rf::as_str(operation).unwrap_or("").to_owned();
+    let found = guarded_value(move || {
+        let hash = registry::sha256(&params);
+        block_on(store().find_active(&operation, &hash))
+    });
+    match found {
+        Ok(None) => rf::named_list("not_duplicate", &["duplicate"], |l| {
+            SET_VECTOR_ELT(l, 0, rf::Rf_ScalarLogical(0));
+        }),
+        Ok(Some(id)) => rf::named_list("duplicate", &["duplicate", "existing_job_id"], |l| {
+            SET_VECTOR_ELT(l, 0, rf::Rf_ScalarLogical(1));
+            SET_VECTOR_ELT(l, 1, rf::string(&id.to_string()));
+        }),
+        Err(e) => store_error_sexp(e),
+    }
+}
+
+/// Removes up to `batch` finished jobs that ended more than `max_age`
+/// seconds ago, and their jobs_env entries; returns how many (R calls it
+/// until a batch comes back short), or a store error.
+unsafe extern "C" fn c_cleanup(max_age: SEXP, batch: SEXP) -> SEXP {
+    owner_or_error();
+    let max_age = rf::as_f64(max_age).unwrap_or(86400.0);
+    let batch = limit(rf::as_f64(batch).unwrap_or(f64::INFINITY)).clamp(1, usize::MAX as u64) as usize;
+    let removed = guarded_value(|| block_on(store().cleanup(max_age, batch)));
+    match removed {
+        Ok(ids) => {
+            rf::JOBS_ENV.with(|e| {
+                let mut e = e.borrow_mut();
+                let written = e.written_len() > 0;
+                for id in &ids {
+                    e.bound.remove(id);
+                    if written {
+                        e.unwrite(&id.to_string());
+                    }
+                }
+                if e.bound.len() < e.bound.capacity() / 4 {
+                    e.bound.shrink_to_fit();
+                }
+            });
+            rf::real(ids.len() as f64)
+        }
+        Err(e) => store_error_sexp(e),
+    }
+}
+
+/// Removes records callers wrote into jobs_env that are finished and older
+/// than `cutoff` (seconds since the epoch); returns how many.
+unsafe extern "C" fn c_cleanup_written(cutoff: SEXP) -> SEXP {
+    owner_or_error();
+    let cutoff = rf::as_f64(cutoff).unwrap_or(f64::NEG_INFINITY);
+    let n = rf::JOBS_ENV.with(|e| e.borrow_mut().expire_written(cutoff));
+    rf::real(n as f64)
+}
+
 extendr_module! {
     mod asyncjobs;
     use wire;
@@ -629,12 +1045,9 @@ extendr_module! {
     fn aj_stop_begin;
     fn aj_stop_wait;
     fn aj_pool_info;
-    fn aj_submit;
-    fn aj_duplicate;
     fn aj_job;
     fn aj_wait;
     fn aj_cancel;
-    fn aj_cleanup;
     fn aj_list;
     fn aj_workers;
     fn aj_tree_guard;

@@ -128,11 +128,14 @@ pub enum Outcome {
 pub struct NewJob {
     pub id: Uuid,
     pub operation: String,
-    pub params_hash: [u8; 32],
+    /// SHA-256 of `params`; None to let the store compute it when it needs
+    /// it (the memory store: at the first duplicate check or status read
+    /// that needs it, or when [`Store::params_hashed`] brings it).
+    pub params_hash: Option<[u8; 32]>,
     /// Serialized executor function.
     pub executor: Vec<u8>,
-    /// Serialized params (what `params_hash` hashes).
-    pub params: Vec<u8>,
+    /// Serialized params (what `params_hash` hashes), shared with a hasher.
+    pub params: Arc<Vec<u8>>,
     pub timeout_ms: u64,
     pub queue: String,
     /// Higher runs first; FIFO within a priority.
@@ -141,6 +144,13 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// Refuse the job when an identical one is active, atomically with the insert.
     pub unique: bool,
+}
+
+impl NewJob {
+    /// The params hash, computed now if it was not given.
+    pub fn hash(&self) -> [u8; 32] {
+        self.params_hash.unwrap_or_else(|| sha256(&self.params))
+    }
 }
 
 /// One job's record. Cheap to clone: no payload, no output.
@@ -196,7 +206,7 @@ pub struct Claimed {
     pub lease: Lease,
     pub operation: Arc<str>,
     pub executor: Vec<u8>,
-    pub params: Vec<u8>,
+    pub params: Arc<Vec<u8>>,
     pub timeout_ms: u64,
 }
 
@@ -331,6 +341,11 @@ pub trait Store: Send + Sync {
     /// Adds a pending job unless `limit` jobs are pending or running (or a
     /// unique job's twin is active), atomically.
     async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit>;
+    /// The hash of a job submitted without one, computed elsewhere.
+    fn params_hashed(&self, _id: &Uuid, _hash: [u8; 32]) {}
+    /// Computes now the params hash of a job submitted without one, so that
+    /// the next read shows it (reads themselves never hash).
+    fn hash_now(&self, _id: &Uuid) {}
     /// A job's record; the result and error detail only when `with_result`.
     async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>>;
     /// The pending or running job with this operation and params hash.
@@ -420,7 +435,7 @@ struct OperationStats {
 
 struct Payload {
     executor: Vec<u8>,
-    params: Vec<u8>,
+    params: Arc<Vec<u8>>,
 }
 
 /// Order among pending jobs of one queue: higher priority, then submit order.
@@ -436,6 +451,8 @@ struct Memory {
     places: HashMap<Uuid, QueueKey>,
     tokens: HashMap<Uuid, i64>,
     payloads: HashMap<Uuid, Payload>,
+    /// Jobs whose params hash is not known yet, with their params.
+    unhashed: HashMap<Uuid, Arc<Vec<u8>>>,
     outputs: HashMap<Uuid, Vec<u8>>,
     operations: HashMap<String, OperationStats>,
     seq: u64,
@@ -463,6 +480,25 @@ impl Memory {
         stats.name.get_or_insert_with(|| Arc::from(operation)).clone()
     }
 
+    /// Records a job's params hash; an active job then blocks its twins.
+    fn set_hash(&mut self, id: &Uuid, hash: [u8; 32]) {
+        self.unhashed.remove(id);
+        let Some(job) = self.jobs.get_mut(id) else { return };
+        job.params_hash = hash;
+        if !job.status.is_terminal() {
+            let key = duplicate_key(&job.operation, &hash);
+            self.active.entry(key).or_insert(*id);
+        }
+    }
+
+    /// Hashes every job still without a hash, so the duplicate index is complete.
+    fn hash_all(&mut self) {
+        let pending: Vec<(Uuid, Arc<Vec<u8>>)> = self.unhashed.drain().collect();
+        for (id, params) in pending {
+            self.set_hash(&id, sha256(&params));
+        }
+    }
+
     fn current(&self, lease: &Lease) -> bool {
         self.jobs.get(&lease.id).is_some_and(|j| j.status == Status::Running)
             && self.tokens.get(&lease.id) == Some(&lease.token)
@@ -476,9 +512,11 @@ impl Memory {
             Status::Running => self.running -= 1,
             _ => return false,
         }
-        let key = duplicate_key(&job.operation, &job.params_hash);
-        if self.active.get(&key) == Some(id) {
-            self.active.remove(&key);
+        if !self.unhashed.contains_key(id) {
+            let key = duplicate_key(&job.operation, &job.params_hash);
+            if self.active.get(&key) == Some(id) {
+                self.active.remove(&key);
+            }
         }
         if let Some(place) = self.places.remove(id) {
             if let Some(q) = self.queues.get_mut(&job.queue) {
@@ -541,8 +579,10 @@ impl Store for MemoryStore {
 
     async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit> {
         let mut m = self.inner.lock();
-        let key = duplicate_key(&job.operation, &job.params_hash);
+        let hash = if job.unique { Some(job.hash()) } else { job.params_hash };
         if job.unique {
+            m.hash_all();
+            let key = duplicate_key(&job.operation, hash.as_ref().unwrap());
             if let Some(id) = m.active.get(&key) {
                 return Ok(Submit::Duplicate(*id));
             }
@@ -552,7 +592,14 @@ impl Store for MemoryStore {
         }
         let operation = m.intern(&job.operation);
         let queue: Arc<str> = Arc::from(job.queue.as_str());
-        m.active.entry(key).or_insert(job.id);
+        match hash {
+            Some(h) => {
+                m.active.entry(duplicate_key(&job.operation, &h)).or_insert(job.id);
+            }
+            None => {
+                m.unhashed.insert(job.id, job.params.clone());
+            }
+        }
         m.seq += 1;
         let place = (-(job.priority as i64), m.seq, job.id);
         m.queues.entry(queue.clone()).or_default().insert(place);
@@ -564,7 +611,7 @@ impl Store for MemoryStore {
             Job {
                 id: job.id,
                 operation,
-                params_hash: job.params_hash,
+                params_hash: hash.unwrap_or_default(),
                 status: Status::Pending,
                 queue,
                 priority: job.priority,
@@ -584,6 +631,21 @@ impl Store for MemoryStore {
         Ok(Submit::Accepted)
     }
 
+    fn params_hashed(&self, id: &Uuid, hash: [u8; 32]) {
+        let mut m = self.inner.lock();
+        if m.unhashed.contains_key(id) {
+            m.set_hash(id, hash);
+        }
+    }
+
+    fn hash_now(&self, id: &Uuid) {
+        let params = self.inner.lock().unhashed.get(id).cloned();
+        if let Some(params) = params {
+            // Hashed outside the lock; a hash that landed meanwhile is the same.
+            self.params_hashed(id, sha256(&params));
+        }
+    }
+
     async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>> {
         let m = self.inner.lock();
         let Some(job) = m.jobs.get(id) else { return Ok(None) };
@@ -600,7 +662,9 @@ impl Store for MemoryStore {
     }
 
     async fn find_active(&self, operation: &str, params_hash: &[u8; 32]) -> StoreResult<Option<Uuid>> {
-        Ok(self.inner.lock().active.get(&duplicate_key(operation, params_hash)).copied())
+        let mut m = self.inner.lock();
+        m.hash_all();
+        Ok(m.active.get(&duplicate_key(operation, params_hash)).copied())
     }
 
     async fn counts(&self) -> StoreResult<Counts> {
@@ -636,7 +700,7 @@ impl Store for MemoryStore {
             let (timeout_ms, operation) = (job.timeout_ms, job.operation.clone());
             m.pending -= 1;
             m.running += 1;
-            let p = m.payloads.remove(&id).unwrap_or(Payload { executor: Vec::new(), params: Vec::new() });
+            let p = m.payloads.remove(&id).unwrap_or(Payload { executor: Vec::new(), params: Arc::default() });
             out.push(Claimed { lease: Lease { id, token }, operation, executor: p.executor, params: p.params, timeout_ms });
         }
         Ok(out)
@@ -742,19 +806,33 @@ impl Store for MemoryStore {
     }
 
     async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
-        let mut m = self.inner.lock();
+        let mut guard = self.inner.lock();
+        let m = &mut *guard;
         let cutoff = now() - max_age;
-        let old: Vec<Uuid> = m
-            .jobs
-            .values()
-            .filter(|j| j.status.is_terminal() && j.completed_at.unwrap_or(j.submitted_at) < cutoff)
-            .map(|j| j.id)
-            .take(batch)
-            .collect();
-        for id in &old {
-            m.jobs.remove(id);
-            m.outputs.remove(id);
-            m.tokens.remove(id);
+        // One pass over the jobs; the side maps only where they hold anything.
+        let mut old: Vec<Uuid> = Vec::new();
+        m.jobs.retain(|id, j| {
+            let expired =
+                old.len() < batch && j.status.is_terminal() && j.completed_at.unwrap_or(j.submitted_at) < cutoff;
+            if expired {
+                old.push(*id);
+            }
+            !expired
+        });
+        if !m.outputs.is_empty() {
+            for id in &old {
+                m.outputs.remove(id);
+            }
+        }
+        if !m.tokens.is_empty() {
+            for id in &old {
+                m.tokens.remove(id);
+            }
+        }
+        if !m.unhashed.is_empty() {
+            for id in &old {
+                m.unhashed.remove(id);
+            }
         }
         if !old.is_empty() && m.jobs.len() < m.jobs.capacity() / 4 {
             m.jobs.shrink_to_fit();

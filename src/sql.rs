@@ -506,7 +506,8 @@ impl Db {
     }
 
     async fn submit(&self, job: NewJob, limit: usize) -> Result<Submit, sqlx::Error> {
-        let hash = hex(&job.params_hash);
+        let params_hash = job.hash();
+        let hash = hex(&params_hash);
         let mut tx = self.begin().await?;
         if job.unique {
             if let Some(id) = self.find_active(&mut *tx, &job.operation, &hash).await? {
@@ -533,7 +534,7 @@ impl Db {
                 return Ok(Submit::Full { limit });
             }
         }
-        let dup_key = job.unique.then(|| hex(&duplicate_key(&job.operation, &job.params_hash)));
+        let dup_key = job.unique.then(|| hex(&duplicate_key(&job.operation, &params_hash)));
         let sql = self.sql(
             "INSERT INTO asyncjobs_jobs (id, operation, params_hash, dup_key, status, queue, priority, \
              submitted_at, run_after, timeout_ms, max_attempts, executor, params) \
@@ -549,7 +550,7 @@ impl Db {
             .bind(job.timeout_ms.min(i64::MAX as u64) as i64)
             .bind(job.max_attempts as i32)
             .bind(job.executor)
-            .bind(job.params)
+            .bind(Arc::unwrap_or_clone(job.params))
             .execute(&mut *tx)
             .await;
         match inserted {
@@ -676,7 +677,7 @@ impl Db {
                     lease: Lease { id: uuid(&r.try_get::<String, _>(0)?), token: r.try_get(1)? },
                     timeout_ms: r.try_get::<i64, _>(2)?.max(0) as u64,
                     executor: r.try_get::<Option<Vec<u8>>, _>(3)?.unwrap_or_default(),
-                    params: r.try_get::<Option<Vec<u8>>, _>(4)?.unwrap_or_default(),
+                    params: Arc::new(r.try_get::<Option<Vec<u8>>, _>(4)?.unwrap_or_default()),
                     operation: Arc::from(r.try_get::<String, _>(5)?),
                 })
             })

@@ -48,9 +48,9 @@ fn new_job(operation: &str, cmd: &str, timeout_ms: u64) -> NewJob {
     NewJob {
         id: Uuid::new_v4(),
         operation: operation.into(),
-        params_hash: sha256(cmd.as_bytes()),
+        params_hash: Some(sha256(cmd.as_bytes())),
         executor: Vec::new(),
-        params: cmd.as_bytes().to_vec(),
+        params: std::sync::Arc::new(cmd.as_bytes().to_vec()),
         timeout_ms,
         queue: "default".into(),
         priority: 0,

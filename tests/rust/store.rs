@@ -15,9 +15,10 @@ fn job(op: &str, params: &[u8]) -> NewJob {
     NewJob {
         id: Uuid::new_v4(),
         operation: op.into(),
-        params_hash: sha256(params),
+        // None: the store hashes when it needs to (the memory store lazily).
+        params_hash: None,
         executor: b"fn".to_vec(),
-        params: params.to_vec(),
+        params: Arc::new(params.to_vec()),
         timeout_ms: 1_800_000,
         queue: "default".into(),
         priority: 0,
@@ -374,6 +375,35 @@ fn memory_store() {
 }
 
 #[test]
+fn memory_hashes_params_lazily_and_exactly() {
+    let s = MemoryStore::new();
+    // Submitted without a hash: reads do not compute it.
+    let a = submit(&s, in_queue(job("op", b"a"), "lazy", 0));
+    assert_eq!(get(&s, a).params_hash, [0u8; 32]);
+    // The duplicate check hashes what is missing, so it is exact.
+    assert_eq!(block_on(s.find_active("op", &sha256(b"a"))).unwrap(), Some(a));
+    assert_eq!(get(&s, a).params_hash, sha256(b"a"));
+    // A hash computed elsewhere lands; one asked for now is computed.
+    let b = submit(&s, in_queue(job("op", b"b"), "lazy", 0));
+    s.params_hashed(&b, sha256(b"b"));
+    assert_eq!(get(&s, b).params_hash, sha256(b"b"));
+    let c = submit(&s, in_queue(job("op", b"c"), "lazy", 0));
+    s.hash_now(&c);
+    assert_eq!(get(&s, c).params_hash, sha256(b"c"));
+    // A unique twin of an unhashed job is refused.
+    let d = submit(&s, in_queue(job("op", b"d"), "lazy", 0));
+    let mut twin = in_queue(job("op", b"d"), "lazy", 0);
+    twin.unique = true;
+    assert_eq!(block_on(s.submit(twin, usize::MAX)).unwrap(), Submit::Duplicate(d));
+    // A job that ended before its hash landed blocks nothing afterwards.
+    let e = submit(&s, in_queue(job("op", b"e"), "lazy", 0));
+    assert_eq!(block_on(s.cancel(&e)).unwrap(), Cancel::WasPending);
+    s.params_hashed(&e, sha256(b"e"));
+    assert_eq!(get(&s, e).params_hash, sha256(b"e"));
+    assert_eq!(block_on(s.find_active("op", &sha256(b"e"))).unwrap(), None);
+}
+
+#[test]
 fn memory_waiters_wake_when_a_job_finishes() {
     let s = Arc::new(MemoryStore::new());
     let id = submit(s.as_ref(), job("op", b"w"));
@@ -489,4 +519,32 @@ fn urls_never_show_passwords() {
         .err()
         .unwrap();
     assert!(!err.0.contains("s3cret") && err.0.contains("app:***@"), "{err}");
+}
+
+/// Timing, not a check: `cargo test --release --test store -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn memory_cleanup_of_100k_jobs_timing() {
+    let s = MemoryStore::new();
+    let n = 100_000;
+    for i in 0..n {
+        submit(&s, in_queue(job("op", format!("{i}").as_bytes()), "t", 0));
+    }
+    let mut done = 0;
+    while done < n {
+        let c = claim(&s, "t", 1000);
+        for c in &c {
+            block_on(s.finish(&c.lease, &Outcome::Completed(vec![0u8; 60]), Some(b""))).unwrap();
+        }
+        done += c.len();
+    }
+    // Thread CPU time: wall time means little on a shared machine.
+    let cpu = || {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    };
+    let (t, c) = (std::time::Instant::now(), cpu());
+    let removed = block_on(s.cleanup(0.0, usize::MAX)).unwrap();
+    eprintln!("cleanup of {} jobs: {:?} wall, {:.1} ms CPU", removed.len(), t.elapsed(), (cpu() - c) * 1e3);
 }

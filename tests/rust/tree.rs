@@ -46,9 +46,9 @@ fn submit(pool: &Pool, cmd: &str, timeout_ms: u64) -> Uuid {
     let job = NewJob {
         id,
         operation: "test".into(),
-        params_hash: sha256(cmd.as_bytes()),
+        params_hash: Some(sha256(cmd.as_bytes())),
         executor: Vec::new(),
-        params: cmd.as_bytes().to_vec(),
+        params: std::sync::Arc::new(cmd.as_bytes().to_vec()),
         timeout_ms,
         queue: "default".into(),
         priority: 0,
