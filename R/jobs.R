@@ -390,7 +390,7 @@ get_job_output <- function(job_id) {
 #'   `started_at`, `completed_at`, `duration_seconds`, `error_code`, `queue`,
 #'   `priority`, oldest first. With a shared store, every job in the store.
 #' @examples
-#' start_workers(n = 1, wait = TRUE)
+#' start_workers(n = 1, max_queued = 1, wait = TRUE)
 #' a <- create_job("one", NULL, function(p) 1)
 #' b <- create_job("two", NULL, function(p) 2)
 #' invisible(wait_for_job(b$job_id, timeout_ms = 30000))
