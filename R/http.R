@@ -40,6 +40,16 @@
 #' @param prefix (string) the path (or URL) the job routes are mounted at;
 #'   `Location` is `<prefix>/<job_id>`.
 #' @return (list) the response body.
+#' @examples
+#' # A stand-in for plumber's `res`:
+#' res <- new.env()
+#' res$headers <- list()
+#' res$setHeader <- function(name, value) res$headers[[name]] <- value
+#' job_response(list(error = "JOB_NOT_FOUND", message = "Job ID not found"), res)
+#' res$status # 404
+#' job_response(list(job_id = "42", status = "accepted", estimated_seconds = 30), res)
+#' res$status # 202
+#' res$headers$Location
 #' @export
 job_response <- function(x, res, prefix = "/jobs") {
   if (!is.list(x)) abort("argument", sprintf("`x` must be a list asyncjobs returned, not %s.", describe(x)), "x")
@@ -109,6 +119,15 @@ json_unfit <- function(x) {
 #'   while it is pending or running; `list(error = "JOB_FAILED", message,
 #'   status, details)` for a failed or cancelled job, `details` being its
 #'   `error`; `list(error = "JOB_NOT_FOUND", message)` for an unknown id.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("square", 3, function(x) x^2)
+#' invisible(wait_for_job(job$job_id, timeout_ms = 30000))
+#' get_job_result(job$job_id)
+#' failing <- create_job("fail", NULL, function(p) stop("no data"))
+#' invisible(wait_for_job(failing$job_id, timeout_ms = 30000))
+#' get_job_result(failing$job_id)$error # "JOB_FAILED"
+#' stop_workers()
 #' @export
 get_job_result <- function(job_id) {
   st <- get_job_status(job_id)
@@ -181,6 +200,17 @@ get_job_result <- function(job_id) {
 #'   for the OpenAPI spec (see [job_openapi()]).
 #' @return (Plumber) `pr` with the endpoints mounted, or for `job_routes()` a
 #'   new router.
+#' @examples
+#' if (requireNamespace("plumber", quietly = TRUE)) {
+#'   api <- plumber::pr() |>
+#'     plumber::pr_post("/square", function(res, x = "2") {
+#'       job_response(create_job("square", as.numeric(x), function(v) v^2), res)
+#'     }) |>
+#'     pr_job_routes("/jobs")
+#'   print(api)
+#'   # plumber::pr_run(api, port = 8000) serves it; the job routes alone:
+#'   job_routes("/jobs", admin = TRUE)
+#' }
 #' @export
 pr_job_routes <- function(pr, prefix = "/jobs", authorize = NULL, admin = FALSE,
                           metrics = admin, dashboard = FALSE, allow_cancel = FALSE, submit_paths = character()) {

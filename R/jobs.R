@@ -34,6 +34,12 @@
 #'   `list(error = "POOL_UNAVAILABLE", message, retry_after)` when no worker
 #'   can start, `list(error = "STORE_UNAVAILABLE", message, retry_after)`
 #'   when the store cannot be reached.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("square", 4, function(x) x^2)
+#' job$status
+#' wait_for_job(job$job_id, timeout_ms = 30000)$result
+#' stop_workers()
 #' @export
 create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, unique = FALSE,
                        queue = "default", priority = 0L, max_attempts = 1L, seed = NULL) {
@@ -136,6 +142,14 @@ serialize_error <- function(arg, value) {
 #'   result, error, warnings, ...)` where `status` is "completed", "failed" or
 #'   "cancelled" and a failed job's `error` is `list(code, message, call, class,
 #'   traceback, warnings)`.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("nap", 0.2, function(s) { Sys.sleep(s); "rested" })
+#' get_job_status(job$job_id)$status # "pending" or "running"
+#' wait_for_job(job$job_id, timeout_ms = 30000)
+#' str(get_job_status(job$job_id)[c("status", "result")])
+#' get_job_status("no-such-id")
+#' stop_workers()
 #' @export
 get_job_status <- function(job_id) {
   # One call builds the contract's list (c_status in src/r_api.rs); it checks
@@ -173,6 +187,13 @@ status_of_written <- function(id, rec) {
 #'   `list(duplicate = FALSE)`; `list(error = "STORE_UNAVAILABLE", message,
 #'   retry_after)` when the store cannot be reached. With a shared store it
 #'   reads the whole store.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("nap", list(s = 30), function(p) Sys.sleep(p$s))
+#' check_duplicate_job("nap", list(s = 30)) # duplicate = TRUE
+#' check_duplicate_job("nap", list(s = 31)) # duplicate = FALSE
+#' cancel_job(job$job_id)
+#' stop_workers()
 #' @export
 check_duplicate_job <- function(operation, params) {
   check_process()
@@ -187,6 +208,13 @@ check_duplicate_job <- function(operation, params) {
 #'   `submitted_at`) is older than this many seconds are removed.
 #' @return (invisible integer) the number of jobs removed. With a shared
 #'   store, old jobs of every process are deleted, in batches of 1,000.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("one", NULL, function(p) 1)
+#' invisible(wait_for_job(job$job_id, timeout_ms = 30000))
+#' cleanup_old_jobs(max_age_seconds = 0) # removes the finished job
+#' get_job_status(job$job_id)$error # "JOB_NOT_FOUND"
+#' stop_workers()
 #' @export
 cleanup_old_jobs <- function(max_age_seconds = 86400) {
   check_process()
@@ -216,6 +244,11 @@ cleanup_old_jobs <- function(max_age_seconds = 86400) {
 #' @param timeout_ms (number) time in milliseconds to wait at most.
 #' @return (list) what [get_job_status()] returns once the job has finished or
 #'   the time is up.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("sum", 1:10, sum)
+#' wait_for_job(job$job_id, timeout_ms = 30000)$result
+#' stop_workers()
 #' @export
 wait_for_job <- function(job_id, timeout_ms = 60000) {
   check_process()
@@ -236,7 +269,6 @@ wait_for_job <- function(job_id, timeout_ms = 60000) {
 #' it started) is killed and replaced. The job becomes "cancelled" with
 #' `error$code = "CANCELLED"`.
 #'
-#' @param job_id (string) the job's id.
 #' With a shared store the job may run on another host: it is cancelled in
 #' the store at once and its host stops the worker within about a second.
 #'
@@ -245,6 +277,13 @@ wait_for_job <- function(job_id, timeout_ms = 60000) {
 #'   `list(error = "JOB_NOT_FOUND", message)`, or
 #'   `list(error = "JOB_FINISHED", message, status)` for a finished job, or
 #'   `list(error = "STORE_UNAVAILABLE", message, retry_after)`.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("nap", 60, function(s) Sys.sleep(s))
+#' cancel_job(job$job_id)
+#' get_job_status(job$job_id)$status # "cancelled"
+#' cancel_job(job$job_id)$error # "JOB_FINISHED"
+#' stop_workers()
 #' @export
 cancel_job <- function(job_id) {
   check_process()
@@ -263,6 +302,12 @@ cancel_job <- function(job_id) {
 #' @param job_id (string) the job's id.
 #' @return (string) the last 64 KiB the job wrote to stdout and stderr
 #'   (including `message()`), or `list(error = "JOB_NOT_FOUND", message)`.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("chatty", NULL, function(p) { cat("step 1\n"); message("step 2"); 42 })
+#' invisible(wait_for_job(job$job_id, timeout_ms = 30000))
+#' cat(get_job_output(job$job_id))
+#' stop_workers()
 #' @export
 get_job_output <- function(job_id) {
   check_process()
@@ -279,6 +324,13 @@ get_job_output <- function(job_id) {
 #' @return (data.frame) `job_id`, `operation`, `status`, `submitted_at`,
 #'   `started_at`, `completed_at`, `duration_seconds`, `error_code`, `queue`,
 #'   `priority`, oldest first. With a shared store, every job in the store.
+#' @examples
+#' start_workers(n = 1, max_queued = 1, wait = TRUE)
+#' a <- create_job("one", NULL, function(p) 1)
+#' b <- create_job("two", NULL, function(p) 2)
+#' invisible(wait_for_job(b$job_id, timeout_ms = 30000))
+#' list_jobs(operation = c("one", "two"))[, c("operation", "status")]
+#' stop_workers()
 #' @export
 list_jobs <- function(status = NULL, operation = NULL) {
   check_process()

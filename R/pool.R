@@ -43,6 +43,11 @@
 #' @param log (logical) write a line on stderr, with a UTC timestamp, for
 #'   every claim (store outages, rescues and drains are always logged).
 #' @return (invisible) the worker status, as [get_worker_status()].
+#' @examples
+#' start_workers(n = 2, setup = quote(library(stats)), wait = TRUE)
+#' get_worker_status()[, c("slot", "state")]
+#' MAX_CONCURRENT_JOBS
+#' stop_workers()
 #' @export
 start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_worker = Inf,
                           max_worker_memory_mb = Inf, max_result_bytes = 256 * 1024^2,
@@ -116,6 +121,12 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
 #'
 #' @param timeout_ms (number) time in milliseconds to wait for the workers to end.
 #' @return (invisible logical) `TRUE` when the pool has stopped.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("nap", 60, function(s) Sys.sleep(s))
+#' stop_workers()
+#' get_job_status(job$job_id)$error$code # "SHUTDOWN"
+#'
 #' @export
 stop_workers <- function(timeout_ms = 30000) {
   check_process()
@@ -170,6 +181,11 @@ ensure_pool <- function() {
 #'   `reason` (why a failed slot gave up) and `containment`, how the processes
 #'   its jobs start are contained: "cgroup", "subreaper" or "pgroup" (see the
 #'   README, "What is killed, when").
+#' @examples
+#' start_workers(n = 2, wait = TRUE)
+#' get_worker_status()
+#' attr(get_worker_status(), "store")
+#' stop_workers()
 #' @export
 get_worker_status <- function() {
   check_process()
@@ -204,6 +220,13 @@ get_worker_status <- function() {
 #' @param ... more arguments for [start_workers()] (`max_jobs_per_worker`,
 #'   `nice`, `retention`, ...).
 #' @return (invisible integer) the signal that ended the service.
+#' @examples
+#' # Blocks until SIGTERM, SIGINT or SIGHUP, so it is not run here. A worker
+#' # host, as a container's command:
+#' #   Rscript -e 'asyncjobs::run_workers(Sys.getenv("ASYNCJOBS_STORE"), n = 4)'
+#' if (FALSE) {
+#'   run_workers("postgres://api@db:5432/jobs", n = 4, queues = "maintenance")
+#' }
 #' @export
 run_workers <- function(store = NULL, n = 8L, setup = NULL, queues = "default", grace_ms = 60000, ...) {
   check_process(open_store = FALSE)
@@ -245,6 +268,13 @@ host_log <- function(msg) {
 #'   `version`, `state` ("live", "lost": no heartbeat within a lease, or
 #'   "stopped"), `running` (jobs under its leases), `started_at`,
 #'   `heartbeat_at`, `stopped_at`. Hosts gone for a day are forgotten.
+#' @examples
+#' db <- tempfile(fileext = ".db")
+#' start_workers(n = 1, store = paste0("sqlite://", db), wait = TRUE)
+#' get_hosts()[, c("hostname", "slots", "state")]
+#' stop_workers()
+#' get_hosts()$state # "stopped"
+#' unlink(paste0(db, c("", "-wal", "-shm")))
 #' @export
 get_hosts <- function() {
   check_process()

@@ -2,6 +2,9 @@
 #'
 #' @param operation (string) the job's operation.
 #' @return (string) the message set for it, or "Processing request...".
+#' @examples
+#' get_progress_message("clustering")
+#' get_progress_message("anything else")
 #' @export
 get_progress_message <- function(operation) {
   msg <- if (is.character(operation) && length(operation) == 1L && !is.na(operation)) {
@@ -15,6 +18,9 @@ get_progress_message <- function(operation) {
 #' @param messages (named list of strings) `list(operation = "message", ...)`,
 #'   added to or replacing the current ones; the built-in three stay unless replaced.
 #' @return (invisible list) the previous messages.
+#' @examples
+#' old <- set_progress_messages(list(report = "Rendering the report..."))
+#' get_progress_message("report")
 #' @export
 set_progress_messages <- function(messages) {
   ok <- is.list(messages) && length(messages) > 0L && !is.null(names(messages)) &&
@@ -39,6 +45,22 @@ set_progress_messages <- function(messages) {
 #' @param current (number or NULL) work done so far.
 #' @param total (number or NULL) work to do in all.
 #' @return (invisible logical) whether an update was sent.
+#' @examples
+#' # Outside a job it does nothing:
+#' report_progress("Loading", 1, 3)
+#' # Inside one, get_job_status() shows the step and the progress:
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("steps", 3, function(n) {
+#'   for (i in seq_len(n)) {
+#'     report_progress(sprintf("Step %d", i), current = i, total = n)
+#'     Sys.sleep(0.3)
+#'   }
+#'   "done"
+#' })
+#' Sys.sleep(0.5)
+#' get_job_status(job$job_id)[c("status", "step", "progress")]
+#' invisible(wait_for_job(job$job_id, timeout_ms = 30000))
+#' stop_workers()
 #' @export
 report_progress <- function(step = NULL, current = NULL, total = NULL) {
   check_optional_string(step, "step")

@@ -20,6 +20,19 @@
 #' `eapply()` do not work on it; use `mget(ls(jobs_env), envir = jobs_env)`.
 #' With `options(asyncjobs.jobs_env = FALSE)` jobs submitted then are not
 #' listed in it; every function still finds them by id.
+#'
+#' @format An environment.
+#' @examples
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("sum", 1:10, sum)
+#' exists(job$job_id, envir = jobs_env)
+#' invisible(wait_for_job(job$job_id, timeout_ms = 30000))
+#' jobs_env[[job$job_id]]$status
+#' # A record written by the caller, such as a cached result:
+#' jobs_env[["cached-1"]] <- list(job_id = "cached-1", status = "completed", result = 55)
+#' get_job_status("cached-1")$result
+#' rm("cached-1", envir = jobs_env)
+#' stop_workers()
 #' @export
 jobs_env <- new.env(parent = emptyenv())
 

@@ -1,4 +1,4 @@
-# asyncjobs inside a plumber API, over real HTTP (the demo API, inst/demo/api.R).
+# asyncjobs inside a plumber API, over real HTTP (the demo API, inst/plumber/demo/plumber.R).
 # Usage: R_LIBS=target/Rlib Rscript bench/http.R (after bash tools/setup.sh).
 # 1. Latency of a trivial request (GET /health) with the pool idle, while 8
 #    workers each run a CPU-bound job, and, as the peer, while the same
@@ -37,7 +37,7 @@ serve <- function(nice) {
     api <- demo_api()
     api <- eval(extra)
     plumber::pr_run(api, host = "127.0.0.1", port = port, docs = FALSE, quiet = TRUE)
-  }, list(system.file("demo", "api.R", package = "asyncjobs"), port, extra, nice), stdout = log, stderr = "2>&1")
+  }, list(system.file("plumber", "demo", "plumber.R", package = "asyncjobs"), port, extra, nice), stdout = log, stderr = "2>&1")
   deadline <- Sys.time() + 60
   while (!isTRUE(tryCatch(request("/health")$status == 200L, error = function(e) FALSE))) {
     if (Sys.time() > deadline || !server$is_alive()) stop(paste(readLines(log), collapse = "\n"))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A cluster on one machine, driven with curl: two API replicas of the demo API
-# (inst/demo/serve.R with 0 workers: they submit and read jobs, run none) and
+# (inst/plumber/demo/serve.R with 0 workers: they submit and read jobs, run none) and
 # worker-only hosts (Rscript -e 'asyncjobs::run_workers(...)', 2 workers each),
 # all on one PostgreSQL store. It shows a job submitted through one replica
 # and polled through the other, GET /jobs/hosts, a cancel that reaches the
@@ -118,7 +118,7 @@ start_api() {
   local name=api-$1 port=${ports[$1 - 1]}
   order+=("$name")
   set -m # own process group, and SIGINT is not ignored
-  Rscript inst/demo/serve.R "$port" 0 >"$dir/$name.log" 2>&1 &
+  Rscript inst/plumber/demo/serve.R "$port" 0 >"$dir/$name.log" 2>&1 &
   pid[$name]=$!
   set +m
   seen+="${pid[$name]} "
@@ -128,7 +128,7 @@ start_api() {
     sleep 0.2
   done
   curl -sf --max-time 2 "http://127.0.0.1:$port/health" >/dev/null || died "$name"
-  printf '%-7s pid %-7s Rscript inst/demo/serve.R %s 0   (http://127.0.0.1:%s)\n' "$name" "${pid[$name]}" "$port" "$port"
+  printf '%-7s pid %-7s Rscript inst/plumber/demo/serve.R %s 0   (http://127.0.0.1:%s)\n' "$name" "${pid[$name]}" "$port" "$port"
 }
 
 # start_host NAME: a worker-only host; waits for its "serving" line.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: starts the demo API (inst/demo/api.R) on 127.0.0.1, submits
+# The main job: starts the demo API (inst/plumber/demo/plumber.R) on 127.0.0.1, submits
 # jobs with curl, polls them to completion, prints what a client sees at each
 # step, and stops the API. `tools/demo.sh --serve` leaves the API running.
 #
@@ -45,7 +45,7 @@ if [ -n "$serve" ]; then
   echo "Try:  curl -i -X POST '$base/analysis/kmeans?k=8'   then   curl -i $base/jobs/<job_id>"
   echo "      curl $base/jobs   curl $base/jobs/workers   curl -X DELETE $base/jobs/<job_id>   (Ctrl-C stops)"
   echo "      curl $base/jobs/metrics   and the dashboard: $base/jobs/dashboard"
-  exec Rscript inst/demo/serve.R "$port" 4
+  exec Rscript inst/plumber/demo/serve.R "$port" 4
 fi
 
 log=target/demo-api.log
@@ -58,7 +58,7 @@ trap '[ -z "$api" ] || kill -INT $api 2>/dev/null || true; [ -z "$workers" ] || 
 # start_api N: the demo API with N workers, in the background; waits for /health.
 start_api() {
   set -m # own process group, and SIGINT is not ignored: Ctrl-C stops the API cleanly
-  Rscript inst/demo/serve.R "$port" "$1" >>"$log" 2>&1 &
+  Rscript inst/plumber/demo/serve.R "$port" "$1" >>"$log" 2>&1 &
   api=$!
   set +m
   for _ in $(seq 150); do

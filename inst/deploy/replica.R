@@ -1,10 +1,10 @@
 # An API replica in a container (inst/deploy/compose.yml, service `api`): the
-# demo API (inst/demo/api.R) stands in for yours. It runs no jobs (n = 0): it
+# demo API (inst/plumber/demo/plumber.R) stands in for yours. It runs no jobs (n = 0): it
 # submits them to the store, and reads and cancels them; the `worker` and
 # `worker-maintenance` services run them. Any replica answers for any job, so
 # the proxy needs no sticky sessions.
 library(asyncjobs)
-source(system.file("demo", "api.R", package = "asyncjobs", mustWork = TRUE))
+source(system.file("plumber", "demo", "plumber.R", package = "asyncjobs", mustWork = TRUE))
 
 # The demo's operations carry no queue; here k-means goes to "interactive"
 # and the data refresh to "maintenance". (Your API passes `queue =` to

@@ -1,5 +1,5 @@
 # Helpers for the HTTP suites: a stand-in for plumber's `res`, and the demo API
-# (inst/demo/api.R) run in a background R process for one test.
+# (inst/plumber/demo/plumber.R) run in a background R process for one test.
 
 fake_res <- function() {
   res <- new.env()
@@ -27,7 +27,7 @@ local_api <- function(workers = 2L, max_queued = 2L, extra = NULL, env = parent.
     if (!is.null(extra)) api <- eval(extra)
     api <- plumber::pr_hook(api, "exit", function() stop_workers())
     plumber::pr_run(api, host = "127.0.0.1", port = port, docs = FALSE, quiet = TRUE)
-  }, list(system.file("demo", "api.R", package = "asyncjobs"), port, workers, max_queued, extra),
+  }, list(system.file("plumber", "demo", "plumber.R", package = "asyncjobs"), port, workers, max_queued, extra),
   stdout = log, stderr = "2>&1")
   api <- list(url = sprintf("http://127.0.0.1:%d", port), proc = proc, log = log)
   up <- wait_until(function() {

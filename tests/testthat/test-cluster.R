@@ -7,6 +7,7 @@
 # ASYNCJOBS_SOAK_SECONDS: how long the soak runs on each engine (default 60;
 # the issue's 10-minute soak is ASYNCJOBS_SOAK_SECONDS=600).
 
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 skip_if_not_installed("callr")
 skip_if_not_installed("processx")
 skip_on_os(c("windows", "mac", "solaris"))

@@ -1,5 +1,6 @@
 # The contract in CONTRACT.md, field by field.
 
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 test_that("get_progress_message keeps the three messages and the fallback", {
   expect_identical(get_progress_message("clustering"), "Fetching interaction data from STRING-db...")
   expect_identical(get_progress_message("phenotype_clustering"), "Running Multiple Correspondence Analysis...")

@@ -1,5 +1,6 @@
 # Every job ends with a reason; the pool heals itself; nothing outlives it.
 
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 test_that("a timeout kills the worker and the processes its job started, then frees the slot", {
   seen <- local_pool(1)
   first <- get_worker_status()$pid

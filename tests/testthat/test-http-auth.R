@@ -2,6 +2,7 @@
 # what error bodies show, over real HTTP.
 
 # One request with extra headers; also the raw body text.
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 http_as <- function(api, method, path, headers = character()) {
   h <- curl::new_handle(customrequest = method, timeout = 30, forbid_reuse = TRUE)
   if (method == "POST") curl::handle_setopt(h, post = TRUE, postfields = "")

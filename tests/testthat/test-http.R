@@ -1,5 +1,6 @@
 # The HTTP edge: job_response()'s mapping, then the demo API over real HTTP.
 # Tests that read the job list or the workers mount the operator routes.
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 admin_api <- quote(demo_api(admin = TRUE))
 
 test_that("job_response maps each result to a status code and headers", {

@@ -1,5 +1,6 @@
 # Bad input gets a classed error that names the argument; no crash, no hang.
 
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 test_that("create_job checks its arguments", {
   expect_error(create_job("op", 1, "not a function"), class = "asyncjobs_error_argument")
   expect_error(create_job("op", 1, "not a function"), "executor_fn")

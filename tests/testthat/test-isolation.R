@@ -7,6 +7,7 @@ run_job <- function(fn, params = NULL, ...) {
   st$result
 }
 
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 test_that("options, environment variables, the working directory and the locale go back to setup's", {
   local_pool(1, setup = quote({
     options(iso.setup = "from setup")

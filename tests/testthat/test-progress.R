@@ -1,5 +1,6 @@
 # What a job is doing: progress, estimates, errors with traces, output, history.
 
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 test_that("report_progress from inside a job reaches get_job_status", {
   local_pool(1)
   gate <- tempfile()

@@ -1,6 +1,7 @@
 # Protocol integrity: nothing a job (or a process it started) writes can pass
 # for a frame of another job. One worker, so "the next job" shares it.
 
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 test_that("the frame pipes are not on fds 3 and 4 and no program a job starts inherits them", {
   local_pool(1, max_queued = 10)
   job <- create_job("fds", list(), function(p) {

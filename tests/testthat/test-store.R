@@ -2,6 +2,7 @@
 # on PostgreSQL and MySQL/MariaDB when tools/test.sh found them. Every
 # "host" and "replica" below is a real R process.
 
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 skip_if_not_installed("callr")
 urls <- store_urls()
 if (length(urls) < 3L) {

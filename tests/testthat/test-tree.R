@@ -92,7 +92,8 @@ use_mech <- function(mech, env = parent.frame()) {
 }
 
 for (mech in c("cgroup", "subreaper")) {
-  test_that(paste(mech, "| a job's background processes go when it completes, before its result"), {
+  skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
+test_that(paste(mech, "| a job's background processes go when it completes, before its result"), {
     use_mech(mech)
     local_pool(n = 1L)
     expect_identical(get_worker_status()$containment, mech)

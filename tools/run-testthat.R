@@ -1,4 +1,5 @@
 # Runs the testthat suites and prints one closing line: "N passed, N failed, N skipped".
+# tools/test.sh runs it with NOT_CRAN=true, so the suites that skip on CRAN run.
 library(testthat)
 library(asyncjobs)
 dir <- if (dir.exists("tests/testthat")) "tests/testthat" else "testthat"

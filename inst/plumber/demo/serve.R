@@ -14,7 +14,7 @@ if (is.na(port) || is.na(workers) || workers < 0L) {
   stop("usage: Rscript serve.R [port] [workers, 0 for a replica] [store URL]", call. = FALSE)
 }
 here <- dirname(sub("^--file=", "", grep("^--file=", commandArgs(), value = TRUE)[[1L]]))
-source(file.path(here, "api.R"))
+source(file.path(here, "plumber.R"))
 
 start_workers(n = workers, setup = quote(library(stats)), max_queued = 2L * workers, wait = TRUE, store = store)
 shown_store <- attr(get_worker_status(), "store") # without its password

@@ -1,6 +1,6 @@
 # asyncjobs demo API: submit endpoints that accept at once (202) and run the
 # work on the pool; job endpoints mounted at /jobs. Built by demo_api(); run
-# by serve.R.
+# by serve.R, or by plumber::plumb_api("asyncjobs", "demo") (see the end).
 library(plumber)
 library(asyncjobs)
 
@@ -68,14 +68,32 @@ bad_input <- function(res, message) job_response(list(error = "BAD_REQUEST", mes
 
 # The demo listens on 127.0.0.1 only, so it also mounts the operator routes
 # (job list, workers, metrics) and the dashboard with its cancel buttons; an
-# API on a public address keeps admin = FALSE.
-demo_api <- function(prefix = "/jobs", admin = TRUE, authorize = NULL, dashboard = admin, allow_cancel = dashboard) {
+# API on a public address keeps admin = FALSE. `pr` is the router the routes
+# are added to.
+demo_api <- function(prefix = "/jobs", admin = TRUE, authorize = NULL, dashboard = admin, allow_cancel = dashboard,
+                     pr = plumber::pr()) {
   json <- serializer_unboxed_json()
-  pr() |>
+  pr |>
     pr_get("/health", function() list(ok = TRUE, busy_workers = sum(get_worker_status()$state == "busy")),
            serializer = json) |>
     pr_post("/analysis/kmeans", submit_kmeans, serializer = json) |>
     pr_post("/analysis/refresh", submit_refresh, serializer = json) |>
     pr_job_routes(prefix, authorize = authorize, admin = admin, dashboard = dashboard, allow_cancel = allow_cancel,
                   submit_paths = c("/analysis/kmeans", "/analysis/refresh"))
+}
+
+# plumber::plumb_api("asyncjobs", "demo") |> plumber::pr_run(port = 8787):
+# the routes above on the router plumb() makes, and, unless a pool is already
+# running, a pool of ASYNCJOBS_DEMO_WORKERS (default 2) workers, stopped when
+# the API exits.
+#* @plumber
+function(pr) {
+  n <- as.integer(Sys.getenv("ASYNCJOBS_DEMO_WORKERS", "2"))
+  started <- tryCatch({
+    start_workers(n = n, setup = quote(library(stats)), max_queued = 2L * n)
+    TRUE
+  }, asyncjobs_error_pool_running = function(e) FALSE)
+  demo_api(pr = pr)
+  if (started) pr_hook(pr, "exit", function() stop_workers())
+  pr
 }
