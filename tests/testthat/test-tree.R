@@ -85,6 +85,8 @@ available <- local({
   }
 })
 
+skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
+
 # Forces `mech` for the calling test; skips it where `mech` is not available.
 use_mech <- function(mech, env = parent.frame()) {
   if (!mech %in% available()) skip(paste(mech, "containment is not available here"))
@@ -92,8 +94,7 @@ use_mech <- function(mech, env = parent.frame()) {
 }
 
 for (mech in c("cgroup", "subreaper")) {
-  skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
-test_that(paste(mech, "| a job's background processes go when it completes, before its result"), {
+  test_that(paste(mech, "| a job's background processes go when it completes, before its result"), {
     use_mech(mech)
     local_pool(n = 1L)
     expect_identical(get_worker_status()$containment, mech)
