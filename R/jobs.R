@@ -69,8 +69,10 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
   # One call serializes both into Rust memory, submits, and lists the id in
   # jobs_env (one step for Ctrl-C too).
   submit <- function() {
-    r <- .Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
-               max_attempts, unique, bind, warn)
+    # R code can run inside the call (serialize() of some objects does); an
+    # interrupt there would jump through Rust frames mid-submit: it waits.
+    r <- suspendInterrupts(.Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
+                                 max_attempts, unique, bind, warn))
     if (inherits(r, "asyncjobs_big_executor")) {
       check_payload(executor_fn, r[[2L]], operation)
       r <- r[[1L]]
@@ -154,12 +156,12 @@ serialize_error <- function(arg, value) {
 get_job_status <- function(job_id) {
   # One call builds the contract's list (c_status in src/r_api.rs); it checks
   # the id and the process itself, and asks for R's checks when they matter.
-  r <- .Call(.state$c_status, job_id)
+  r <- suspendInterrupts(.Call(.state$c_status, job_id))
   if (is.null(oldClass(r))) return(r)
   if (inherits(r, "asyncjobs_check")) {
     check_process()
     check_job_id(job_id)
-    r <- .Call(.state$c_status, job_id)
+    r <- suspendInterrupts(.Call(.state$c_status, job_id))
     if (is.null(oldClass(r))) return(r)
   }
   if (store_failed(r)) return(store_unavailable(r))
@@ -198,7 +200,7 @@ status_of_written <- function(id, rec) {
 check_duplicate_job <- function(operation, params) {
   check_process()
   operation <- check_operation(operation)
-  r <- .Call(.state$c_duplicate, operation, params)
+  r <- suspendInterrupts(.Call(.state$c_duplicate, operation, params))
   if (store_failed(r)) store_unavailable(r) else r
 }
 
