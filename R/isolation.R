@@ -197,7 +197,7 @@ check_seed <- function(x, call = sys.call(-1L)) {
 with_seed <- function(executor_fn, seed) {
   # A primitive is one object for the whole session: never give it attributes.
   if (is.primitive(executor_fn)) {
-    executor_fn <- local(function(params) f(params), list2env(list(f = executor_fn), parent = baseenv()))
+    executor_fn <- (function(f) { force(f); function(params) f(params) })(executor_fn)
   }
   attr(executor_fn, "asyncjobs_seed") <- as.integer(seed)
   executor_fn
