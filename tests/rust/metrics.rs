@@ -3,67 +3,18 @@
 //! one at a time and read worker restarts as differences.
 
 use asyncjobs::metrics::{self, Gauges};
-use asyncjobs::pool::{Config, Pool};
+use asyncjobs::pool::Pool;
 use asyncjobs::registry::*;
-use asyncjobs::worker::Spec;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-const LONG: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
+
 static SERIAL: parking_lot::Mutex<()> = parking_lot::const_mutex(());
 
 fn restarts(reason: &str) -> f64 {
     value("asyncjobs_worker_restarts_total", &[("reason", reason)])
-}
-
-fn config(size: usize, init: &[u8]) -> Config {
-    Config {
-        size,
-        capacity: 100,
-        spec: Spec {
-            program: env!("CARGO_BIN_EXE_fake-worker").into(),
-            args: vec![],
-            cwd: std::env::temp_dir(),
-            env: vec![],
-            env_remove: vec![],
-            nice: 0,
-        },
-        init: init.to_vec(),
-        max_jobs_per_worker: u64::MAX,
-        max_rss_bytes: u64::MAX,
-        max_result_bytes: 1 << 20,
-        echo_output: false,
-        setup_timeout: Duration::from_secs(30),
-        stop_grace: Duration::from_millis(500),
-        max_setup_failures: 3,
-        queues: vec!["default".into()],
-        retention: None,
-        verbose: false,
-        max_poll: Duration::from_secs(1),
-    }
-}
-
-fn new_job(operation: &str, cmd: &str, timeout_ms: u64) -> NewJob {
-    NewJob {
-        id: Uuid::new_v4(),
-        operation: operation.into(),
-        params_hash: Some(sha256(cmd.as_bytes())),
-        executor: Vec::new(),
-        params: std::sync::Arc::new(cmd.as_bytes().to_vec()),
-        timeout_ms,
-        queue: "default".into(),
-        priority: 0,
-        max_attempts: 1,
-        unique: false,
-    }
-}
-
-fn submit(pool: &Pool, operation: &str, cmd: &str, timeout_ms: u64) -> Uuid {
-    let job = new_job(operation, cmd, timeout_ms);
-    let id = job.id;
-    assert_eq!(block_on(pool.submit(job)).unwrap(), Submit::Accepted);
-    id
 }
 
 fn finished(pool: &Pool, id: Uuid) -> Job {
@@ -84,15 +35,6 @@ fn value(name: &str, labels: &[(&str, &str)]) -> f64 {
         .map_or(0.0, |s| s.value)
 }
 
-/// Outcomes are counted once written, just after waiters are woken.
-fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + LONG;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn stop(mut pool: Pool) {
     pool.begin_stop();
     assert!(pool.wait_stopped(LONG));
@@ -103,10 +45,10 @@ fn outcomes_durations_and_restarts_are_counted_by_operation_code_and_reason() {
     let _serial = SERIAL.lock();
     let (killed, crashed, recycled) = (restarts("killed"), restarts("crashed"), restarts("recycled"));
     let pool = Pool::start(Arc::new(MemoryStore::new()), config(1, b"")).unwrap();
-    let ok = [submit(&pool, "m-ok", "ok:1", 10_000), submit(&pool, "m-ok", "ok:2", 10_000)];
-    let fail = submit(&pool, "m-fail", "fail:boom", 10_000);
-    let crash = submit(&pool, "m-crash", "exit:7", 10_000);
-    let slow = submit(&pool, "m-timeout", "sleep:60000", 300);
+    let ok = [submit_op(&pool, "m-ok", "ok:1", 10_000), submit_op(&pool, "m-ok", "ok:2", 10_000)];
+    let fail = submit_op(&pool, "m-fail", "fail:boom", 10_000);
+    let crash = submit_op(&pool, "m-crash", "exit:7", 10_000);
+    let slow = submit_op(&pool, "m-timeout", "sleep:60000", 300);
     assert_eq!(value("asyncjobs_jobs_submitted_total", &[("operation", "m-ok")]), 2.0);
     assert_eq!(value("asyncjobs_jobs_submitted_total", &[("operation", "m-timeout")]), 1.0);
     for id in ok {
@@ -115,7 +57,7 @@ fn outcomes_durations_and_restarts_are_counted_by_operation_code_and_reason() {
     for (id, code) in [(fail, "EXECUTION_ERROR"), (crash, "WORKER_CRASHED"), (slow, "TIMEOUT")] {
         assert_eq!(finished(&pool, id).error.unwrap().code, code);
     }
-    eventually("the counts", || value("asyncjobs_jobs_failed_total", &[("operation", "m-timeout"), ("code", "TIMEOUT")]) == 1.0);
+    wait_until("the counts", || value("asyncjobs_jobs_failed_total", &[("operation", "m-timeout"), ("code", "TIMEOUT")]) == 1.0);
     assert_eq!(value("asyncjobs_jobs_completed_total", &[("operation", "m-ok")]), 2.0);
     assert_eq!(value("asyncjobs_jobs_completed_total", &[("operation", "m-fail")]), 0.0);
     assert_eq!(value("asyncjobs_jobs_failed_total", &[("operation", "m-fail"), ("code", "EXECUTION_ERROR")]), 1.0);
@@ -126,7 +68,7 @@ fn outcomes_durations_and_restarts_are_counted_by_operation_code_and_reason() {
     assert!(value("asyncjobs_job_duration_seconds_sum", &[("operation", "m-timeout")]) >= 0.3);
     assert_eq!(value("asyncjobs_job_duration_seconds_bucket", &[("operation", "m-timeout"), ("le", "0.25")]), 0.0);
     // The crash and the timeout each cost a worker.
-    eventually("the restarts", || restarts("killed") - killed == 1.0);
+    wait_until("the restarts", || restarts("killed") - killed == 1.0);
     assert_eq!(restarts("crashed") - crashed, 1.0);
     assert_eq!(restarts("recycled") - recycled, 0.0);
     stop(pool);
@@ -140,10 +82,10 @@ fn recycled_workers_and_refused_submits_are_counted() {
     cfg.max_jobs_per_worker = 1;
     cfg.capacity = 1;
     let pool = Pool::start(Arc::new(MemoryStore::new()), cfg).unwrap();
-    let first = submit(&pool, "m-recycle", "ok:1", 10_000);
+    let first = submit_op(&pool, "m-recycle", "ok:1", 10_000);
     finished(&pool, first);
-    eventually("a recycle", || restarts("recycled") - recycled == 1.0);
-    let slow = submit(&pool, "m-recycle", "sleep:60000", 120_000);
+    wait_until("a recycle", || restarts("recycled") - recycled == 1.0);
+    let slow = submit_op(&pool, "m-recycle", "sleep:60000", 120_000);
     assert_eq!(block_on(pool.submit(new_job("m-recycle", "ok:2", 10_000))).unwrap(), Submit::Full { limit: 1 });
     assert_eq!(value("asyncjobs_jobs_rejected_total", &[("code", "CAPACITY_EXCEEDED")]), 1.0);
     assert_eq!(value("asyncjobs_jobs_submitted_total", &[("operation", "m-recycle")]), 2.0);
@@ -159,7 +101,7 @@ fn failed_setups_are_counted_as_restarts() {
     let _serial = SERIAL.lock();
     let failed = restarts("setup_failed");
     let pool = Pool::start(Arc::new(MemoryStore::new()), config(1, b"fail-setup")).unwrap();
-    eventually("the pool to give up", || pool.unavailable().is_some());
+    wait_until("the pool to give up", || pool.unavailable().is_some());
     assert_eq!(restarts("setup_failed") - failed, 3.0);
     stop(pool);
 }

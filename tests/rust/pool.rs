@@ -2,60 +2,19 @@
 
 use asyncjobs::pool::{Config, Pool, SlotState};
 use asyncjobs::registry::*;
-use asyncjobs::worker::Spec;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
-const LONG: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
 
-fn config(size: usize, init: &[u8]) -> Config {
-    Config {
-        size,
-        capacity: 100,
-        spec: Spec {
-            program: env!("CARGO_BIN_EXE_fake-worker").into(),
-            args: vec![],
-            cwd: std::env::temp_dir(),
-            env: vec![],
-            env_remove: vec![],
-            nice: 0,
-        },
-        init: init.to_vec(),
-        max_jobs_per_worker: u64::MAX,
-        max_rss_bytes: u64::MAX,
-        max_result_bytes: 1 << 20,
-        echo_output: false,
-        setup_timeout: Duration::from_secs(30),
-        stop_grace: Duration::from_millis(500),
-        max_setup_failures: 3,
-        queues: vec!["default".into()],
-        retention: None,
-        verbose: false,
-        max_poll: Duration::from_secs(1),
-    }
+fn submit(pool: &Pool, cmd: &str, timeout_ms: u64) -> Uuid {
+    submit_op(pool, "test", cmd, timeout_ms)
 }
 
 fn start(cfg: Config) -> Pool {
     Pool::start(Arc::new(MemoryStore::new()), cfg).unwrap()
-}
-
-fn submit(pool: &Pool, cmd: &str, timeout_ms: u64) -> Uuid {
-    let id = Uuid::new_v4();
-    let job = NewJob {
-        id,
-        operation: "test".into(),
-        params_hash: Some(sha256(cmd.as_bytes())),
-        executor: Vec::new(),
-        params: Arc::new(cmd.as_bytes().to_vec()),
-        timeout_ms,
-        queue: "default".into(),
-        priority: 0,
-        max_attempts: 1,
-        unique: false,
-    };
-    assert_eq!(block_on(pool.submit(job)).unwrap(), Submit::Accepted);
-    id
 }
 
 fn get(store: &dyn Store, id: Uuid) -> Job {
@@ -69,14 +28,6 @@ fn finished_in(store: &dyn Store, id: Uuid) -> Job {
 
 fn finished(pool: &Pool, id: Uuid) -> Job {
     finished_in(pool.store().as_ref(), id)
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LONG;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Dead means gone or a zombie: a zombie has exited, only its parent's wait is pending.

@@ -7,68 +7,23 @@
 use asyncjobs::pool::{Config, Pool};
 use asyncjobs::reaper::{self, Mechanism};
 use asyncjobs::registry::*;
-use asyncjobs::worker::Spec;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
-const LONG: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
 
 fn config() -> Config {
-    Config {
-        size: 1,
-        capacity: 100,
-        spec: Spec {
-            program: env!("CARGO_BIN_EXE_fake-worker").into(),
-            args: vec![],
-            cwd: std::env::temp_dir(),
-            env: vec![],
-            env_remove: vec![],
-            nice: 0,
-        },
-        init: Vec::new(),
-        max_jobs_per_worker: u64::MAX,
-        max_rss_bytes: u64::MAX,
-        max_result_bytes: 1 << 20,
-        echo_output: false,
-        setup_timeout: Duration::from_secs(30),
-        stop_grace: Duration::from_millis(300),
-        max_setup_failures: 3,
-        queues: vec!["default".into()],
-        retention: None,
-        verbose: false,
-        max_poll: Duration::from_secs(1),
-    }
+    Config { stop_grace: Duration::from_millis(300), ..common::config(1, b"") }
 }
 
 fn submit(pool: &Pool, cmd: &str, timeout_ms: u64) -> Uuid {
-    let id = Uuid::new_v4();
-    let job = NewJob {
-        id,
-        operation: "test".into(),
-        params_hash: Some(sha256(cmd.as_bytes())),
-        executor: Vec::new(),
-        params: std::sync::Arc::new(cmd.as_bytes().to_vec()),
-        timeout_ms,
-        queue: "default".into(),
-        priority: 0,
-        max_attempts: 1,
-        unique: false,
-    };
-    assert_eq!(block_on(pool.submit(job)).unwrap(), Submit::Accepted);
-    id
+    submit_op(pool, "test", cmd, timeout_ms)
 }
 
 fn get(pool: &Pool, id: Uuid) -> Job {
     block_on(pool.store().get(&id, true)).unwrap().expect("job exists").job
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LONG;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 fn dead(pid: i32) -> bool {
