@@ -1,10 +1,12 @@
 # Isolation between jobs on one worker. inst/worker.R calls, in the worker:
 #   snapshot <- .worker_snapshot()      once, after `setup` ran
-#   .worker_seed(snapshot, executor)    before each job, in the job's frame
-#   .worker_reset(snapshot)             after each job, before its result
-#                                       is sent; a non-empty value says what
-#                                       could not be put back: the worker
-#                                       must then exit and be replaced
+#   .worker_reset(snapshot)             after each job's outcome is sent; a
+#                                       non-empty value says what could not
+#                                       be put back: the worker must then
+#                                       exit and be replaced
+#   .worker_seed(snapshot)              then, before the ready frame: the
+#                                       next job's RNG stream
+#   .worker_seed(snapshot, seed)        in a job with create_job(seed = )
 # The global environment is cleaned by inst/worker.R itself.
 
 # The LC_* categories Sys.setlocale() can set (LC_ALL is all of them).
@@ -16,9 +18,7 @@
 .worker_snapshot <- function() {
   s <- new.env(parent = emptyenv())
   s$options <- options()
-  s$options_now <- as.list(.Options) # in R's order, unsorted: cheap to compare
   s$env <- Sys.getenv()
-  s$env_hash <- env_hash()
   s$wd <- getwd()
   s$locale <- Sys.getlocale()
   s$locales <- vapply(.locale_categories, Sys.getlocale, "")
@@ -29,38 +29,41 @@
   # RNGkind() seeds the generator if nothing did yet: leave globals as they were.
   had_seed <- exists(".Random.seed", envir = globalenv(), inherits = FALSE)
   s$rng <- RNGkind()
+  s$rng_code <- NA # .Random.seed[1] under those kinds: known after the first seeding
   if (!had_seed && exists(".Random.seed", envir = globalenv(), inherits = FALSE)) {
     rm(".Random.seed", envir = globalenv())
   }
   read_seeds(s)
+  s$base <- .Call(wrap__aj_w_baseline) # for the quick check (src/wire.rs)
   s
 }
 
 # A job starts from set.seed(seed) under the RNG kinds `setup` left, whatever
 # an earlier job did to the generator. create_job(seed = ) puts the seed on
-# the executor; without one it is 32 bits from /dev/urandom, so jobs on one
+# the executor; without one it is 32 bits from /dev/urandom, set before the
+# worker says it is ready (off the job's path), so jobs on one
 # worker do not replay a stream (R's own seeding from the clock changes in
 # only about 16 of its 32 bits between jobs a few ms apart).
-.worker_seed <- function(snapshot, executor) {
-  seed <- attr(executor, "asyncjobs_seed", exact = TRUE)
+.worker_seed <- function(snapshot, seed = NULL) {
   if (is.null(seed)) seed <- fresh_seed(snapshot)
+  # .Random.seed[1] codes the RNG kinds: unchanged, the short call will do.
+  code <- get0(".Random.seed", envir = globalenv(), inherits = FALSE)[1L]
+  if (identical(code, snapshot$rng_code)) return(invisible(set.seed(seed)))
   k <- snapshot$rng
-  if (identical(RNGkind(), k)) {
-    set.seed(seed) # the kinds are setup's already: the short call
-  } else if (identical(k[[3L]], "Rounding")) {
+  if (identical(k[[3L]], "Rounding")) {
     # Rounding warns at every set.seed(); setup chose it knowingly.
     suppressWarnings(set.seed(seed, kind = k[[1L]], normal.kind = k[[2L]], sample.kind = k[[3L]]))
   } else {
     set.seed(seed, kind = k[[1L]], normal.kind = k[[2L]], sample.kind = k[[3L]])
   }
+  snapshot$rng_code <- get(".Random.seed", envir = globalenv())[1L]
   invisible(seed)
 }
 
 fresh_seed <- function(snapshot) {
-  if (!length(snapshot$seeds)) read_seeds(snapshot)
-  seed <- snapshot$seeds[[1L]]
-  snapshot$seeds <- snapshot$seeds[-1L]
-  seed
+  if (snapshot$next_seed > length(snapshot$seeds)) read_seeds(snapshot)
+  snapshot$next_seed <- snapshot$next_seed + 1L
+  snapshot$seeds[[snapshot$next_seed - 1L]]
 }
 
 # Random seeds are read 1024 at a time, between jobs.
@@ -70,6 +73,7 @@ read_seeds <- function(snapshot) {
   seeds <- readBin(con, "integer", n = 1024L, size = 4L)
   seeds[is.na(seeds)] <- 0L # NA_integer_ is no seed
   snapshot$seeds <- seeds
+  snapshot$next_seed <- 1L
 }
 
 # Puts back what a job changed. Returns what could not be put back;
@@ -78,14 +82,8 @@ read_seeds <- function(snapshot) {
   n <- length(loadedNamespaces())
   snapshot$loaded <- n != snapshot$namespaces # did the job load a namespace?
   snapshot$namespaces <- n
-  # Most jobs change nothing: one pass of checks, most of the time in
-  # options() and Sys.getenv() (about 0.1 ms each on a busy machine).
-  if (same_options(as.list(.Options), snapshot$options_now) && identical(env_hash(), snapshot$env_hash) &&
-      identical(search(), snapshot$search) && identical(getwd(), snapshot$wd) &&
-      identical(Sys.getlocale(), snapshot$locale) && sink.number() == snapshot$sinks &&
-      sink.number(type = "message") == snapshot$message_sink && length(snapshot$seeds)) {
-    return(character())
-  }
+  # Most jobs change nothing: one quick check in Rust (about 1 us).
+  if (.Call(wrap__aj_w_unchanged, snapshot$base)) return(character())
   problems <- character()
   step <- function(what, f) {
     tryCatch(f(snapshot), error = function(e) {
@@ -103,14 +101,9 @@ read_seeds <- function(snapshot) {
   step("environment variables", reset_env)
   step("locale", reset_locale)
   step("working directory", reset_wd)
-  if (!length(snapshot$seeds)) step("random seeds", read_seeds)
-  snapshot$options_now <- as.list(.Options)
-  snapshot$env_hash <- env_hash()
+  snapshot$base <- .Call(wrap__aj_w_baseline)
   problems
 }
-
-# A fingerprint of the environment variables, computed in Rust.
-env_hash <- function() .Call(wrap__aj_w_env_hash)
 
 # Options that existed after setup get setup's values back; options a job
 # added are removed. When the job loaded a namespace, its .onLoad may have

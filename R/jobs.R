@@ -43,16 +43,15 @@
 #' @export
 create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, unique = FALSE,
                        queue = "default", priority = 0L, max_attempts = 1L, seed = NULL) {
-  check_process()
   if (.state$in_worker) check_not_worker("create_job()") # the flag is read once, at load
-  operation <- check_operation(operation)
   if (missing(params)) abort("argument", "`params` is missing: pass what the executor needs (NULL for nothing).", "params")
   if (!is.function(executor_fn)) {
     abort("argument", sprintf("`executor_fn` must be a function, not %s.", describe(executor_fn)),
           "executor_fn")
   }
-  check_number(timeout_ms, "timeout_ms", min = 1)
   # The defaults skip their checks: they are the common case of a hot path.
+  # The process, operation and timeout are checked by the native call, which
+  # asks for R's checks (below) when they matter.
   if (!identical(unique, FALSE)) check_flag(unique, "unique")
   if (!identical(queue, "default")) check_queue(queue, "queue")
   if (!identical(priority, 0L)) check_priority(priority)
@@ -73,6 +72,15 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
     # interrupt there would jump through Rust frames mid-submit: it waits.
     r <- suspendInterrupts(.Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
                                  max_attempts, unique, bind, warn))
+    if (inherits(r, "asyncjobs_check")) {
+      call <- sys.call(-1L)
+      check_process(call)
+      operation <<- check_operation(operation, call = call)
+      check_number(timeout_ms, "timeout_ms", min = 1, call = call)
+      timeout_ms <<- as.double(timeout_ms) # a number with attributes, say
+      r <- suspendInterrupts(.Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
+                                   max_attempts, unique, bind, warn))
+    }
     if (inherits(r, "asyncjobs_big_executor")) {
       check_payload(executor_fn, r[[2L]], operation)
       r <- r[[1L]]
@@ -96,6 +104,7 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
                        message = sprintf("No worker is available: %s", r[[2L]]),
                        retry_after = 60),
     store_error = store_unavailable(r[[2L]]),
+    check = abort("argument", "`operation` or `timeout_ms` cannot be used (see ?create_job)."),
     abort("pool_stopped", "The worker pool stopped while the job was submitted.")
   )
 }
@@ -157,12 +166,17 @@ get_job_status <- function(job_id) {
   # One call builds the contract's list (c_status in src/r_api.rs); it checks
   # the id and the process itself, and asks for R's checks when they matter.
   r <- suspendInterrupts(.Call(.state$c_status, job_id))
-  if (is.null(oldClass(r))) return(r)
+  if (is.null(oldClass(r))) r else status_value(job_id, r)
+}
+
+# What a native status call gave, when it is not the contract's list already.
+status_value <- function(job_id, r, call = sys.call(-1L)) {
   if (inherits(r, "asyncjobs_check")) {
-    check_process()
-    check_job_id(job_id)
+    check_process(call)
+    check_job_id(job_id, call = call)
     r <- suspendInterrupts(.Call(.state$c_status, job_id))
     if (is.null(oldClass(r))) return(r)
+    if (inherits(r, "asyncjobs_check")) return(list(error = "JOB_NOT_FOUND", message = "Job ID not found"))
   }
   if (store_failed(r)) return(store_unavailable(r))
   status_of_written(job_id, r[[1L]]) # a record a caller wrote into jobs_env
@@ -253,16 +267,25 @@ cleanup_old_jobs <- function(max_age_seconds = 86400) {
 #' stop_workers()
 #' @export
 wait_for_job <- function(job_id, timeout_ms = 60000) {
-  check_process()
-  check_job_id(job_id)
-  check_number(timeout_ms, "timeout_ms", min = 0, allow_inf = TRUE)
+  if (!identical(timeout_ms, 60000)) check_number(timeout_ms, "timeout_ms", min = 0, allow_inf = TRUE)
   left <- min(timeout_ms, 1e12)
   deadline <- now_ms() + left
+  # One native call per slice of at most 100 ms (so Ctrl-C is seen): NULL
+  # while the job runs, its status once it has finished.
+  checked <- FALSE
   repeat {
-    if (.Call(wrap__aj_wait, job_id, max(0, min(left, 100))) || left <= 0) break
+    r <- suspendInterrupts(.Call(.state$c_wait, job_id, max(0, min(left, 100))))
+    if (!checked && inherits(r, "asyncjobs_check")) {
+      check_process()
+      check_job_id(job_id)
+      checked <- TRUE
+      next
+    }
+    if (!is.null(r)) break
     left <- deadline - now_ms()
+    if (left <= 0) return(get_job_status(job_id))
   }
-  get_job_status(job_id)
+  if (is.null(oldClass(r))) r else status_value(job_id, r)
 }
 
 #' Cancel a job

@@ -67,29 +67,12 @@ local({
     vapply(calls, function(cl) deparse1(cl, collapse = " ")[[1L]], "")
   }
 
+  # One tryCatch around the job and its result's serialization: a failure
+  # in serialize() is told apart by `stage`.
   run <- function(frame) {
     warnings <- character()
     calls <- list()
-    value <- tryCatch(
-      withCallingHandlers({
-        executor <- unserialize(frame$fn)
-        params <- unserialize(frame$params)
-        asyncjobs:::.worker_seed(snapshot, executor) # isolation: the job's RNG stream
-        executor(params)
-      },
-      warning = function(w) {
-        warnings <<- c(warnings, conditionMessage(w))
-        invokeRestart("muffleWarning")
-      },
-      error = function(e) calls <<- sys.calls()),
-      error = function(e) structure(list(e), class = "asyncjobs_job_error"))
-    if (inherits(value, "asyncjobs_job_error")) {
-      e <- value[[1L]]
-      call <- conditionCall(e)
-      return(failure("EXECUTION_ERROR", conditionMessage(e), list(
-        call = if (!is.null(call)) deparse1(call, collapse = " "),
-        class = class(e), traceback = trim_calls(calls), warnings = warnings)))
-    }
+    stage <- "run"
     # A result R can carry to another process only if it holds no pointers
     # (they would arrive dangling; a connection holds one): serialize() shows
     # each to the hook, so plain results pay for no separate walk.
@@ -98,16 +81,37 @@ local({
       if (is.null(bad) && typeof(x) != "environment") bad <<- typeof(x)
       NULL
     }
-    bytes <- tryCatch(serialize(list(value = value, warnings = warnings), NULL, xdr = FALSE, refhook = hook),
-                      error = function(e) e)
+    bytes <- tryCatch(
+      withCallingHandlers({
+        executor <- unserialize(frame$fn)
+        params <- unserialize(frame$params)
+        seed <- attr(executor, "asyncjobs_seed", exact = TRUE)
+        if (!is.null(seed)) asyncjobs:::.worker_seed(snapshot, seed) # create_job(seed = )
+        value <- executor(params)
+        stage <- "serialize"
+        serialize(list(value = value, warnings = warnings), NULL, xdr = FALSE, refhook = hook)
+      },
+      warning = function(w) {
+        warnings <<- c(warnings, conditionMessage(w))
+        invokeRestart("muffleWarning")
+      },
+      error = function(e) calls <<- sys.calls()),
+      error = function(e) structure(list(e), class = "asyncjobs_job_error"))
+    if (inherits(bytes, "asyncjobs_job_error")) {
+      e <- bytes[[1L]]
+      if (stage == "serialize") {
+        return(failure("RESULT_NOT_SERIALIZABLE", conditionMessage(e), list(warnings = warnings)))
+      }
+      call <- conditionCall(e)
+      return(failure("EXECUTION_ERROR", conditionMessage(e), list(
+        call = if (!is.null(call)) deparse1(call, collapse = " "),
+        class = class(e), traceback = trim_calls(calls), warnings = warnings)))
+    }
     if (!is.null(bad)) {
       return(failure("RESULT_NOT_SERIALIZABLE", sprintf(
         "The job's result contains %s (a connection, or an object of compiled code), which cannot be sent to another R process",
         if (bad == "externalptr") "an external pointer" else paste("a", bad)),
         list(warnings = warnings)))
-    }
-    if (inherits(bytes, "error")) {
-      return(failure("RESULT_NOT_SERIALIZABLE", conditionMessage(bytes), list(warnings = warnings)))
     }
     if (length(bytes) > init$max_result_bytes) {
       return(failure("RESULT_TOO_LARGE", sprintf(
@@ -124,6 +128,7 @@ local({
   }
   assign("emit", emit, envir = get(".worker", envir = ns))
   snapshot <- asyncjobs:::.worker_snapshot() # the state setup left (R/isolation.R)
+  asyncjobs:::.worker_seed(snapshot) # the first job's RNG stream
   baseline <- names(globalenv())
   write_frame(KIND[["ready"]])
   repeat {
@@ -144,16 +149,16 @@ local({
     # goes; options, env vars, wd, locale, search path and sinks are put back
     # (R/isolation.R). A worker that cannot be put back exits and is replaced.
     now <- names(globalenv())
-    if (!identical(now, baseline)) {
-      rm(list = setdiff(now, baseline), envir = globalenv())
-      baseline <- names(globalenv())
-    }
+    dirty <- !identical(now, baseline)
+    if (dirty) rm(list = setdiff(now, baseline), envir = globalenv())
     problems <- asyncjobs:::.worker_reset(snapshot)
     if (length(problems)) {
       write_frame(KIND[["setup_failed"]], paste("the job left state that cannot be undone:",
                                                  paste(problems, collapse = "; ")))
       quit(save = "no", status = 1L)
     }
+    asyncjobs:::.worker_seed(snapshot) # the next job's RNG stream (a job's rm(.Random.seed) made `dirty`)
+    if (dirty) baseline <- names(globalenv())
     write_frame(KIND[["ready"]])
   }
   quit(save = "no", status = 0L)

@@ -571,9 +571,10 @@ const INLINE_HASH_BYTES: usize = 4096;
 fn natives() -> SEXP {
     type F = rf::DlFunc;
     unsafe {
-        let fns: [(&str, F); 5] = [
+        let fns: [(&str, F); 6] = [
             ("submit", std::mem::transmute::<*const (), F>(c_submit as *const ())),
             ("status", std::mem::transmute::<*const (), F>(c_status as *const ())),
+            ("wait", std::mem::transmute::<*const (), F>(c_wait as *const ())),
             ("duplicate", std::mem::transmute::<*const (), F>(c_duplicate as *const ())),
             ("cleanup", std::mem::transmute::<*const (), F>(c_cleanup as *const ())),
             ("cleanup_written", std::mem::transmute::<*const (), F>(c_cleanup_written as *const ())),
@@ -627,7 +628,9 @@ enum Submitted {
 /// duplicate/id, unavailable/reason, store_error/message, stopped; wrapped
 /// as list(that, bytes) of class asyncjobs_big_executor when the executor
 /// serializes to more than `warn` bytes. When R cannot serialize an
-/// argument, the classed error naming it (see rf::serialize).
+/// argument, the classed error naming it (see rf::serialize). When R's
+/// checks must run first (no store chosen yet, a forked child, an operation
+/// or timeout that is not plainly valid), NULL of class asyncjobs_check.
 unsafe extern "C" fn c_submit(
     operation: SEXP,
     params: SEXP,
@@ -640,7 +643,9 @@ unsafe extern "C" fn c_submit(
     bind: SEXP,
     warn: SEXP,
 ) -> SEXP {
-    owner_or_error();
+    if !ready() || !rf::plain_utf8(operation) || !rf::as_f64(timeout_ms).is_some_and(|t| t.is_finite() && t >= 1.0 && rf::plain_number(timeout_ms)) {
+        return check_first();
+    }
     let mut params = rf::serialize(params, "params", std::ptr::null_mut());
     let executor = rf::serialize(executor, "executor_fn", &mut params);
     let operation = rf::as_str(operation).unwrap_or("").to_owned();
@@ -894,12 +899,7 @@ fn read_job(id: &Uuid) -> std::result::Result<Option<JobView>, StoreError> {
 /// when R's checks must run first (no store chosen yet, a forked child, an
 /// id that is not a single non-empty string), NULL of class asyncjobs_check.
 unsafe extern "C" fn c_status(id: SEXP) -> SEXP {
-    let id = rf::as_str(id).filter(|s| !s.is_empty() && rf::Rf_xlength(id) == 1);
-    let ready = std::process::id() == *OWNER && STORE_CHOSEN.load(std::sync::atomic::Ordering::Relaxed);
-    let Some(id) = id.filter(|_| ready) else {
-        // A fresh vector: R's scalar FALSE is shared, never give it a class.
-        return rf::set_class(rf::string("check"), "asyncjobs_check");
-    };
+    let Some(id) = checked_id(id) else { return check_first() };
     let written = rf::JOBS_ENV.with(|e| {
         let e = e.borrow();
         if e.written_len() > 0 {
@@ -921,6 +921,35 @@ unsafe extern "C" fn c_status(id: SEXP) -> SEXP {
         Ok(None) => not_found(),
         Err(e) => store_error_sexp(e),
     }
+}
+
+/// This process loaded the package and a store is chosen.
+fn ready() -> bool {
+    std::process::id() == *OWNER && STORE_CHOSEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The id, when it is a single non-empty string and the call may go on.
+unsafe fn checked_id<'a>(id: SEXP) -> Option<&'a str> {
+    rf::as_str(id).filter(|s| !s.is_empty() && rf::Rf_xlength(id) == 1 && ready())
+}
+
+/// The answer that asks R to run its checks (which raise the classed error).
+unsafe fn check_first() -> SEXP {
+    // A fresh vector: R's scalar FALSE is shared, never give it a class.
+    rf::set_class(rf::string("check"), "asyncjobs_check")
+}
+
+/// wait_for_job()'s one call per slice: NULL while the job has not
+/// finished after `wait_ms`, else what c_status gives.
+unsafe extern "C" fn c_wait(id: SEXP, wait_ms: SEXP) -> SEXP {
+    let Some(s) = checked_id(id) else { return check_first() };
+    if let Some(uuid) = parse_id(s) {
+        let wait = ms(rf::as_f64(wait_ms).unwrap_or(0.0));
+        if !guarded_value(|| block_on(store().wait_finished(&uuid, wait)).unwrap_or(true)) {
+            return nil();
+        }
+    }
+    c_status(id)
 }
 
 unsafe fn guarded_value<T>(f: impl FnOnce() -> T) -> T {

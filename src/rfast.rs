@@ -24,6 +24,8 @@ pub const STRSXP: c_int = 16;
 pub const VECSXP: c_int = 19;
 const CLOSXP: c_int = 3;
 const CE_UTF8: c_int = 1;
+const CE_LATIN1: c_int = 2;
+const CE_BYTES: c_int = 3;
 
 #[repr(C)]
 struct OutStream {
@@ -92,6 +94,8 @@ extern "C" {
     pub fn INTEGER(x: SEXP) -> *mut c_int;
     fn LOGICAL(x: SEXP) -> *mut c_int;
     fn R_CHAR(x: SEXP) -> *const c_char;
+    fn Rf_getCharCE(x: SEXP) -> c_int;
+    fn ATTRIB(x: SEXP) -> SEXP;
     fn R_InitOutPStream(
         s: *mut OutStream,
         data: *mut c_void,
@@ -185,6 +189,18 @@ pub unsafe fn as_f64(x: SEXP) -> Option<f64> {
 
 pub unsafe fn as_i32(x: SEXP) -> Option<i32> {
     as_f64(x).filter(|v| v.is_finite()).map(|v| v as i32)
+}
+
+/// A length-one character vector whose string is valid, non-empty UTF-8
+/// that needs no conversion (not marked latin1 or bytes).
+pub unsafe fn plain_utf8(x: SEXP) -> bool {
+    as_str(x).is_some_and(|s| !s.is_empty() && Rf_xlength(x) == 1 && !matches!(Rf_getCharCE(STRING_ELT(x, 0)), CE_LATIN1 | CE_BYTES))
+}
+
+/// A length-one double or integer vector without attributes (what
+/// `is.numeric()` holds true for, short of classes).
+pub unsafe fn plain_number(x: SEXP) -> bool {
+    matches!(TYPEOF(x), REALSXP | INTSXP) && Rf_xlength(x) == 1 && ATTRIB(x) == R_NilValue
 }
 
 pub unsafe fn as_bool(x: SEXP) -> bool {

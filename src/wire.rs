@@ -10,8 +10,10 @@
 use crate::protocol::{self, Header, Kind, HEADER_LEN};
 use extendr_api::prelude::*;
 use extendr_api::Result;
+use extendr_api::SEXP;
 use parking_lot::Mutex;
 use std::os::fd::RawFd;
+use std::os::raw::{c_char, c_int};
 use uuid::Uuid;
 
 struct Wire {
@@ -132,19 +134,152 @@ fn aj_w_write(kind: i32, text: &str, blob: Robj) -> Result<bool> {
     Ok(true)
 }
 
-/// A fingerprint of the process environment (every `NAME=value` in order),
-/// so the worker can tell in microseconds whether a job changed it.
-#[extendr]
-fn aj_w_env_hash() -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for (k, v) in std::env::vars_os() {
-        h.update(k.as_encoded_bytes());
-        h.update([0]);
-        h.update(v.as_encoded_bytes());
-        h.update([0]);
+// ---- what a job may change in its session without asking ----
+//
+// After each job the worker checks, in about a microsecond, that the job left
+// its session as setup did: the same option values (the same objects: options()
+// replaces the value it sets), search path, environment variables (the same
+// `environ` strings: setenv() makes a new one for a new value), working
+// directory, locale and sinks. Only when something differs does R compare and
+// put back what changed (R/isolation.R).
+
+#[allow(non_upper_case_globals, improper_ctypes)]
+extern "C" {
+    static R_GlobalEnv: SEXP;
+    static R_BaseEnv: SEXP;
+    static R_EmptyEnv: SEXP;
+    static environ: *const *const c_char;
+    fn Rf_install(s: *const c_char) -> SEXP;
+    fn Rf_findVarInFrame(env: SEXP, sym: SEXP) -> SEXP;
+    fn Rf_length(x: SEXP) -> c_int;
+    fn CAR(x: SEXP) -> SEXP;
+    fn CDR(x: SEXP) -> SEXP;
+    fn TAG(x: SEXP) -> SEXP;
+    fn ENCLOS(x: SEXP) -> SEXP;
+    fn Rf_allocVector(t: c_int, n: isize) -> SEXP;
+    fn SET_VECTOR_ELT(x: SEXP, i: isize, v: SEXP) -> SEXP;
+    fn VECTOR_ELT(x: SEXP, i: isize) -> SEXP;
+    fn Rf_xlength(x: SEXP) -> isize;
+    fn Rf_protect(s: SEXP) -> SEXP;
+    fn Rf_unprotect(n: c_int);
+    fn Rf_eval(x: SEXP, env: SEXP) -> SEXP;
+    fn Rf_lang2(a: SEXP, b: SEXP) -> SEXP;
+    fn Rf_ScalarLogical(x: c_int) -> SEXP;
+    fn Rf_asInteger(x: SEXP) -> c_int;
+    fn R_PreserveObject(x: SEXP);
+}
+
+const VECSXP: c_int = 19;
+
+/// What is compared outside R's heap.
+#[derive(PartialEq)]
+struct Outside {
+    environ: Vec<usize>,
+    cwd: Option<std::path::PathBuf>,
+    locale: Vec<u8>,
+    sinks: (c_int, c_int),
+}
+
+static OUTSIDE: Mutex<Option<Outside>> = Mutex::new(None);
+
+/// `.Internal(sink.number(TRUE))` and `(FALSE)`: the number of output sinks
+/// and the message sink's connection, without `sink.number()`'s argument
+/// matching (which costs more than all the rest of the check).
+static SINK_CALLS: std::sync::OnceLock<[usize; 2]> = std::sync::OnceLock::new();
+
+unsafe fn sinks() -> (c_int, c_int) {
+    let calls = SINK_CALLS.get_or_init(|| {
+        let make = |output: bool| {
+            let inner = Rf_protect(Rf_lang2(Rf_install(c"sink.number".as_ptr()), Rf_ScalarLogical(output as c_int)));
+            let call = Rf_lang2(Rf_install(c".Internal".as_ptr()), inner);
+            R_PreserveObject(call);
+            Rf_unprotect(1);
+            call as usize
+        };
+        [make(true), make(false)]
+    });
+    (Rf_asInteger(Rf_eval(calls[0] as SEXP, R_BaseEnv)), Rf_asInteger(Rf_eval(calls[1] as SEXP, R_BaseEnv)))
+}
+
+unsafe fn outside() -> Outside {
+    let mut env = Vec::with_capacity(128);
+    let mut p = environ;
+    while !p.is_null() && !(*p).is_null() {
+        env.push(*p as usize);
+        p = p.add(1);
     }
-    crate::registry::hex(&h.finalize()[..16])
+    let locale = libc::setlocale(libc::LC_ALL, std::ptr::null());
+    let locale = if locale.is_null() { Vec::new() } else { std::ffi::CStr::from_ptr(locale).to_bytes().to_vec() };
+    Outside { environ: env, cwd: std::env::current_dir().ok(), locale, sinks: sinks() }
+}
+
+unsafe fn options_list() -> SEXP {
+    Rf_findVarInFrame(R_BaseEnv, Rf_install(c".Options".as_ptr()))
+}
+
+/// Takes the baseline: keeps what lives outside R here and returns the R
+/// objects, `list(options, search)`, for the worker to hold (and protect).
+#[extendr]
+fn aj_w_baseline() -> Robj {
+    unsafe {
+        *OUTSIDE.lock() = Some(outside());
+        let opts = options_list();
+        let n = Rf_length(opts) as isize;
+        let o = Rf_protect(Rf_allocVector(VECSXP, 2 * n));
+        let mut p = opts;
+        for i in 0..n {
+            SET_VECTOR_ELT(o, 2 * i, TAG(p));
+            SET_VECTOR_ELT(o, 2 * i + 1, CAR(p));
+            p = CDR(p);
+        }
+        let mut envs = Vec::new();
+        let mut e = ENCLOS(R_GlobalEnv);
+        while e != R_EmptyEnv {
+            envs.push(e);
+            e = ENCLOS(e);
+        }
+        let s = Rf_protect(Rf_allocVector(VECSXP, envs.len() as isize));
+        for (i, e) in envs.iter().enumerate() {
+            SET_VECTOR_ELT(s, i as isize, *e);
+        }
+        let out = Rf_protect(Rf_allocVector(VECSXP, 2));
+        SET_VECTOR_ELT(out, 0, o);
+        SET_VECTOR_ELT(out, 1, s);
+        let r = Robj::from_sexp(out);
+        Rf_unprotect(3);
+        r
+    }
+}
+
+/// Whether the session is as [`aj_w_baseline`] found it.
+#[extendr]
+fn aj_w_unchanged(base: Robj) -> bool {
+    unsafe {
+        let base = base.get();
+        let (o, s) = (VECTOR_ELT(base, 0), VECTOR_ELT(base, 1));
+        let mut p = options_list();
+        let n = Rf_xlength(o) / 2;
+        if Rf_length(p) as isize != n {
+            return false;
+        }
+        for i in 0..n {
+            if TAG(p) != VECTOR_ELT(o, 2 * i) || CAR(p) != VECTOR_ELT(o, 2 * i + 1) {
+                return false;
+            }
+            p = CDR(p);
+        }
+        let mut e = ENCLOS(R_GlobalEnv);
+        for i in 0..Rf_xlength(s) {
+            if e != VECTOR_ELT(s, i) {
+                return false;
+            }
+            e = ENCLOS(e);
+        }
+        if e != R_EmptyEnv {
+            return false;
+        }
+        OUTSIDE.lock().as_ref() == Some(&outside())
+    }
 }
 
 extendr_module! {
@@ -152,5 +287,6 @@ extendr_module! {
     fn aj_w_open;
     fn aj_w_read;
     fn aj_w_write;
-    fn aj_w_env_hash;
+    fn aj_w_baseline;
+    fn aj_w_unchanged;
 }

@@ -9,6 +9,21 @@ test_that("create_job checks its arguments", {
   expect_error(create_job(1, 1, identity), "operation")
   expect_error(create_job("op", 1, identity, timeout_ms = -1), "timeout_ms")
   expect_error(create_job("op", 1, identity, timeout_ms = NA), "timeout_ms")
+  # The native call checks these first and hands anything unusual to R's checks.
+  for (bad in list(0, Inf, "10", TRUE, factor(5), NA_real_, c(1, 2), numeric())) {
+    err <- tryCatch(create_job("op", 1, identity, timeout_ms = bad), error = function(e) e)
+    expect_s3_class(err, "asyncjobs_error_argument")
+    expect_match(conditionMessage(err), "timeout_ms")
+    expect_identical(conditionCall(err)[[1L]], as.name("create_job"))
+  }
+  err <- tryCatch(create_job("", 1, identity), error = function(e) e)
+  expect_s3_class(err, "asyncjobs_error_argument")
+  expect_identical(conditionCall(err)[[1L]], as.name("create_job"))
+  # A valid number with attributes is taken as the number.
+  local_pool(1)
+  j <- create_job("op", 1, function(p) p, timeout_ms = c(limit = 60000L))
+  expect_identical(finish(j)$result, 1)
+  expect_identical(wait_for_job(j$job_id, timeout_ms = c(t = 1000))$status, "completed")
 })
 
 test_that("params that cannot be serialized get a clear error from create_job", {

@@ -70,6 +70,26 @@ test_that("options a job adds while loading a namespace stay (its .onLoad may ha
   expect_identical(after, list(1, NULL, 7L))
 })
 
+test_that("each kind of change alone is seen and put back (the quick check after a job misses none)", {
+  local_pool(1)
+  state <- function(p) list(digits = getOption("digits"), env = Sys.getenv("ISO_ONE", NA), wd = getwd(),
+                            collate = Sys.getlocale("LC_COLLATE"), sinks = c(sink.number(), sink.number(type = "message")),
+                            search = search())
+  before <- run_job(state)
+  changes <- list(
+    option = function(p) options(digits = 4),
+    env = function(p) Sys.setenv(ISO_ONE = "x"),
+    wd = function(p) setwd(tempdir()),
+    locale = function(p) Sys.setlocale("LC_COLLATE", if (identical(Sys.getlocale("LC_COLLATE"), "C")) "C.UTF-8" else "C"),
+    output_sink = function(p) sink(tempfile()),
+    message_sink = function(p) sink(file(tempfile(), "w"), type = "message"),
+    search = function(p) attach(list(iso_x = 1), name = "iso_attached"))
+  for (what in names(changes)) {
+    run_job(changes[[what]])
+    expect_identical(run_job(state), before, info = what)
+  }
+})
+
 test_that("a sink a job leaves open does not swallow the next job's output", {
   local_pool(1)
   run_job(function(p) { sink(tempfile()); sink(file(tempfile(), "w"), type = "message"); TRUE })
