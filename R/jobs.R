@@ -268,23 +268,25 @@ cleanup_old_jobs <- function(max_age_seconds = 86400) {
 #' @export
 wait_for_job <- function(job_id, timeout_ms = 60000) {
   if (!identical(timeout_ms, 60000)) check_number(timeout_ms, "timeout_ms", min = 0, allow_inf = TRUE)
-  left <- min(timeout_ms, 1e12)
-  deadline <- now_ms() + left
   # One native call per slice of at most 100 ms (so Ctrl-C is seen): NULL
   # while the job runs, its status once it has finished.
-  checked <- FALSE
-  repeat {
-    r <- suspendInterrupts(.Call(.state$c_wait, job_id, max(0, min(left, 100))))
-    if (!checked && inherits(r, "asyncjobs_check")) {
-      check_process()
-      check_job_id(job_id)
-      checked <- TRUE
-      next
-    }
-    if (!is.null(r)) break
-    left <- deadline - now_ms()
-    if (left <= 0) return(get_job_status(job_id))
+  slice <- if (timeout_ms < 100) timeout_ms else 100
+  r <- suspendInterrupts(.Call(.state$c_wait, job_id, slice))
+  if (!is.null(r) && is.null(oldClass(r))) return(r)
+  spent <- slice
+  if (inherits(r, "asyncjobs_check")) {
+    check_process()
+    check_job_id(job_id)
+    r <- NULL
+    spent <- 0
   }
+  left <- min(timeout_ms, 1e12) - spent
+  deadline <- now_ms() + left
+  while (is.null(r) && left > 0) {
+    r <- suspendInterrupts(.Call(.state$c_wait, job_id, min(left, 100)))
+    left <- deadline - now_ms()
+  }
+  if (is.null(r)) return(get_job_status(job_id))
   if (is.null(oldClass(r))) r else status_value(job_id, r)
 }
 

@@ -647,7 +647,7 @@ unsafe extern "C" fn c_submit(
         return check_first();
     }
     let mut params = rf::serialize(params, "params", std::ptr::null_mut());
-    let executor = rf::serialize(executor, "executor_fn", &mut params);
+    let executor = rf::serialize_executor(executor, &mut params);
     let operation = rf::as_str(operation).unwrap_or("").to_owned();
     let queue = rf::as_str(queue).unwrap_or("default").to_owned();
     let timeout_ms = rf::as_f64(timeout_ms).unwrap_or(1_800_000.0);

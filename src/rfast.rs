@@ -136,6 +136,10 @@ extern "C" {
     fn Rf_install(s: *const c_char) -> SEXP;
     fn Rf_findVarInFrame(env: SEXP, sym: SEXP) -> SEXP;
     fn R_PreserveObject(x: SEXP);
+    fn R_ReleaseObject(x: SEXP);
+    fn FORMALS(x: SEXP) -> SEXP;
+    fn BODY(x: SEXP) -> SEXP;
+    fn CLOENV(x: SEXP) -> SEXP;
     pub fn Rf_error(fmt: *const c_char, ...) -> !;
 }
 
@@ -341,13 +345,23 @@ unsafe extern "C" fn out_bytes(s: *mut OutStream, buf: *mut c_void, n: c_int) {
 struct SerializeCall {
     x: SEXP,
     out: Vec<u8>,
+    /// A logical vector the hook sets when R meets an object it writes by value
+    /// that may change (an environment other than global, base or a namespace,
+    /// an external pointer); NULL for no hook.
+    by_value: SEXP,
+}
+
+unsafe extern "C" fn note_by_value(_x: SEXP, flag: SEXP) -> SEXP {
+    *LOGICAL(flag) = 1;
+    R_NilValue
 }
 
 unsafe extern "C" fn serialize_body(d: *mut c_void) -> SEXP {
     let call = &mut *(d as *mut SerializeCall);
     let mut stream: OutStream = std::mem::zeroed();
     // serialize(x, NULL, xdr = FALSE): native binary, version 3.
-    R_InitOutPStream(&mut stream, &mut call.out as *mut Vec<u8> as *mut c_void, 2, 3, Some(out_char), Some(out_bytes), None, R_NilValue);
+    let hook = (call.by_value != R_NilValue).then_some(note_by_value as unsafe extern "C" fn(SEXP, SEXP) -> SEXP);
+    R_InitOutPStream(&mut stream, &mut call.out as *mut Vec<u8> as *mut c_void, 2, 3, Some(out_char), Some(out_bytes), hook, call.by_value);
     R_Serialize(call.x, &mut stream);
     R_NilValue
 }
@@ -390,12 +404,70 @@ unsafe extern "C" fn on_jump(d: *mut c_void, jump: Rboolean) {
 /// `also` (a buffer of the caller's, or null) is freed and the classed error
 /// naming `arg` is raised.
 pub unsafe fn serialize(x: SEXP, arg: &'static str, also: *mut Vec<u8>) -> Vec<u8> {
-    let mut call = SerializeCall { x, out: Vec::with_capacity(512) };
+    serialize_noting(x, arg, also, R_NilValue)
+}
+
+unsafe fn serialize_noting(x: SEXP, arg: &'static str, also: *mut Vec<u8>, by_value: SEXP) -> Vec<u8> {
+    let mut call = SerializeCall { x, out: Vec::with_capacity(512), by_value };
     let cont = Rf_protect(R_MakeUnwindCont());
     let mut guard = Guard { out: &mut call.out, also, arg, cont };
     R_UnwindProtect(serialize_body, &mut call as *mut SerializeCall as *mut c_void, on_jump, &mut guard as *mut Guard as *mut c_void, cont);
     Rf_unprotect(1);
     call.out
+}
+
+/// A closure whose serialization is kept: its parts when it was written.
+struct Executor {
+    closure: SEXP,
+    parts: [SEXP; 3],
+    bytes: Vec<u8>,
+}
+
+thread_local! {
+    static EXECUTORS: RefCell<std::collections::VecDeque<Executor>> = const { RefCell::new(std::collections::VecDeque::new()) };
+}
+
+/// How many executors' bytes are kept (an API submits a few functions over and over).
+const EXECUTORS_KEPT: usize = 16;
+
+/// [`serialize`] for `executor_fn`, from a small cache when the same closure
+/// comes again. Only a closure without attributes whose serialization met
+/// nothing written by value that could change (its environment is global,
+/// base or a namespace, written by name) is kept: its bytes then follow from
+/// its formals, body and environment, which R replaces rather than edits
+/// (the JIT swaps in a compiled body: the entry then no longer matches). A
+/// kept closure is preserved, so its address is not reused.
+pub unsafe fn serialize_executor(f: SEXP, also: *mut Vec<u8>) -> Vec<u8> {
+    if TYPEOF(f) != CLOSXP || ATTRIB(f) != R_NilValue {
+        return serialize(f, "executor_fn", also);
+    }
+    let parts = [FORMALS(f), BODY(f), CLOENV(f)];
+    let hit = EXECUTORS.with(|c| c.borrow().iter().find(|e| e.closure == f && e.parts == parts).map(|e| e.bytes.clone()));
+    if let Some(bytes) = hit {
+        return bytes;
+    }
+    // A fresh vector: R's scalar FALSE is shared.
+    let flag = Rf_protect(Rf_allocVector(LGLSXP, 1));
+    *LOGICAL(flag) = 0;
+    let bytes = serialize_noting(f, "executor_fn", also, flag);
+    let by_value = *LOGICAL(flag) != 0;
+    Rf_unprotect(1);
+    if !by_value {
+        EXECUTORS.with(|c| {
+            let mut c = c.borrow_mut();
+            if let Some(old) = c.iter().position(|e| e.closure == f).and_then(|i| c.remove(i)) {
+                R_ReleaseObject(old.closure);
+            }
+            if c.len() == EXECUTORS_KEPT {
+                if let Some(old) = c.pop_front() {
+                    R_ReleaseObject(old.closure);
+                }
+            }
+            R_PreserveObject(f);
+            c.push_back(Executor { closure: f, parts, bytes: bytes.clone() });
+        });
+    }
+    bytes
 }
 
 struct Reader<'a> {

@@ -38,3 +38,26 @@ test_that("the warning names the captured variables", {
   w <- tryCatch(create_job("op", 1, make(raw(3 * 1024^2))), warning = function(w) w)
   expect_match(conditionMessage(w), "captures `big_request` (3072 KiB)", fixed = TRUE)
 })
+
+test_that("an executor submitted again is sent as it is now, not as it was", {
+  local_pool(1)
+  # Its environment is written by value: a change there reaches the next job.
+  e <- new.env()
+  e$k <- 1
+  f <- local(function(p) k, envir = e)
+  expect_identical(finish(create_job("again", NULL, f))$result, 1)
+  e$k <- 2
+  expect_identical(finish(create_job("again", NULL, f))$result, 2)
+  # A global function: the same bytes each time, then R compiles its body,
+  # then it gets another environment in place.
+  withr::defer(rm("aj_again", envir = globalenv()))
+  assign("aj_again", function(p) p + if (exists("aj_bonus")) aj_bonus else 1, envir = globalenv())
+  g <- get("aj_again", envir = globalenv())
+  for (i in 1:3) expect_identical(finish(create_job("again", i, g))$result, i + 1)
+  g <- compiler::cmpfun(g)
+  expect_identical(finish(create_job("again", 10, g))$result, 11)
+  environment(g) <- list2env(list(aj_bonus = 100))
+  expect_identical(finish(create_job("again", 10, g))$result, 110)
+  # Attributes (a seed here) are never taken from the cache.
+  expect_identical(finish(create_job("again", 1, g, seed = 1))$result, 101)
+})
