@@ -35,20 +35,32 @@ step <- function(label, expr, n = 5000) {
   cat(sprintf("| %s | %.1f us |\n", label, (cpu() - t0) / n * 1e6))
 }
 cat("\n| step of create_job() | CPU time |\n|---|---|\n")
-step("argument checks (process, worker, operation, timeout)", {
-  ns$check_process(); ns$check_not_worker("x"); ns$check_operation("op"); ns$check_number(1800000, "timeout_ms", min = 1)
-})
 step("two getOption() (jobs_env, payload warning)", {
   getOption("asyncjobs.jobs_env"); getOption("asyncjobs.warn_payload_bytes", 256 * 1024)
 })
-step("native: serialize both, submit, list in jobs_env (.Call)",
+step("native: check, serialize both (executor from its cache), submit, list in jobs_env (.Call)",
      .Call(st$c_submit, "op", 1L, f, 1800000, "default", 0L, 1L, FALSE, TRUE, Inf))
 step("create_job() in all", create_job("op", 1L, f))
 id <- ids[[1]]
 cat("\n| step of get_job_status() (finished job) | CPU time |\n|---|---|\n")
-step("argument checks (process, job id)", { ns$check_process(); ns$check_job_id(id) })
-step("native: read, unserialize result, build the list (.Call)", .Call(st$c_status, id))
+step("native: check, read, unserialize result, build the list (.Call)", .Call(st$c_status, id))
 step("get_job_status() in all", get_job_status(id))
 step("check_duplicate_job() in all", check_duplicate_job("op", 1L))
 step("wait_for_job() of a finished job", wait_for_job(id))
 stop_workers()
+
+# The worker's steps around a trivial job, run here in the same way
+# (inst/worker.R calls them in the worker; R/isolation.R, src/wire.rs, src/reaper.rs).
+snapshot <- ns$.worker_snapshot()
+ns$.worker_seed(snapshot)
+fn_bytes <- serialize(f, NULL, xdr = FALSE)
+params_bytes <- serialize(1L, NULL, xdr = FALSE)
+tree <- function(begin) .Call(ns$wrap__aj_tree_job, begin)
+cat("\n| step of a worker between two jobs | CPU time |\n|---|---|\n")
+step("processes the job started: check before and after (no child: one waitid each)", { tree(TRUE); tree(FALSE) })
+step("session as setup left it? (options, search path, env vars, wd, locale, sinks)", ns$.worker_reset(snapshot))
+step("seed the next job's RNG stream", ns$.worker_seed(snapshot))
+step("unserialize executor and params, run, serialize the result", {
+  unserialize(fn_bytes)(unserialize(params_bytes))
+  serialize(list(value = 1L, warnings = character()), NULL, xdr = FALSE, refhook = function(x) NULL)
+})

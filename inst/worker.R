@@ -10,6 +10,7 @@ local({
   w_open <- native("wrap__aj_w_open")
   w_read <- native("wrap__aj_w_read")
   w_write <- native("wrap__aj_w_write")
+  w_unserialize <- .Call(native("wrap__aj_w_natives")) # the job's executor (1L) and params (2L)
   KIND <- c(init = 1L, job = 2L, shutdown = 3L, ready = 11L, setup_failed = 12L,
             progress = 13L, result = 14L, failed = 15L)
   SEP <- "\x1f"
@@ -83,8 +84,8 @@ local({
     }
     bytes <- tryCatch(
       withCallingHandlers({
-        executor <- unserialize(frame$fn)
-        params <- unserialize(frame$params)
+        executor <- .Call(w_unserialize, 1L)
+        params <- .Call(w_unserialize, 2L)
         seed <- attr(executor, "asyncjobs_seed", exact = TRUE)
         if (!is.null(seed)) asyncjobs:::.worker_seed(snapshot, seed) # create_job(seed = )
         value <- executor(params)

@@ -65,9 +65,23 @@ fn read_into(fd: RawFd, r: &mut Robj) -> Result<()> {
     }
 }
 
+/// The job being run: its executor's and params' bytes in one buffer that
+/// is reused from job to job (up to [`KEEP_BYTES`]), unserialized from here
+/// by [`w_unserialize`]: large params never pass through an R raw vector.
+struct JobBytes {
+    buf: Vec<u8>,
+    used: usize,
+    fn_len: usize,
+}
+
+static JOB_BYTES: Mutex<JobBytes> = Mutex::new(JobBytes { buf: Vec::new(), used: 0, fn_len: 0 });
+
+/// A buffer larger than this is given back after its job.
+const KEEP_BYTES: usize = 16 << 20;
+
 /// The next frame from the pool, or NULL when the pool closed the pipe.
-/// A job frame is list(kind, id, fn, params), each part read straight into
-/// its own raw vector; any other is list(kind, text, blob).
+/// A job frame is list(kind, id), its parts read into the job buffer; any
+/// other is list(kind, text, blob).
 #[extendr]
 fn aj_w_read() -> Result<Robj> {
     let fd = WIRE.lock().input;
@@ -93,17 +107,53 @@ fn aj_w_read() -> Result<Robj> {
     let (id, fn_len) = text.split_once(protocol::FIELD_SEP).unwrap_or((&text, ""));
     let fn_len = fn_len.parse::<usize>().ok().filter(|n| *n <= h.blob_len);
     let fn_len = fn_len.ok_or_else(|| Error::Other("asyncjobs worker: malformed job frame".into()))?;
-    let mut executor = raw_vector(fn_len);
-    read_into(fd, &mut executor)?;
-    let mut params = raw_vector(h.blob_len - fn_len);
-    read_into(fd, &mut params)?;
+    {
+        let mut jb = JOB_BYTES.lock();
+        if jb.buf.len() > KEEP_BYTES && h.blob_len <= KEEP_BYTES {
+            jb.buf = Vec::new();
+        }
+        if jb.buf.len() < h.blob_len {
+            jb.buf.resize(h.blob_len, 0);
+        }
+        match protocol::read_exact(fd, &mut jb.buf[..h.blob_len]) {
+            Ok(true) => {}
+            Ok(false) => return Err(Error::Other("asyncjobs worker: the pool closed the pipe mid-frame".into())),
+            Err(e) => return Err(fail("reading a frame", e)),
+        }
+        jb.used = h.blob_len;
+        jb.fn_len = fn_len;
+    }
     {
         let mut w = WIRE.lock();
         w.job = h.job;
         w.tag = h.tag;
     }
-    let values: Vec<Robj> = vec![kind.into(), id.into(), executor, params];
-    Ok(List::from_names_and_values(["kind", "id", "fn", "params"], values)?.into())
+    Ok(list!(kind = kind, id = id).into())
+}
+
+/// `.Call(w_unserialize, 1L)`: the job's executor; `2L`: its params. A
+/// plain native routine: R's errors in unserializing (a package that is
+/// not installed, say) jump out of it, to the job's tryCatch.
+unsafe extern "C" fn w_unserialize(which: SEXP) -> SEXP {
+    let (ptr, len) = {
+        let jb = JOB_BYTES.lock();
+        if Rf_asInteger(which) == 1 {
+            (jb.buf.as_ptr(), jb.fn_len)
+        } else {
+            (jb.buf.as_ptr().add(jb.fn_len), jb.used - jb.fn_len)
+        }
+    };
+    // The lock is released: nothing writes the buffer until the next frame.
+    crate::rfast::unserialize(std::slice::from_raw_parts(ptr, len))
+}
+
+/// The worker's native routines, as `.Call` takes them.
+#[extendr]
+fn aj_w_natives() -> Robj {
+    unsafe {
+        let f = std::mem::transmute::<*const (), crate::rfast::DlFunc>(w_unserialize as *const ());
+        Robj::from_sexp(crate::rfast::native(f))
+    }
 }
 
 /// Writes one frame with one `writev`; false when it was not written.
@@ -286,6 +336,7 @@ extendr_module! {
     mod wire;
     fn aj_w_open;
     fn aj_w_read;
+    fn aj_w_natives;
     fn aj_w_write;
     fn aj_w_baseline;
     fn aj_w_unchanged;
