@@ -221,3 +221,20 @@ test_that("a soak of short jobs with crashes, timeouts and cancellations ends wi
   expect_identical(nrow(get_worker_status()), 4L)
   note_pids(seen)
 })
+
+test_that("an executor whose namespace the worker lacks still runs, and the worker goes on", {
+  local_pool(1)
+  # An environment that serializes as a reference to a namespace the worker cannot load.
+  ns <- new.env()
+  ns$.__NAMESPACE__. <- new.env()
+  ns$.__NAMESPACE__.$spec <- c(name = "nonesuchpkg", version = "1.0")
+  f <- function(p) p
+  environment(f) <- ns
+  pid <- get_worker_status()$pid
+  st <- finish(create_job("unloadable", 1, f))
+  # R's unserialize() puts the global environment in its place.
+  expect_identical(st$status, "completed")
+  expect_identical(st$result, 1)
+  expect_identical(finish(create_job("after", 2, function(p) p * 2))$result, 4)
+  expect_identical(get_worker_status()$pid, pid)
+})
