@@ -24,6 +24,8 @@ pub const STRSXP: c_int = 16;
 pub const VECSXP: c_int = 19;
 const CLOSXP: c_int = 3;
 const CE_UTF8: c_int = 1;
+const CE_LATIN1: c_int = 2;
+const CE_BYTES: c_int = 3;
 
 #[repr(C)]
 struct OutStream {
@@ -92,6 +94,7 @@ extern "C" {
     pub fn INTEGER(x: SEXP) -> *mut c_int;
     fn LOGICAL(x: SEXP) -> *mut c_int;
     fn R_CHAR(x: SEXP) -> *const c_char;
+    fn Rf_getCharCE(x: SEXP) -> c_int;
     fn R_InitOutPStream(
         s: *mut OutStream,
         data: *mut c_void,
@@ -167,6 +170,22 @@ pub unsafe fn as_str<'a>(x: SEXP) -> Option<&'a str> {
         return None;
     }
     CStr::from_ptr(R_CHAR(c)).to_str().ok()
+}
+
+/// The string of a length-one character vector, if it is one that R's
+/// `check_operation()` passes as it is: not empty, UTF-8 (not marked latin1
+/// or bytes).
+pub unsafe fn as_utf8_str<'a>(x: SEXP) -> Option<&'a str> {
+    if TYPEOF(x) != STRSXP || Rf_xlength(x) != 1 || matches!(Rf_getCharCE(STRING_ELT(x, 0)), CE_LATIN1 | CE_BYTES) {
+        return None;
+    }
+    as_str(x).filter(|s| !s.is_empty())
+}
+
+/// The value of `name` in `env`, forcing it if it is a promise (which may
+/// raise an R error: call it with nothing to drop on the Rust stack).
+pub unsafe fn value_of(env: SEXP, name: &CStr) -> SEXP {
+    Rf_eval(Rf_install(name.as_ptr()), env)
 }
 
 pub unsafe fn as_f64(x: SEXP) -> Option<f64> {
