@@ -20,9 +20,8 @@ use async_trait::async_trait;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -32,6 +31,8 @@ use uuid::Uuid;
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
 /// Finished durations kept per operation for estimates.
 const HISTORY_LEN: usize = 50;
+/// Cleanup frees at least this many records off the caller's thread.
+const FREE_ELSEWHERE: usize = 1000;
 
 pub fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -40,6 +41,29 @@ pub fn now() -> f64 {
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
+
+/// Hashes job ids. This process makes them at random (v4) and only looks up
+/// the ids callers give, so a fold of the bytes spreads them as well as a
+/// keyed hash, at a fraction of its cost.
+#[derive(Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..c.len()].copy_from_slice(c);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Hash maps and sets keyed by job id use this.
+pub type IdHash = BuildHasherDefault<IdHasher>;
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -655,7 +679,7 @@ struct Finished {
     head: u32,
     /// Sequence numbers, found by job id.
     index: HashTable<u32>,
-    hasher: RandomState,
+    hasher: IdHash,
     /// A job ended earlier than the one before it (the clock stepped back).
     unordered: bool,
 }
@@ -734,18 +758,18 @@ impl Finished {
 #[derive(Default)]
 struct Memory {
     /// Pending and running jobs.
-    jobs: HashMap<Uuid, Job>,
+    jobs: HashMap<Uuid, Job, IdHash>,
     done: Finished,
     /// Key: [`duplicate_key`] -> the first active job holding it.
     active: HashMap<[u8; 32], Uuid>,
     queues: HashMap<Arc<str>, BTreeSet<QueueKey>>,
     /// Where each pending job sits in its queue, and each active job's lease token.
-    places: HashMap<Uuid, QueueKey>,
-    tokens: HashMap<Uuid, i64>,
-    payloads: HashMap<Uuid, Payload>,
+    places: HashMap<Uuid, QueueKey, IdHash>,
+    tokens: HashMap<Uuid, i64, IdHash>,
+    payloads: HashMap<Uuid, Payload, IdHash>,
     /// Jobs whose params hash is not known yet, with their params.
-    unhashed: HashMap<Uuid, Arc<Vec<u8>>>,
-    outputs: HashMap<Uuid, Vec<u8>>,
+    unhashed: HashMap<Uuid, Arc<Vec<u8>>, IdHash>,
+    outputs: HashMap<Uuid, Vec<u8>, IdHash>,
     names: Names,
     /// Recent durations of completed jobs, by operation.
     durations: HashMap<Arc<str>, VecDeque<f64>>,
@@ -1122,18 +1146,24 @@ impl Store for MemoryStore {
         let mut guard = self.inner.lock();
         let m = &mut *guard;
         let cutoff = now() - max_age;
-        let mut old: Vec<Uuid> = Vec::new();
+        let mut old = Vec::new();
+        let (mut records, mut outputs, mut params) = (Vec::new(), Vec::new(), Vec::new());
         // Oldest first, from the front of the log: only what goes is touched.
         while old.len() < batch {
             let Some(done) = m.done.pop_older(cutoff) else { break };
             let id = done.id();
             if done.side() & S_OUTPUT != 0 {
-                m.outputs.remove(&id);
+                outputs.extend(m.outputs.remove(&id));
             }
             if done.side() & S_UNHASHED != 0 {
-                m.unhashed.remove(&id);
+                params.extend(m.unhashed.remove(&id));
             }
             old.push(id);
+            records.push(done);
+        }
+        // Many records are freed on the blocking pool, not on the caller's thread.
+        if records.len() >= FREE_ELSEWHERE {
+            runtime().spawn_blocking(move || drop((records, outputs, params)));
         }
         if !old.is_empty() {
             m.done.shrink();

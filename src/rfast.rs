@@ -446,7 +446,7 @@ pub unsafe fn native(f: DlFunc) -> SEXP {
 /// records are read from the store on access) and the records callers wrote,
 /// which live in an R list kept alive by the table's external pointer.
 pub struct JobsEnv {
-    pub bound: HashSet<Uuid>,
+    pub bound: HashSet<Uuid, crate::registry::IdHash>,
     written: HashMap<String, isize>,
     free: Vec<isize>,
     slots: SEXP,
@@ -457,7 +457,7 @@ pub struct JobsEnv {
 
 thread_local! {
     pub static JOBS_ENV: RefCell<JobsEnv> = RefCell::new(JobsEnv {
-        bound: HashSet::new(),
+        bound: HashSet::default(),
         written: HashMap::new(),
         free: Vec::new(),
         slots: std::ptr::null_mut(),
