@@ -11,10 +11,12 @@
 //! when it is no longer current, so a host that lost a job can never
 //! overwrite what happened to it since.
 //!
-//! [`MemoryStore`] keeps everything in hash maps so that lookup by id, the
+//! [`MemoryStore`] keeps active jobs in hash maps so that lookup by id, the
 //! duplicate check and capacity counting are O(1). Payloads (the serialized
 //! executor and params) and captured output live beside the records, so a
-//! status snapshot clones only small fields.
+//! status snapshot clones only small fields. A job that ends becomes one
+//! compact allocation in a log kept in the order jobs ended, found by id
+//! through an index of sequence numbers; cleanup takes from its front.
 
 use async_trait::async_trait;
 use hashbrown::HashTable;
