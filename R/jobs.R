@@ -212,9 +212,16 @@ status_of_written <- function(id, rec) {
 #' stop_workers()
 #' @export
 check_duplicate_job <- function(operation, params) {
-  check_process()
-  operation <- check_operation(operation)
-  r <- suspendInterrupts(.Call(.state$c_duplicate, operation, params))
+  # One call (c_duplicate in src/r_api.rs) checks the process and the
+  # operation itself, and asks for R's checks when they fail; it reads
+  # `params` from this frame once they pass.
+  r <- suspendInterrupts(.Call(.state$c_duplicate, operation, environment()))
+  if (inherits(r, "asyncjobs_check")) {
+    check_process()
+    operation <- check_operation(operation)
+    r <- suspendInterrupts(.Call(.state$c_duplicate, operation, environment()))
+    if (inherits(r, "asyncjobs_check")) abort("argument", "`operation` cannot be used (see ?check_duplicate_job).", "operation")
+  }
   if (store_failed(r)) store_unavailable(r) else r
 }
 

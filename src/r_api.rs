@@ -1008,15 +1008,20 @@ unsafe fn job_record(id: &Uuid) -> SEXP {
     l
 }
 
-/// check_duplicate_job()'s one call: list(duplicate = FALSE) or
-/// list(duplicate = TRUE, existing_job_id), or a store error.
-unsafe extern "C" fn c_duplicate(operation: SEXP, params: SEXP) -> SEXP {
-    owner_or_error();
-    let params = rf::serialize(params, "params", std::ptr::null_mut());
-    let operation = rf::as_str(operation).unwrap_or("").to_owned();
+/// check_duplicate_job()'s one call, given its frame: list(duplicate =
+/// FALSE) or list(duplicate = TRUE, existing_job_id), or a store error; or,
+/// when R's checks must run first (no store chosen yet, a forked child, an
+/// operation that is not a single UTF-8 string), NULL of class
+/// asyncjobs_check. `params` is evaluated after these checks, as it was
+/// after R's.
+unsafe extern "C" fn c_duplicate(operation: SEXP, frame: SEXP) -> SEXP {
+    let Some(operation) = rf::as_str(operation).filter(|_| ready() && rf::plain_utf8(operation)) else {
+        return check_first();
+    };
+    let params = rf::serialize(rf::value_of(frame, c"params"), "params", std::ptr::null_mut());
     let found = guarded_value(move || {
         let hash = registry::sha256(&params);
-        block_on(store().find_active(&operation, &hash))
+        block_on(store().find_active(operation, &hash))
     });
     match found {
         Ok(None) => rf::named_list("not_duplicate", &["duplicate"], |l| {

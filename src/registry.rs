@@ -11,15 +11,19 @@
 //! when it is no longer current, so a host that lost a job can never
 //! overwrite what happened to it since.
 //!
-//! [`MemoryStore`] keeps everything in hash maps so that lookup by id, the
+//! [`MemoryStore`] keeps active jobs in hash maps so that lookup by id, the
 //! duplicate check and capacity counting are O(1). Payloads (the serialized
 //! executor and params) and captured output live beside the records, so a
-//! status snapshot clones only small fields.
+//! status snapshot clones only small fields. A job that ends becomes one
+//! compact allocation in a log kept in the order jobs ended, found by id
+//! through an index of sequence numbers; cleanup takes from its front.
 
 use async_trait::async_trait;
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -29,6 +33,8 @@ use uuid::Uuid;
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
 /// Finished durations kept per operation for estimates.
 const HISTORY_LEN: usize = 50;
+/// Cleanup frees at least this many records off the caller's thread.
+const FREE_ELSEWHERE: usize = 1000;
 
 pub fn now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
@@ -37,6 +43,29 @@ pub fn now() -> f64 {
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
+
+/// Hashes job ids. This process makes them at random (v4) and only looks up
+/// the ids callers give, so a fold of the bytes spreads them as well as a
+/// keyed hash, at a fraction of its cost.
+#[derive(Clone, Copy, Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..c.len()].copy_from_slice(c);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Hash maps and sets keyed by job id use this.
+pub type IdHash = BuildHasherDefault<IdHasher>;
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -427,12 +456,6 @@ pub fn duplicate_key(operation: &str, params_hash: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-#[derive(Default)]
-struct OperationStats {
-    name: Option<Arc<str>>,
-    durations: VecDeque<f64>,
-}
-
 struct Payload {
     executor: Vec<u8>,
     params: Arc<Vec<u8>>,
@@ -441,20 +464,317 @@ struct Payload {
 /// Order among pending jobs of one queue: higher priority, then submit order.
 type QueueKey = (i64, u64, Uuid);
 
+/// Operation and queue names, each kept once.
+#[derive(Default)]
+struct Names {
+    ids: HashMap<Arc<str>, u32>,
+    all: Vec<Arc<str>>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u32 {
+        if let Some(&i) = self.ids.get(name) {
+            return i;
+        }
+        let i = self.all.len() as u32;
+        let name: Arc<str> = Arc::from(name);
+        self.all.push(name.clone());
+        self.ids.insert(name, i);
+        i
+    }
+
+    fn name(&self, id: u32) -> Arc<str> {
+        self.all[id as usize].clone()
+    }
+}
+
+// A finished job's fixed fields: byte offsets in its record.
+const D_ID: usize = 0;
+const D_HASH: usize = 16;
+const D_SUBMITTED: usize = 48;
+/// NaN when the job never started.
+const D_STARTED: usize = 56;
+const D_COMPLETED: usize = 64;
+const D_TIMEOUT: usize = 72;
+const D_OPERATION: usize = 80;
+const D_QUEUE: usize = 84;
+const D_PRIORITY: usize = 88;
+const D_ATTEMPTS: usize = 92;
+const D_MAX_ATTEMPTS: usize = 96;
+const D_PID: usize = 100;
+const D_STATUS: usize = 104;
+const D_FLAGS: usize = 105;
+/// The side maps that hold an entry for the job: `S_*`.
+const D_SIDE: usize = 106;
+/// Then, each when its `F_*` flag says: error code, message and detail;
+/// progress current, total and step; the result, to the end.
+const D_TAIL: usize = 107;
+
+const F_PID: u8 = 1;
+const F_ERROR: u8 = 2;
+const F_DETAIL: u8 = 4;
+const F_CURRENT: u8 = 8;
+const F_TOTAL: u8 = 16;
+const F_STEP: u8 = 32;
+const F_RESULT: u8 = 64;
+const F_PROGRESS: u8 = 128;
+
+const S_UNHASHED: u8 = 1;
+const S_OUTPUT: u8 = 2;
+
+/// A finished job in one allocation: its record and its result, no
+/// payload, output or lease.
+struct Done(Box<[u8]>);
+
+fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    buf.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    buf.extend_from_slice(b);
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> &'a [u8] {
+        self.at += n;
+        &self.buf[self.at - n..self.at]
+    }
+
+    fn f64(&mut self) -> f64 {
+        f64::from_le_bytes(self.take(8).try_into().unwrap())
+    }
+
+    fn bytes(&mut self) -> &'a [u8] {
+        let n = u64::from_le_bytes(self.take(8).try_into().unwrap());
+        self.take(n as usize)
+    }
+
+    fn string(&mut self) -> String {
+        String::from_utf8_lossy(self.bytes()).into_owned()
+    }
+}
+
+impl Done {
+    /// `job` has ended; `result` is what it completed with.
+    fn new(job: &Job, operation: u32, queue: u32, side: u8, result: Option<&[u8]>) -> Done {
+        let err = job.error.as_deref();
+        let progress = job.progress.as_deref();
+        let mut flags = 0;
+        let mut len = D_TAIL;
+        let mut flag = |f: u8, on: bool, n: usize| {
+            if on {
+                flags |= f;
+                len += n;
+            }
+        };
+        flag(F_PID, job.worker_pid.is_some(), 0);
+        flag(F_ERROR, err.is_some(), err.map_or(0, |e| 16 + e.code.len() + e.message.len()));
+        let detail = err.and_then(|e| e.detail.as_deref());
+        flag(F_DETAIL, detail.is_some(), detail.map_or(0, |d| 8 + d.len()));
+        flag(F_PROGRESS, progress.is_some(), 0);
+        flag(F_CURRENT, progress.is_some_and(|p| p.current.is_some()), 8);
+        flag(F_TOTAL, progress.is_some_and(|p| p.total.is_some()), 8);
+        let step = progress.and_then(|p| p.step.as_deref());
+        flag(F_STEP, step.is_some(), step.map_or(0, |s| 8 + s.len()));
+        flag(F_RESULT, result.is_some(), result.map_or(0, <[u8]>::len));
+        let mut b = Vec::with_capacity(len);
+        b.extend_from_slice(job.id.as_bytes());
+        b.extend_from_slice(&job.params_hash);
+        for t in [job.submitted_at, job.started_at.unwrap_or(f64::NAN), job.completed_at.unwrap_or(f64::NAN)] {
+            b.extend_from_slice(&t.to_le_bytes());
+        }
+        b.extend_from_slice(&job.timeout_ms.to_le_bytes());
+        for v in [operation, queue, job.priority as u32, job.attempts, job.max_attempts, job.worker_pid.unwrap_or(0)] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&[job.status as u8, flags, side]);
+        if let Some(e) = err {
+            put_bytes(&mut b, e.code.as_bytes());
+            put_bytes(&mut b, e.message.as_bytes());
+        }
+        if let Some(d) = detail {
+            put_bytes(&mut b, d);
+        }
+        for v in [progress.and_then(|p| p.current), progress.and_then(|p| p.total)].into_iter().flatten() {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        if let Some(s) = step {
+            put_bytes(&mut b, s.as_bytes());
+        }
+        b.extend_from_slice(result.unwrap_or_default());
+        Done(b.into_boxed_slice())
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        u32::from_le_bytes(self.0[at..at + 4].try_into().unwrap())
+    }
+
+    fn f64_at(&self, at: usize) -> f64 {
+        f64::from_le_bytes(self.0[at..at + 8].try_into().unwrap())
+    }
+
+    fn id(&self) -> Uuid {
+        Uuid::from_bytes(self.0[D_ID..D_ID + 16].try_into().unwrap())
+    }
+
+    fn status(&self) -> Status {
+        [Status::Pending, Status::Running, Status::Completed, Status::Failed, Status::Cancelled][self.0[D_STATUS] as usize]
+    }
+
+    fn completed_at(&self) -> f64 {
+        self.f64_at(D_COMPLETED)
+    }
+
+    fn side(&self) -> u8 {
+        self.0[D_SIDE]
+    }
+
+    fn set_hash(&mut self, hash: &[u8; 32]) {
+        self.0[D_HASH..D_HASH + 32].copy_from_slice(hash);
+        self.0[D_SIDE] &= !S_UNHASHED;
+    }
+
+    /// The job's record; its result only when `with_result`.
+    fn job(&self, names: &Names, with_result: bool) -> Job {
+        let flags = self.0[D_FLAGS];
+        let has = |f: u8| flags & f != 0;
+        let mut r = Reader { buf: &self.0, at: D_TAIL };
+        let error = has(F_ERROR).then(|| {
+            let (code, message) = (r.string(), r.string());
+            let detail = has(F_DETAIL).then(|| Arc::from(r.bytes()));
+            Box::new(JobError { code, message, detail })
+        });
+        let (current, total) = (has(F_CURRENT).then(|| r.f64()), has(F_TOTAL).then(|| r.f64()));
+        let step = has(F_STEP).then(|| r.string());
+        let progress = has(F_PROGRESS).then(|| Box::new(Progress { step, current, total }));
+        let result = (has(F_RESULT) && with_result).then(|| Arc::from(&self.0[r.at..]));
+        let started = self.f64_at(D_STARTED);
+        Job {
+            id: self.id(),
+            operation: names.name(self.u32_at(D_OPERATION)),
+            params_hash: self.0[D_HASH..D_HASH + 32].try_into().unwrap(),
+            status: self.status(),
+            queue: names.name(self.u32_at(D_QUEUE)),
+            priority: self.u32_at(D_PRIORITY) as i32,
+            submitted_at: self.f64_at(D_SUBMITTED),
+            started_at: (!started.is_nan()).then_some(started),
+            completed_at: Some(self.completed_at()),
+            timeout_ms: u64::from_le_bytes(self.0[D_TIMEOUT..D_TIMEOUT + 8].try_into().unwrap()),
+            attempts: self.u32_at(D_ATTEMPTS),
+            max_attempts: self.u32_at(D_MAX_ATTEMPTS),
+            result,
+            error,
+            progress,
+            worker_pid: has(F_PID).then(|| self.u32_at(D_PID)),
+            host: None,
+        }
+    }
+}
+
+/// Finished jobs in the order they ended, the order cleanup removes them in.
+#[derive(Default)]
+struct Finished {
+    log: VecDeque<Done>,
+    /// Sequence number of `log[0]`; a job keeps its number (wrapping) while it stays.
+    head: u32,
+    /// Sequence numbers, found by job id.
+    index: HashTable<u32>,
+    hasher: IdHash,
+    /// A job ended earlier than the one before it (the clock stepped back).
+    unordered: bool,
+}
+
+impl Finished {
+    fn len(&self) -> usize {
+        self.log.len()
+    }
+
+    fn at(&self, seq: u32) -> usize {
+        seq.wrapping_sub(self.head) as usize
+    }
+
+    fn find(&self, id: &Uuid) -> Option<usize> {
+        let seq = self.index.find(self.hasher.hash_one(id), |&s| self.log[self.at(s)].id() == *id)?;
+        Some(self.at(*seq))
+    }
+
+    fn get(&self, id: &Uuid) -> Option<&Done> {
+        self.find(id).map(|i| &self.log[i])
+    }
+
+    fn get_mut(&mut self, id: &Uuid) -> Option<&mut Done> {
+        self.find(id).map(|i| &mut self.log[i])
+    }
+
+    fn insert(&mut self, seq: u32, id: &Uuid) {
+        let (log, head, hasher) = (&self.log, self.head, &self.hasher);
+        self.index.insert_unique(hasher.hash_one(id), seq, |&s| hasher.hash_one(log[s.wrapping_sub(head) as usize].id()));
+    }
+
+    fn push(&mut self, done: Done) {
+        self.unordered |= self.log.back().is_some_and(|last| done.completed_at() < last.completed_at());
+        let (seq, id) = (self.head.wrapping_add(self.log.len() as u32), done.id());
+        self.log.push_back(done);
+        self.insert(seq, &id);
+    }
+
+    /// Removes the job that ended first if it ended before `cutoff`.
+    fn pop_older(&mut self, cutoff: f64) -> Option<Done> {
+        if self.unordered {
+            self.sort();
+        }
+        if !(self.log.front()?.completed_at() < cutoff) {
+            return None;
+        }
+        let done = self.log.pop_front()?;
+        let head = self.head;
+        if let Ok(e) = self.index.find_entry(self.hasher.hash_one(done.id()), |&s| s == head) {
+            e.remove();
+        }
+        self.head = head.wrapping_add(1);
+        Some(done)
+    }
+
+    /// Puts the log in the order of the end times, and numbers it anew.
+    fn sort(&mut self) {
+        self.log.make_contiguous().sort_by(|a, b| a.completed_at().total_cmp(&b.completed_at()));
+        self.index.clear();
+        for i in 0..self.log.len() {
+            let id = self.log[i].id();
+            self.insert(self.head.wrapping_add(i as u32), &id);
+        }
+        self.unordered = false;
+    }
+
+    fn shrink(&mut self) {
+        if self.log.len() < self.log.capacity() / 4 {
+            self.log.shrink_to_fit();
+            let (log, head, hasher) = (&self.log, self.head, &self.hasher);
+            self.index.shrink_to_fit(|&s| hasher.hash_one(log[s.wrapping_sub(head) as usize].id()));
+        }
+    }
+}
+
 #[derive(Default)]
 struct Memory {
-    jobs: HashMap<Uuid, Job>,
+    /// Pending and running jobs.
+    jobs: HashMap<Uuid, Job, IdHash>,
+    done: Finished,
     /// Key: [`duplicate_key`] -> the first active job holding it.
     active: HashMap<[u8; 32], Uuid>,
     queues: HashMap<Arc<str>, BTreeSet<QueueKey>>,
-    /// Where each pending job sits in its queue, and each job's lease token.
-    places: HashMap<Uuid, QueueKey>,
-    tokens: HashMap<Uuid, i64>,
-    payloads: HashMap<Uuid, Payload>,
+    /// Where each pending job sits in its queue, and each active job's lease token.
+    places: HashMap<Uuid, QueueKey, IdHash>,
+    tokens: HashMap<Uuid, i64, IdHash>,
+    payloads: HashMap<Uuid, Payload, IdHash>,
     /// Jobs whose params hash is not known yet, with their params.
-    unhashed: HashMap<Uuid, Arc<Vec<u8>>>,
-    outputs: HashMap<Uuid, Vec<u8>>,
-    operations: HashMap<String, OperationStats>,
+    unhashed: HashMap<Uuid, Arc<Vec<u8>>, IdHash>,
+    outputs: HashMap<Uuid, Vec<u8>, IdHash>,
+    names: Names,
+    /// Recent durations of completed jobs, by operation.
+    durations: HashMap<Arc<str>, VecDeque<f64>>,
     seq: u64,
     pending: usize,
     running: usize,
@@ -475,19 +795,14 @@ impl MemoryStore {
 }
 
 impl Memory {
-    fn intern(&mut self, operation: &str) -> Arc<str> {
-        let stats = self.operations.entry(operation.to_owned()).or_default();
-        stats.name.get_or_insert_with(|| Arc::from(operation)).clone()
-    }
-
     /// Records a job's params hash; an active job then blocks its twins.
     fn set_hash(&mut self, id: &Uuid, hash: [u8; 32]) {
         self.unhashed.remove(id);
-        let Some(job) = self.jobs.get_mut(id) else { return };
-        job.params_hash = hash;
-        if !job.status.is_terminal() {
-            let key = duplicate_key(&job.operation, &hash);
-            self.active.entry(key).or_insert(*id);
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.params_hash = hash;
+            self.active.entry(duplicate_key(&job.operation, &hash)).or_insert(*id);
+        } else if let Some(done) = self.done.get_mut(id) {
+            done.set_hash(&hash);
         }
     }
 
@@ -504,13 +819,16 @@ impl Memory {
             && self.tokens.get(&lease.id) == Some(&lease.token)
     }
 
+    fn contains(&self, id: &Uuid) -> bool {
+        self.jobs.contains_key(id) || self.done.get(id).is_some()
+    }
+
     /// Ends an active job; false if it had already ended.
     fn end(&mut self, id: &Uuid, outcome: &Outcome, now: f64) -> bool {
-        let Some(job) = self.jobs.get(id) else { return false };
+        let Some(mut job) = self.jobs.remove(id) else { return false };
         match job.status {
             Status::Pending => self.pending -= 1,
-            Status::Running => self.running -= 1,
-            _ => return false,
+            _ => self.running -= 1,
         }
         if !self.unhashed.contains_key(id) {
             let key = duplicate_key(&job.operation, &job.params_hash);
@@ -524,20 +842,25 @@ impl Memory {
             }
         }
         self.payloads.remove(id);
-        *self.tokens.entry(*id).or_default() += 1;
-        let job = self.jobs.get_mut(id).unwrap();
+        self.tokens.remove(id);
+        if let Some(out) = self.outputs.get_mut(id) {
+            out.shrink_to_fit();
+        }
         job.completed_at = Some(now);
-        job.host = None;
+        let mut result = None;
         match outcome {
             Outcome::Completed(bytes) => {
                 job.status = Status::Completed;
-                job.result = Some(Arc::from(bytes.as_slice()));
+                result = Some(bytes.as_slice());
                 if let Some(d) = job.duration() {
-                    let stats = self.operations.entry(job.operation.to_string()).or_default();
-                    if stats.durations.len() == HISTORY_LEN {
-                        stats.durations.pop_front();
+                    if !self.durations.contains_key(&*job.operation) {
+                        self.durations.insert(job.operation.clone(), VecDeque::new());
                     }
-                    stats.durations.push_back(d);
+                    let durations = self.durations.get_mut(&*job.operation).unwrap();
+                    if durations.len() == HISTORY_LEN {
+                        durations.pop_front();
+                    }
+                    durations.push_back(d);
                 }
             }
             Outcome::Failed(err) => {
@@ -549,6 +872,10 @@ impl Memory {
                 job.error = Some(Box::new(JobError::new("CANCELLED", "Job was cancelled")));
             }
         }
+        let (operation, queue) = (self.names.id(&job.operation), self.names.id(&job.queue));
+        let side = if self.unhashed.contains_key(id) { S_UNHASHED } else { 0 }
+            | if self.outputs.contains_key(id) { S_OUTPUT } else { 0 };
+        self.done.push(Done::new(&job, operation, queue, side, result));
         true
     }
 
@@ -559,7 +886,7 @@ impl Memory {
     }
 
     fn typical(&self, operation: &str) -> Option<f64> {
-        median(self.operations.get(operation)?.durations.iter().copied().collect())
+        median(self.durations.get(operation)?.iter().copied().collect())
     }
 }
 
@@ -590,8 +917,10 @@ impl Store for MemoryStore {
         if m.pending + m.running >= limit {
             return Ok(Submit::Full { limit });
         }
-        let operation = m.intern(&job.operation);
-        let queue: Arc<str> = Arc::from(job.queue.as_str());
+        let operation = m.names.id(&job.operation);
+        let operation = m.names.name(operation);
+        let queue = m.names.id(&job.queue);
+        let queue = m.names.name(queue);
         match hash {
             Some(h) => {
                 m.active.entry(duplicate_key(&job.operation, &h)).or_insert(job.id);
@@ -648,10 +977,14 @@ impl Store for MemoryStore {
 
     async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>> {
         let m = self.inner.lock();
-        let Some(job) = m.jobs.get(id) else { return Ok(None) };
-        let mut job = job.clone();
+        let mut job = match m.jobs.get(id) {
+            Some(job) => job.clone(),
+            None => match m.done.get(id) {
+                Some(done) => done.job(&m.names, with_result),
+                None => return Ok(None),
+            },
+        };
         if !with_result {
-            job.result = None;
             if let Some(e) = job.error.as_mut() {
                 e.detail = None;
             }
@@ -669,7 +1002,7 @@ impl Store for MemoryStore {
 
     async fn counts(&self) -> StoreResult<Counts> {
         let m = self.inner.lock();
-        Ok(Counts { pending: m.pending, running: m.running, total: m.jobs.len() })
+        Ok(Counts { pending: m.pending, running: m.running, total: m.jobs.len() + m.done.len() })
     }
 
     async fn typical_duration(&self, operation: &str) -> StoreResult<Option<f64>> {
@@ -728,7 +1061,7 @@ impl Store for MemoryStore {
 
     async fn output(&self, id: &Uuid) -> StoreResult<Option<Vec<u8>>> {
         let m = self.inner.lock();
-        if !m.jobs.contains_key(id) {
+        if !m.contains(id) {
             return Ok(None);
         }
         Ok(Some(m.outputs.get(id).cloned().unwrap_or_default()))
@@ -740,8 +1073,15 @@ impl Store for MemoryStore {
             if !m.current(lease) {
                 return Ok(false);
             }
-            if let Some(out) = output {
-                m.outputs.insert(lease.id, out.to_vec());
+            match output {
+                Some(out) if !out.is_empty() => {
+                    m.outputs.insert(lease.id, out.to_vec());
+                }
+                // Nothing captured: no entry, which reads the same.
+                Some(_) => {
+                    m.outputs.remove(&lease.id);
+                }
+                None => {}
             }
             m.end(&lease.id, outcome, now())
         };
@@ -752,11 +1092,10 @@ impl Store for MemoryStore {
     async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
         let r = {
             let mut m = self.inner.lock();
-            let Some(job) = m.jobs.get(id) else { return Ok(Cancel::NotFound) };
+            let Some(job) = m.jobs.get(id) else {
+                return Ok(m.done.get(id).map_or(Cancel::NotFound, |d| Cancel::Finished(d.status())));
+            };
             let status = job.status;
-            if status.is_terminal() {
-                return Ok(Cancel::Finished(status));
-            }
             let token = m.tokens.get(id).copied().unwrap_or_default();
             m.end(id, &Outcome::Cancelled, now());
             match status {
@@ -809,35 +1148,34 @@ impl Store for MemoryStore {
         let mut guard = self.inner.lock();
         let m = &mut *guard;
         let cutoff = now() - max_age;
-        // One pass over the jobs; the side maps only where they hold anything.
-        let mut old: Vec<Uuid> = Vec::new();
-        m.jobs.retain(|id, j| {
-            let expired =
-                old.len() < batch && j.status.is_terminal() && j.completed_at.unwrap_or(j.submitted_at) < cutoff;
-            if expired {
-                old.push(*id);
+        let mut old = Vec::new();
+        let (mut records, mut outputs, mut params) = (Vec::new(), Vec::new(), Vec::new());
+        // Oldest first, from the front of the log: only what goes is touched.
+        while old.len() < batch {
+            let Some(done) = m.done.pop_older(cutoff) else { break };
+            let id = done.id();
+            if done.side() & S_OUTPUT != 0 {
+                outputs.extend(m.outputs.remove(&id));
             }
-            !expired
-        });
-        if !m.outputs.is_empty() {
-            for id in &old {
-                m.outputs.remove(id);
+            if done.side() & S_UNHASHED != 0 {
+                params.extend(m.unhashed.remove(&id));
             }
+            old.push(id);
+            records.push(done);
         }
-        if !m.tokens.is_empty() {
-            for id in &old {
-                m.tokens.remove(id);
-            }
+        // Many records are freed on the blocking pool, not on the caller's thread.
+        if records.len() >= FREE_ELSEWHERE {
+            runtime().spawn_blocking(move || drop((records, outputs, params)));
         }
-        if !m.unhashed.is_empty() {
-            for id in &old {
-                m.unhashed.remove(id);
+        if !old.is_empty() {
+            m.done.shrink();
+            if m.jobs.len() < m.jobs.capacity() / 4 {
+                m.jobs.shrink_to_fit();
+                m.tokens.shrink_to_fit();
             }
-        }
-        if !old.is_empty() && m.jobs.len() < m.jobs.capacity() / 4 {
-            m.jobs.shrink_to_fit();
-            m.outputs.shrink_to_fit();
-            m.tokens.shrink_to_fit();
+            if m.outputs.len() < m.outputs.capacity() / 4 {
+                m.outputs.shrink_to_fit();
+            }
         }
         Ok(old)
     }
@@ -848,6 +1186,7 @@ impl Store for MemoryStore {
         for j in &mut all {
             j.result = None;
         }
+        all.extend(m.done.log.iter().map(|d| d.job(&m.names, false)));
         all.sort_by(|a, b| a.submitted_at.total_cmp(&b.submitted_at));
         Ok(all)
     }

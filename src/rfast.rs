@@ -177,6 +177,12 @@ pub unsafe fn as_str<'a>(x: SEXP) -> Option<&'a str> {
     CStr::from_ptr(R_CHAR(c)).to_str().ok()
 }
 
+/// The value of `name` in `env`, forcing it if it is a promise (which may
+/// raise an R error: call it with nothing to drop on the Rust stack).
+pub unsafe fn value_of(env: SEXP, name: &CStr) -> SEXP {
+    Rf_eval(Rf_install(name.as_ptr()), env)
+}
+
 pub unsafe fn as_f64(x: SEXP) -> Option<f64> {
     if Rf_xlength(x) < 1 {
         return None;
@@ -515,7 +521,7 @@ pub unsafe fn native(f: DlFunc) -> SEXP {
 /// records are read from the store on access) and the records callers wrote,
 /// which live in an R list kept alive by the table's external pointer.
 pub struct JobsEnv {
-    pub bound: HashSet<Uuid>,
+    pub bound: HashSet<Uuid, crate::registry::IdHash>,
     written: HashMap<String, isize>,
     free: Vec<isize>,
     slots: SEXP,
@@ -526,7 +532,7 @@ pub struct JobsEnv {
 
 thread_local! {
     pub static JOBS_ENV: RefCell<JobsEnv> = RefCell::new(JobsEnv {
-        bound: HashSet::new(),
+        bound: HashSet::default(),
         written: HashMap::new(),
         free: Vec::new(),
         slots: std::ptr::null_mut(),

@@ -436,6 +436,67 @@ fn memory_history_feeds_estimates() {
 }
 
 #[test]
+fn memory_finished_jobs_keep_their_record_and_go_oldest_first() {
+    let s = MemoryStore::new();
+    let mut a = in_queue(job("keep", b"a"), "k", 3);
+    a.max_attempts = 2;
+    a.params_hash = Some(sha256(b"a"));
+    let a = submit(&s, a);
+    let lease = claim(&s, "k", 1)[0].lease;
+    let p = Progress::parse("1\u{1f}4\u{1f}step");
+    block_on(s.report(&lease, Report { pid: Some(77), progress: Some(&p), output: Some(b"early") })).unwrap();
+    let before = get(&s, a);
+    let err = JobError { code: "EXECUTION_ERROR".into(), message: "boom".into(), detail: Some(Arc::from(&[1u8, 2, 3][..])) };
+    assert!(block_on(s.finish(&lease, &Outcome::Failed(err.clone()), Some(b"tail"))).unwrap());
+    // Compacted, the record reads as it was, ended.
+    let f = get(&s, a);
+    assert_eq!((f.status, f.error.as_deref(), f.progress.as_deref()), (Status::Failed, Some(&err), Some(&p)));
+    assert_eq!((f.worker_pid, f.attempts, f.max_attempts, f.priority), (Some(77), 1, 2, 3));
+    assert_eq!((&*f.operation, &*f.queue, f.params_hash, f.timeout_ms), ("keep", "k", sha256(b"a"), 1_800_000));
+    assert_eq!((f.submitted_at, f.started_at), (before.submitted_at, before.started_at));
+    assert!(f.completed_at.unwrap() >= f.started_at.unwrap() && f.host.is_none() && f.result.is_none());
+    let light = block_on(s.get(&a, false)).unwrap().unwrap().job;
+    assert_eq!(light.error.unwrap().detail, None);
+    assert_eq!(block_on(s.output(&a)).unwrap().as_deref(), Some(&b"tail"[..]));
+    assert_eq!(block_on(s.cancel(&a)).unwrap(), Cancel::Finished(Status::Failed));
+    assert!(!block_on(s.report(&lease, Report { pid: Some(1), ..Default::default() })).unwrap());
+
+    let b = submit(&s, in_queue(job("keep", b"b"), "k", 0));
+    let lease = claim(&s, "k", 1)[0].lease;
+    assert!(block_on(s.finish(&lease, &Outcome::Completed(b"value".to_vec()), Some(b""))).unwrap());
+    assert_eq!(get(&s, b).result.as_deref(), Some(&b"value"[..]));
+    assert_eq!(block_on(s.output(&b)).unwrap().as_deref(), Some(&b""[..]));
+    let mut u = in_queue(job("keep", b"u"), "k", 0);
+    u.unique = true;
+    let u = submit(&s, u);
+    assert_eq!(block_on(s.find_active("keep", &sha256(b"u"))).unwrap(), Some(u));
+    block_on(s.cancel(&u)).unwrap();
+    assert_eq!(block_on(s.find_active("keep", &sha256(b"u"))).unwrap(), None);
+    let pending = submit(&s, in_queue(job("keep", b"p"), "k2", 0));
+    let running = submit(&s, in_queue(job("keep", b"r"), "k3", 0));
+    let lease = claim(&s, "k3", 1)[0].lease;
+    std::thread::sleep(Duration::from_millis(10));
+
+    // Oldest first, a batch at a time; active jobs stay.
+    assert_eq!(block_on(s.cleanup(0.0, 2)).unwrap(), vec![a, b]);
+    assert_eq!(block_on(s.cleanup(0.0, 100)).unwrap(), vec![u]);
+    assert!(block_on(s.cleanup(0.0, 100)).unwrap().is_empty());
+    for id in [a, b, u] {
+        assert!(block_on(s.get(&id, true)).unwrap().is_none());
+        assert!(block_on(s.output(&id)).unwrap().is_none());
+        assert_eq!(block_on(s.cancel(&id)).unwrap(), Cancel::NotFound);
+    }
+    let left: Vec<Uuid> = block_on(s.list()).unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(left, vec![pending, running]);
+    assert_eq!(block_on(s.counts()).unwrap(), Counts { pending: 1, running: 1, total: 2 });
+    // A unique twin of the cancelled job is accepted again.
+    let mut twin = in_queue(job("keep", b"u"), "k", 0);
+    twin.unique = true;
+    assert_eq!(block_on(s.submit(twin, usize::MAX)).unwrap(), Submit::Accepted);
+    assert!(block_on(s.finish(&lease, &Outcome::Cancelled, None)).unwrap());
+}
+
+#[test]
 fn progress_text_parses_missing_fields() {
     assert_eq!(Progress::parse("NA\u{1f}NA"), Progress::default());
     let p = Progress::parse("3\u{1f}10\u{1f}a\u{1f}b");
@@ -538,13 +599,50 @@ fn memory_cleanup_of_100k_jobs_timing() {
         }
         done += c.len();
     }
-    // Thread CPU time: wall time means little on a shared machine.
-    let cpu = || {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
-    };
-    let (t, c) = (std::time::Instant::now(), cpu());
+    let (t, c) = (std::time::Instant::now(), thread_cpu());
     let removed = block_on(s.cleanup(0.0, usize::MAX)).unwrap();
-    eprintln!("cleanup of {} jobs: {:?} wall, {:.1} ms CPU", removed.len(), t.elapsed(), (cpu() - c) * 1e3);
+    eprintln!("cleanup of {} jobs: {:?} wall, {:.1} ms CPU", removed.len(), t.elapsed(), (thread_cpu() - c) * 1e3);
+}
+
+/// Measurement, not a check: memory per retained finished job, and cleanup
+/// of them, for jobs as the R API submits them (hashed params, no output).
+/// `cargo test --release --test store -- --ignored --nocapture --test-threads 1`.
+#[test]
+#[ignore]
+fn memory_retained_jobs_measure() {
+    let rss = || {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        statm.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() * 4096.0
+    };
+    let s = MemoryStore::new();
+    let n = 100_000;
+    let r0 = rss();
+    // In batches, as a pool runs them.
+    for batch in 0..n / 500 {
+        for i in 0..500 {
+            let mut j = in_queue(job("fill", format!("{}", batch * 500 + i).as_bytes()), "m", 0);
+            j.params_hash = Some(sha256(&j.params));
+            j.executor = vec![0u8; 600];
+            submit(&s, j);
+        }
+        for c in claim(&s, "m", 500) {
+            block_on(s.finish(&c.lease, &Outcome::Completed(vec![0u8; 105]), None)).unwrap();
+        }
+    }
+    let per_job = (rss() - r0) / n as f64;
+    let (t, c) = (std::time::Instant::now(), thread_cpu());
+    let removed = block_on(s.cleanup(0.0, usize::MAX)).unwrap();
+    eprintln!(
+        "RSS per retained job: {per_job:.0} bytes; cleanup of {} jobs: {:?} wall, {:.1} ms CPU",
+        removed.len(),
+        t.elapsed(),
+        (thread_cpu() - c) * 1e3
+    );
+}
+
+/// This thread's CPU time in seconds: wall time means little on a shared machine.
+fn thread_cpu() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
