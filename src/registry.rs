@@ -437,6 +437,34 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// The durations of an operation's last jobs, and their median, which is
+/// recomputed (a sort) at each submit only while there are few; then after
+/// every 8 new ones.
+#[derive(Default)]
+struct Recent {
+    durations: VecDeque<f64>,
+    median: Option<f64>,
+    new: usize,
+}
+
+impl Recent {
+    fn push(&mut self, d: f64) {
+        if self.durations.len() == HISTORY_LEN {
+            self.durations.pop_front();
+        }
+        self.durations.push_back(d);
+        self.new += 1;
+    }
+
+    fn median(&mut self) -> Option<f64> {
+        if self.new > 0 && (self.new >= 8 || self.durations.len() < 16) {
+            self.median = median(self.durations.iter().copied().collect());
+            self.new = 0;
+        }
+        self.median
+    }
+}
+
 /// Median of recent durations, or None.
 pub fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -774,7 +802,7 @@ struct Memory {
     outputs: HashMap<Uuid, Vec<u8>, IdHash>,
     names: Names,
     /// Recent durations of completed jobs, by operation.
-    durations: HashMap<Arc<str>, VecDeque<f64>>,
+    durations: HashMap<Arc<str>, Recent>,
     seq: u64,
     pending: usize,
     running: usize,
@@ -854,13 +882,9 @@ impl Memory {
                 result = Some(bytes.as_slice());
                 if let Some(d) = job.duration() {
                     if !self.durations.contains_key(&*job.operation) {
-                        self.durations.insert(job.operation.clone(), VecDeque::new());
+                        self.durations.insert(job.operation.clone(), Recent::default());
                     }
-                    let durations = self.durations.get_mut(&*job.operation).unwrap();
-                    if durations.len() == HISTORY_LEN {
-                        durations.pop_front();
-                    }
-                    durations.push_back(d);
+                    self.durations.get_mut(&*job.operation).unwrap().push(d);
                 }
             }
             Outcome::Failed(err) => {
@@ -885,8 +909,8 @@ impl Memory {
         Some(self.queues.get(queue)?.range(..=place).count())
     }
 
-    fn typical(&self, operation: &str) -> Option<f64> {
-        median(self.durations.get(operation)?.iter().copied().collect())
+    fn typical(&mut self, operation: &str) -> Option<f64> {
+        self.durations.get_mut(operation)?.median()
     }
 }
 
@@ -976,7 +1000,7 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>> {
-        let m = self.inner.lock();
+        let mut m = self.inner.lock();
         let mut job = match m.jobs.get(id) {
             Some(job) => job.clone(),
             None => match m.done.get(id) {
