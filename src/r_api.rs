@@ -646,7 +646,7 @@ unsafe extern "C" fn c_submit(
     if !ready() || !rf::plain_utf8(operation) || !rf::as_f64(timeout_ms).is_some_and(|t| t.is_finite() && t >= 1.0 && rf::plain_number(timeout_ms)) {
         return check_first();
     }
-    let mut params = rf::serialize(params, "params", std::ptr::null_mut());
+    let mut params = rf::serialize_params(params);
     let executor = rf::serialize_executor(executor, &mut params);
     let operation = rf::as_str(operation).unwrap_or("").to_owned();
     let queue = rf::as_str(queue).unwrap_or("default").to_owned();
@@ -1018,7 +1018,7 @@ unsafe extern "C" fn c_duplicate(operation: SEXP, frame: SEXP) -> SEXP {
     let Some(operation) = rf::as_str(operation).filter(|_| ready() && rf::plain_utf8(operation)) else {
         return check_first();
     };
-    let params = rf::serialize(rf::value_of(frame, c"params"), "params", std::ptr::null_mut());
+    let params = rf::serialize_params(rf::value_of(frame, c"params"));
     let found = guarded_value(move || {
         let hash = registry::sha256(&params);
         block_on(store().find_active(operation, &hash))

@@ -138,6 +138,9 @@ extern "C" {
     fn R_PreserveObject(x: SEXP);
     fn R_ReleaseObject(x: SEXP);
     fn FORMALS(x: SEXP) -> SEXP;
+    fn LEVELS(x: SEXP) -> c_int;
+    fn ALTREP(x: SEXP) -> c_int;
+    fn DATAPTR(x: SEXP) -> *mut c_void;
     fn BODY(x: SEXP) -> SEXP;
     fn CLOENV(x: SEXP) -> SEXP;
     pub fn Rf_error(fmt: *const c_char, ...) -> !;
@@ -420,6 +423,44 @@ unsafe fn serialize_noting(x: SEXP, arg: &'static str, also: *mut Vec<u8>, by_va
     R_UnwindProtect(serialize_body, &mut call as *mut SerializeCall as *mut c_void, on_jump, &mut guard as *mut Guard as *mut c_void, cont);
     Rf_unprotect(1);
     call.out
+}
+
+/// [`serialize`] for `params`. A plain logical, integer or double vector
+/// (no attributes, not ALTREP) or NULL is written here, byte for byte what
+/// R writes (R's own header, then the type, length and data), without R's
+/// per-call table of references: the common params of an API cost no R
+/// allocation. Anything else goes to R.
+pub unsafe fn serialize_params(x: SEXP) -> Vec<u8> {
+    let t = TYPEOF(x);
+    let plain = matches!(t, LGLSXP | INTSXP | REALSXP) && ATTRIB(x) == R_NilValue && ALTREP(x) == 0 && Rf_xlength(x) <= i32::MAX as isize;
+    if !plain {
+        return serialize(x, "params", std::ptr::null_mut());
+    }
+    let header = HEADER.with(|h| {
+        h.borrow_mut()
+            .get_or_insert_with(|| {
+                // serialize(NULL) is the header, then NILVALUE_SXP (one int).
+                let mut b = serialize(R_NilValue, "params", std::ptr::null_mut());
+                b.truncate(b.len() - 4);
+                b
+            })
+            .clone()
+    });
+    let n = Rf_xlength(x) as usize;
+    let width = if t == REALSXP { 8 } else { 4 };
+    let mut out = header;
+    out.reserve(8 + n * width);
+    out.extend_from_slice(&(t | (LEVELS(x) << 12)).to_ne_bytes());
+    out.extend_from_slice(&(n as i32).to_ne_bytes());
+    if n > 0 {
+        out.extend_from_slice(std::slice::from_raw_parts(DATAPTR(x) as *const u8, n * width));
+    }
+    out
+}
+
+thread_local! {
+    /// What R writes before the first item: format, versions, native encoding.
+    static HEADER: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
 }
 
 /// A closure whose serialization is kept: its parts when it was written.

@@ -61,3 +61,19 @@ test_that("an executor submitted again is sent as it is now, not as it was", {
   # Attributes (a seed here) are never taken from the cache.
   expect_identical(finish(create_job("again", 1, g, seed = 1))$result, 101)
 })
+
+test_that("params are stored as the very bytes serialize() gives, and arrive as they were", {
+  skip_if_not_installed("digest")
+  local_pool(1)
+  grown <- 1
+  grown[3] <- 3 # a vector R grew in place
+  values <- list(1L, c(TRUE, NA), c(1.5, NA, NaN, -Inf, 0), integer(0), 3, NULL, c(a = 1), 1:3,
+                 "text", NA, grown, list(1, "a"), factor("f"), .Machine$integer.max)
+  for (i in seq_along(values)) {
+    x <- values[[i]]
+    j <- create_job("bytes", x, function(p) p)
+    expect_identical(finish(j)$result, x, info = i)
+    expected <- digest::digest(serialize(x, NULL, xdr = FALSE), algo = "sha256", serialize = FALSE)
+    expect_identical(jobs_env[[j$job_id]]$params_hash, expected, info = i)
+  }
+})
