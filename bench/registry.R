@@ -62,8 +62,9 @@ memory <- function(n, bind) {
     for (id in ids) wait_for_job(id)
     ids
   }), use.names = FALSE)
-  # The ids vector is the benchmark's, not the registry's.
-  own <- if (bind) 8 * n else as.numeric(object.size(ids))
+  # The ids vector (and its strings) is the benchmark's, not the registry's:
+  # jobs_env holds no R object per job.
+  own <- as.numeric(object.size(ids))
   out <- c(rss = (rss() - r0 - own) / n, heap = (heap() - h0 - own) / n)
   stop_workers()
   out
