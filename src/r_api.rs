@@ -732,13 +732,7 @@ fn submit_job(
     match submitted {
         Ok((Submit::Accepted, typical)) => {
             if lazy {
-                // Hashed once the job has ended: until then the CPU is the job's
-                // (its params are on their way to a worker, or being read there).
-                // A duplicate check or record read that needs it hashes it first.
-                registry::runtime().spawn(async move {
-                    while !s.wait_finished(&id, Duration::from_secs(3600)).await.unwrap_or(true) {}
-                    let _ = tokio::task::spawn_blocking(move || s.params_hashed(&id, registry::sha256(&params))).await;
-                });
+                registry::runtime().spawn_blocking(move || s.params_hashed(&id, registry::sha256(&params)));
             }
             Submitted::Accepted(id, typical.unwrap_or(30.0).round())
         }
