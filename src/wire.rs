@@ -8,6 +8,11 @@
 //! written while it runs carries them (see `protocol`).
 
 use crate::protocol::{self, Header, Kind, HEADER_LEN};
+use crate::rfast::{
+    Rf_allocVector, Rf_asInteger, Rf_eval, Rf_findVarInFrame, Rf_install, Rf_lang2, Rf_length, Rf_protect, Rf_unprotect,
+    Rf_xlength, R_BaseEnv, R_EmptyEnv, R_GlobalEnv, R_PreserveObject, Rf_ScalarLogical, CAR, CDR, ENCLOS, SET_VECTOR_ELT,
+    TAG, VECSXP, VECTOR_ELT,
+};
 use extendr_api::prelude::*;
 use extendr_api::Result;
 use extendr_api::SEXP;
@@ -56,8 +61,8 @@ fn raw_vector(len: usize) -> Robj {
     Robj::alloc_vector(extendr_api::rtype_to_sxp(Rtype::Raw), len)
 }
 
-fn read_into(fd: RawFd, r: &mut Robj) -> Result<()> {
-    let buf = r.as_raw_slice_mut().unwrap_or(&mut []);
+/// Fills `buf` from the pipe; the pool closing it midway is an error.
+fn read_part(fd: RawFd, buf: &mut [u8]) -> Result<()> {
     match protocol::read_exact(fd, buf) {
         Ok(true) => Ok(()),
         Ok(false) => Err(Error::Other("asyncjobs worker: the pool closed the pipe mid-frame".into())),
@@ -93,14 +98,12 @@ fn aj_w_read() -> Result<Robj> {
     }
     let h = Header::decode(&head, usize::MAX).map_err(|e| Error::Other(format!("asyncjobs worker: {e}")))?;
     let mut text = vec![0u8; h.text_len];
-    if !protocol::read_exact(fd, &mut text).map_err(|e| fail("reading a frame", e))? {
-        return Err(Error::Other("asyncjobs worker: the pool closed the pipe mid-frame".into()));
-    }
+    read_part(fd, &mut text)?;
     let text = String::from_utf8(text).map_err(|_| Error::Other("asyncjobs worker: frame text is not UTF-8".into()))?;
     let kind = h.kind as i32;
     if h.kind != Kind::Job {
         let mut blob = raw_vector(h.blob_len);
-        read_into(fd, &mut blob)?;
+        read_part(fd, blob.as_raw_slice_mut().unwrap_or(&mut []))?;
         return Ok(list!(kind = kind, text = text, blob = blob).into());
     }
     // A job's text is "<id><SEP><length of the executor's bytes>".
@@ -115,11 +118,7 @@ fn aj_w_read() -> Result<Robj> {
         if jb.buf.len() < h.blob_len {
             jb.buf.resize(h.blob_len, 0);
         }
-        match protocol::read_exact(fd, &mut jb.buf[..h.blob_len]) {
-            Ok(true) => {}
-            Ok(false) => return Err(Error::Other("asyncjobs worker: the pool closed the pipe mid-frame".into())),
-            Err(e) => return Err(fail("reading a frame", e)),
-        }
+        read_part(fd, &mut jb.buf[..h.blob_len])?;
         jb.used = h.blob_len;
         jb.fn_len = fn_len;
     }
@@ -193,33 +192,9 @@ fn aj_w_write(kind: i32, text: &str, blob: Robj) -> Result<bool> {
 // directory, locale and sinks. Only when something differs does R compare and
 // put back what changed (R/isolation.R).
 
-#[allow(non_upper_case_globals, improper_ctypes)]
 extern "C" {
-    static R_GlobalEnv: SEXP;
-    static R_BaseEnv: SEXP;
-    static R_EmptyEnv: SEXP;
     static environ: *const *const c_char;
-    fn Rf_install(s: *const c_char) -> SEXP;
-    fn Rf_findVarInFrame(env: SEXP, sym: SEXP) -> SEXP;
-    fn Rf_length(x: SEXP) -> c_int;
-    fn CAR(x: SEXP) -> SEXP;
-    fn CDR(x: SEXP) -> SEXP;
-    fn TAG(x: SEXP) -> SEXP;
-    fn ENCLOS(x: SEXP) -> SEXP;
-    fn Rf_allocVector(t: c_int, n: isize) -> SEXP;
-    fn SET_VECTOR_ELT(x: SEXP, i: isize, v: SEXP) -> SEXP;
-    fn VECTOR_ELT(x: SEXP, i: isize) -> SEXP;
-    fn Rf_xlength(x: SEXP) -> isize;
-    fn Rf_protect(s: SEXP) -> SEXP;
-    fn Rf_unprotect(n: c_int);
-    fn Rf_eval(x: SEXP, env: SEXP) -> SEXP;
-    fn Rf_lang2(a: SEXP, b: SEXP) -> SEXP;
-    fn Rf_ScalarLogical(x: c_int) -> SEXP;
-    fn Rf_asInteger(x: SEXP) -> c_int;
-    fn R_PreserveObject(x: SEXP);
 }
-
-const VECSXP: c_int = 19;
 
 /// What is compared outside R's heap.
 #[derive(PartialEq)]
