@@ -10,7 +10,10 @@ local({
   w_open <- native("wrap__aj_w_open")
   w_read <- native("wrap__aj_w_read")
   w_write <- native("wrap__aj_w_write")
-  w_unserialize <- .Call(native("wrap__aj_w_natives")) # the job's executor (1L) and params (2L)
+  natives <- .Call(native("wrap__aj_w_natives"))
+  w_unserialize <- natives[[1L]] # the job's executor (1L) and params (2L)
+  w_result <- natives[[2L]] # sends the job's result, or says why it cannot
+  w_seed <- natives[[3L]] # seeds the next job, when the RNG kinds are setup's
   KIND <- c(init = 1L, job = 2L, shutdown = 3L, ready = 11L, setup_failed = 12L,
             progress = 13L, result = 14L, failed = 15L)
   SEP <- "\x1f"
@@ -68,29 +71,22 @@ local({
     vapply(calls, function(cl) deparse1(cl, collapse = " ")[[1L]], "")
   }
 
-  # One tryCatch around the job and its result's serialization: a failure
-  # in serialize() is told apart by `stage`.
-  run <- function(frame) {
+  # One tryCatch around the job and its result's serialization (into Rust
+  # memory, by w_result, which sends it): a failure in serializing is told
+  # apart by `stage`. NULL when the result was sent, else the failure to send.
+  run <- function() {
     warnings <- character()
     calls <- list()
     stage <- "run"
-    # A result R can carry to another process only if it holds no pointers
-    # (they would arrive dangling; a connection holds one): serialize() shows
-    # each to the hook, so plain results pay for no separate walk.
-    bad <- NULL
-    hook <- function(x) {
-      if (is.null(bad) && typeof(x) != "environment") bad <<- typeof(x)
-      NULL
-    }
-    bytes <- tryCatch(
+    sent <- tryCatch(
       withCallingHandlers({
         executor <- .Call(w_unserialize, 1L)
         params <- .Call(w_unserialize, 2L)
         seed <- attr(executor, "asyncjobs_seed", exact = TRUE)
-        if (!is.null(seed)) asyncjobs:::.worker_seed(snapshot, seed) # create_job(seed = )
+        if (!is.null(seed)) worker_seed(snapshot, seed) # create_job(seed = )
         value <- executor(params)
         stage <- "serialize"
-        serialize(list(value = value, warnings = warnings), NULL, xdr = FALSE, refhook = hook)
+        .Call(w_result, list(value = value, warnings = warnings), init$max_result_bytes)
       },
       warning = function(w) {
         warnings <<- c(warnings, conditionMessage(w))
@@ -98,28 +94,21 @@ local({
       },
       error = function(e) calls <<- sys.calls()),
       error = function(e) structure(list(e), class = "asyncjobs_job_error"))
-    if (inherits(bytes, "asyncjobs_job_error")) {
-      e <- bytes[[1L]]
-      if (stage == "serialize") {
-        return(failure("RESULT_NOT_SERIALIZABLE", conditionMessage(e), list(warnings = warnings)))
-      }
-      call <- conditionCall(e)
-      return(failure("EXECUTION_ERROR", conditionMessage(e), list(
-        call = if (!is.null(call)) deparse1(call, collapse = " "),
-        class = class(e), traceback = trim_calls(calls), warnings = warnings)))
+    if (is.null(sent)) return(NULL)
+    if (is.character(sent)) {
+      # A result a pointer (a connection holds one) would reach dangling, or
+      # one over max_result_bytes; or the pipe is gone.
+      if (sent[[1L]] == "WRITE_FAILED") stop("asyncjobs worker: writing a frame: ", sent[[2L]])
+      return(failure(sent[[1L]], sent[[2L]], list(warnings = warnings)))
     }
-    if (!is.null(bad)) {
-      return(failure("RESULT_NOT_SERIALIZABLE", sprintf(
-        "The job's result contains %s (a connection, or an object of compiled code), which cannot be sent to another R process",
-        if (bad == "externalptr") "an external pointer" else paste("a", bad)),
-        list(warnings = warnings)))
+    e <- sent[[1L]]
+    if (stage == "serialize") {
+      return(failure("RESULT_NOT_SERIALIZABLE", conditionMessage(e), list(warnings = warnings)))
     }
-    if (length(bytes) > init$max_result_bytes) {
-      return(failure("RESULT_TOO_LARGE", sprintf(
-        "The job's result is %.0f bytes; the limit (max_result_bytes) is %.0f bytes",
-        length(bytes), init$max_result_bytes), list(warnings = warnings)))
-    }
-    list(kind = KIND[["result"]], text = "", blob = bytes)
+    call <- conditionCall(e)
+    failure("EXECUTION_ERROR", conditionMessage(e), list(
+      call = if (!is.null(call)) deparse1(call, collapse = " "),
+      class = class(e), traceback = trim_calls(calls), warnings = warnings))
   }
 
   # Compile the loop's functions now: R's JIT compiles a closure made inside
@@ -128,22 +117,28 @@ local({
     assign(f, compiler::cmpfun(get(f)))
   }
   assign("emit", emit, envir = get(".worker", envir = ns))
-  snapshot <- asyncjobs:::.worker_snapshot() # the state setup left (R/isolation.R)
-  asyncjobs:::.worker_seed(snapshot) # the first job's RNG stream
+  worker_reset <- ns$.worker_reset
+  worker_seed <- ns$.worker_seed
+  snapshot <- ns$.worker_snapshot() # the state setup left (R/isolation.R)
+  worker_seed(snapshot) # the first job's RNG stream
   baseline <- names(globalenv())
   write_frame(KIND[["ready"]])
   repeat {
-    frame <- read_frame()
-    if (frame$kind == KIND[["shutdown"]]) break
-    state$job <- frame$id
+    frame <- read_frame() # a job is its kind alone (src/wire.rs)
+    if (!is.integer(frame)) {
+      if (frame$kind == KIND[["shutdown"]]) break
+      stop("asyncjobs worker: unexpected frame of kind ", frame$kind)
+    }
+    state$job <- TRUE
     state$at <- -Inf
     state$step <- NULL
-    tree_job(TRUE) # [tree] the processes already here (setup's) stay
-    out <- run(frame)
+    out <- run()
     state$job <- NULL
-    tree_job(FALSE) # [tree] those the job started go, before its result
-    write_frame(out$kind, out$text, out$blob)
-    frame <- out <- NULL
+    if (!is.null(out)) {
+      tree_job(FALSE) # [tree] those the job started go, before its outcome
+      write_frame(out$kind, out$text, out$blob)
+      out <- NULL
+    }
     # Back to the state setup left, after the outcome is out (so the caller
     # does not wait for it) and before the pool may send another job, which
     # it does on the ready frame. What the job left in the global environment
@@ -152,13 +147,14 @@ local({
     now <- names(globalenv())
     dirty <- !identical(now, baseline)
     if (dirty) rm(list = setdiff(now, baseline), envir = globalenv())
-    problems <- asyncjobs:::.worker_reset(snapshot)
+    problems <- worker_reset(snapshot)
     if (length(problems)) {
       write_frame(KIND[["setup_failed"]], paste("the job left state that cannot be undone:",
                                                  paste(problems, collapse = "; ")))
       quit(save = "no", status = 1L)
     }
-    asyncjobs:::.worker_seed(snapshot) # the next job's RNG stream (a job's rm(.Random.seed) made `dirty`)
+    # The next job's RNG stream (a job's rm(.Random.seed) made `dirty`).
+    if (!.Call(w_seed, snapshot$rng_code)) worker_seed(snapshot)
     if (dirty) baseline <- names(globalenv())
     write_frame(KIND[["ready"]])
   }

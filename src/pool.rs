@@ -293,7 +293,7 @@ impl Pool {
             if self.shared.store.shared() {
                 self.shared.claim_signal.notify_one();
             } else {
-                self.shared.ready_signal.notify_one();
+                self.shared.ready_signal.notify_last();
             }
         }
         Ok(r)
@@ -448,7 +448,7 @@ async fn claimer(sh: Arc<Shared>) {
                     if n > 0 {
                         sh.ready.lock().extend(jobs);
                         for _ in 0..n {
-                            sh.ready_signal.notify_one();
+                            sh.ready_signal.notify_last();
                         }
                         poll = min_poll;
                         if all {

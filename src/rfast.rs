@@ -22,6 +22,8 @@ pub const INTSXP: c_int = 13;
 pub const REALSXP: c_int = 14;
 pub const STRSXP: c_int = 16;
 pub const VECSXP: c_int = 19;
+pub const ENVSXP: c_int = 4;
+pub const EXTPTRSXP: c_int = 22;
 const CLOSXP: c_int = 3;
 const CE_UTF8: c_int = 1;
 const CE_LATIN1: c_int = 2;
@@ -131,7 +133,10 @@ extern "C" {
     pub fn ENCLOS(x: SEXP) -> SEXP;
     pub fn Rf_length(x: SEXP) -> c_int;
     pub fn Rf_lang2(f: SEXP, a: SEXP) -> SEXP;
+    pub fn Rf_lang5(f: SEXP, a: SEXP, b: SEXP, c: SEXP, d: SEXP) -> SEXP;
     pub fn Rf_asInteger(x: SEXP) -> c_int;
+    pub fn Rf_asReal(x: SEXP) -> f64;
+    pub fn Rf_type2char(t: u32) -> *const c_char;
     fn Rf_lang3(f: SEXP, a: SEXP, b: SEXP) -> SEXP;
     pub fn Rf_eval(x: SEXP, env: SEXP) -> SEXP;
     pub static R_GlobalEnv: SEXP;
@@ -359,15 +364,19 @@ unsafe extern "C" fn out_bytes(s: *mut OutStream, buf: *mut c_void, n: c_int) {
     (*((*s).data as *mut Vec<u8>)).extend_from_slice(std::slice::from_raw_parts(buf as *const u8, n as usize));
 }
 
+/// R's persistence hook, with its data: shown each object R meets that is
+/// not plain data (an environment other than global, base or a namespace, an
+/// external pointer, a weak reference).
+pub type Hook = unsafe extern "C" fn(SEXP, SEXP) -> SEXP;
+
 struct SerializeCall {
     x: SEXP,
     out: Vec<u8>,
-    /// A logical vector the hook sets when R meets an object it writes by value
-    /// that may change (an environment other than global, base or a namespace,
-    /// an external pointer); NULL for no hook.
-    by_value: SEXP,
+    hook: Option<Hook>,
+    hook_data: SEXP,
 }
 
+/// Sets the logical `flag`: R met an object it writes by value that may change.
 unsafe extern "C" fn note_by_value(_x: SEXP, flag: SEXP) -> SEXP {
     *LOGICAL(flag) = 1;
     R_NilValue
@@ -377,8 +386,7 @@ unsafe extern "C" fn serialize_body(d: *mut c_void) -> SEXP {
     let call = &mut *(d as *mut SerializeCall);
     let mut stream: OutStream = std::mem::zeroed();
     // serialize(x, NULL, xdr = FALSE): native binary, version 3.
-    let hook = (call.by_value != R_NilValue).then_some(note_by_value as unsafe extern "C" fn(SEXP, SEXP) -> SEXP);
-    R_InitOutPStream(&mut stream, &mut call.out as *mut Vec<u8> as *mut c_void, 2, 3, Some(out_char), Some(out_bytes), hook, call.by_value);
+    R_InitOutPStream(&mut stream, &mut call.out as *mut Vec<u8> as *mut c_void, 2, 3, Some(out_char), Some(out_bytes), call.hook, call.hook_data);
     R_Serialize(call.x, &mut stream);
     R_NilValue
 }
@@ -421,11 +429,12 @@ unsafe extern "C" fn on_jump(d: *mut c_void, jump: Rboolean) {
 /// `also` (a buffer of the caller's, or null) is freed and the classed error
 /// naming `arg` is raised.
 pub unsafe fn serialize(x: SEXP, arg: &'static str, also: *mut Vec<u8>) -> Vec<u8> {
-    serialize_noting(x, arg, also, R_NilValue)
+    serialize_hooked(x, arg, also, None, R_NilValue)
 }
 
-unsafe fn serialize_noting(x: SEXP, arg: &'static str, also: *mut Vec<u8>, by_value: SEXP) -> Vec<u8> {
-    let mut call = SerializeCall { x, out: Vec::with_capacity(512), by_value };
+/// [`serialize`] with R's persistence hook.
+pub unsafe fn serialize_hooked(x: SEXP, arg: &'static str, also: *mut Vec<u8>, hook: Option<Hook>, hook_data: SEXP) -> Vec<u8> {
+    let mut call = SerializeCall { x, out: Vec::with_capacity(512), hook, hook_data };
     let cont = Rf_protect(R_MakeUnwindCont());
     let mut guard = Guard { out: &mut call.out, also, arg, cont };
     R_UnwindProtect(serialize_body, &mut call as *mut SerializeCall as *mut c_void, on_jump, &mut guard as *mut Guard as *mut c_void, cont);
@@ -504,7 +513,7 @@ pub unsafe fn serialize_executor(f: SEXP, also: *mut Vec<u8>) -> Vec<u8> {
     // A fresh vector: R's scalar FALSE is shared.
     let flag = Rf_protect(Rf_allocVector(LGLSXP, 1));
     *LOGICAL(flag) = 0;
-    let bytes = serialize_noting(f, "executor_fn", also, flag);
+    let bytes = serialize_hooked(f, "executor_fn", also, Some(note_by_value), flag);
     let by_value = *LOGICAL(flag) != 0;
     Rf_unprotect(1);
     if !by_value {

@@ -9,6 +9,7 @@
 
 use crate::protocol::{self, Header, Kind, HEADER_LEN};
 use crate::rfast::{
+    mkchar, Rf_ScalarInteger, Rf_asReal, Rf_lang5, Rf_type2char, ENVSXP, EXTPTRSXP, INTEGER, INTSXP, R_NilValue, SET_STRING_ELT, STRSXP, TYPEOF,
     Rf_allocVector, Rf_asInteger, Rf_eval, Rf_findVarInFrame, Rf_install, Rf_lang2, Rf_length, Rf_protect, Rf_unprotect,
     Rf_xlength, R_BaseEnv, R_EmptyEnv, R_GlobalEnv, R_PreserveObject, Rf_ScalarLogical, CAR, CDR, ENCLOS, SET_VECTOR_ELT,
     TAG, VECSXP, VECTOR_ELT,
@@ -18,7 +19,7 @@ use extendr_api::Result;
 use extendr_api::SEXP;
 use parking_lot::Mutex;
 use std::os::fd::RawFd;
-use std::os::raw::{c_char, c_int};
+use std::os::raw::{c_char, c_int, c_void};
 use uuid::Uuid;
 
 struct Wire {
@@ -85,8 +86,9 @@ static JOB_BYTES: Mutex<JobBytes> = Mutex::new(JobBytes { buf: Vec::new(), used:
 const KEEP_BYTES: usize = 16 << 20;
 
 /// The next frame from the pool, or NULL when the pool closed the pipe.
-/// A job frame is list(kind, id), its parts read into the job buffer; any
-/// other is list(kind, text, blob).
+/// A job frame is its kind alone (2L), its parts read into the job buffer,
+/// after noting the processes already there; any other is
+/// list(kind, text, blob).
 #[extendr]
 fn aj_w_read() -> Result<Robj> {
     let fd = WIRE.lock().input;
@@ -107,7 +109,7 @@ fn aj_w_read() -> Result<Robj> {
         return Ok(list!(kind = kind, text = text, blob = blob).into());
     }
     // A job's text is "<id><SEP><length of the executor's bytes>".
-    let (id, fn_len) = text.split_once(protocol::FIELD_SEP).unwrap_or((&text, ""));
+    let (_, fn_len) = text.split_once(protocol::FIELD_SEP).unwrap_or((&text, ""));
     let fn_len = fn_len.parse::<usize>().ok().filter(|n| *n <= h.blob_len);
     let fn_len = fn_len.ok_or_else(|| Error::Other("asyncjobs worker: malformed job frame".into()))?;
     {
@@ -127,7 +129,8 @@ fn aj_w_read() -> Result<Robj> {
         w.job = h.job;
         w.tag = h.tag;
     }
-    Ok(list!(kind = kind, id = id).into())
+    crate::reaper::job_begin(); // [tree] the processes already here (setup's) stay
+    Ok(kind.into())
 }
 
 /// `.Call(w_unserialize, 1L)`: the job's executor; `2L`: its params. A
@@ -146,24 +149,118 @@ unsafe extern "C" fn w_unserialize(which: SEXP) -> SEXP {
     crate::rfast::unserialize(std::slice::from_raw_parts(ptr, len))
 }
 
-/// The worker's native routines, as `.Call` takes them.
-#[extendr]
-fn aj_w_natives() -> Robj {
-    unsafe {
-        let f = std::mem::transmute::<*const (), crate::rfast::DlFunc>(w_unserialize as *const ());
-        Robj::from_sexp(crate::rfast::native(f))
+/// The first kind of reference object a job's result holds that cannot
+/// reach another process (an external pointer, a weak reference), as R's
+/// type code in `flag`. Environments are written by value and are fine.
+unsafe extern "C" fn note_pointer(x: SEXP, flag: SEXP) -> SEXP {
+    let t = TYPEOF(x);
+    if t != ENVSXP && *INTEGER(flag) == 0 {
+        *INTEGER(flag) = t;
+    }
+    R_NilValue
+}
+
+/// `.Call(w_result, list(value, warnings), max_result_bytes)`, inside the
+/// job's handlers: serializes the outcome into Rust memory, ends the job's
+/// processes and sends the result frame; NULL then. Otherwise
+/// c(code, message), for R to send as the job's failure. An R error in
+/// serializing goes on to the job's handlers.
+unsafe extern "C" fn w_result(outcome: SEXP, limit: SEXP) -> SEXP {
+    let flag = Rf_protect(Rf_allocVector(INTSXP, 1));
+    *INTEGER(flag) = 0;
+    let bytes = crate::rfast::serialize_hooked(outcome, "result", std::ptr::null_mut(), Some(note_pointer), flag);
+    let pointer = *INTEGER(flag);
+    Rf_unprotect(1);
+    let limit = Rf_asReal(limit);
+    let (code, message) = if pointer != 0 {
+        let what = match pointer {
+            EXTPTRSXP => "an external pointer".to_owned(),
+            t => format!("a {}", std::ffi::CStr::from_ptr(Rf_type2char(t as u32)).to_string_lossy()),
+        };
+        ("RESULT_NOT_SERIALIZABLE", format!("The job's result contains {what} (a connection, or an object of compiled code), which cannot be sent to another R process"))
+    } else if bytes.len() as f64 > limit {
+        ("RESULT_TOO_LARGE", format!("The job's result is {} bytes; the limit (max_result_bytes) is {limit:.0} bytes", bytes.len()))
+    } else {
+        crate::reaper::job_end(); // [tree] those the job started go, before its result
+        match send(Kind::Result, b"", &bytes) {
+            Ok(_) => return R_NilValue,
+            Err(e) => ("WRITE_FAILED", e.to_string()),
+        }
+    };
+    drop(bytes);
+    let out = Rf_protect(Rf_allocVector(STRSXP, 2));
+    SET_STRING_ELT(out, 0, mkchar(code));
+    SET_STRING_ELT(out, 1, mkchar(&message));
+    Rf_unprotect(1);
+    out
+}
+
+/// Random seeds for the worker's jobs, drawn from the kernel 1024 at a time.
+struct Seeds {
+    buf: [i32; 1024],
+    next: usize,
+}
+
+static SEEDS: Mutex<Seeds> = Mutex::new(Seeds { buf: [0; 1024], next: 1024 });
+
+fn fresh_seed() -> i32 {
+    let mut s = SEEDS.lock();
+    if s.next == s.buf.len() {
+        let bytes = std::mem::size_of_val(&s.buf);
+        let mut got = 0;
+        while got < bytes {
+            let p = unsafe { (s.buf.as_mut_ptr() as *mut u8).add(got) };
+            let n = unsafe { libc::getrandom(p as *mut c_void, bytes - got, 0) };
+            if n > 0 {
+                got += n as usize;
+            } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break; // no getrandom(2): the seeds left from before will do
+            }
+        }
+        s.next = 0;
+    }
+    s.next += 1;
+    match s.buf[s.next - 1] {
+        i32::MIN => 0, // NA_integer_ is no seed
+        x => x,
     }
 }
 
-/// Writes one frame with one `writev`; false when it was not written.
+/// `.Call(w_seed, code)`, between jobs: when `.Random.seed[1]` is `code` (the
+/// generator's kinds are still setup's), `set.seed(<32 random bits>)` for the
+/// next job, and TRUE. FALSE when R must put the kinds back as well.
+unsafe extern "C" fn w_seed(code: SEXP) -> SEXP {
+    let current = Rf_findVarInFrame(R_GlobalEnv, Rf_install(c".Random.seed".as_ptr()));
+    let code = Rf_asInteger(code);
+    if TYPEOF(current) != INTSXP || Rf_xlength(current) < 1 || code == i32::MIN || *INTEGER(current) != code {
+        return Rf_ScalarLogical(0);
+    }
+    // .Internal(set.seed(seed, NULL, NULL, NULL)): what set.seed(seed) runs.
+    let seed = Rf_protect(Rf_ScalarInteger(fresh_seed()));
+    let nil = R_NilValue;
+    let inner = Rf_protect(Rf_lang5(Rf_install(c"set.seed".as_ptr()), seed, nil, nil, nil));
+    let call = Rf_protect(Rf_lang2(Rf_install(c".Internal".as_ptr()), inner));
+    Rf_eval(call, R_BaseEnv);
+    Rf_unprotect(3);
+    Rf_ScalarLogical(1)
+}
+
+/// The worker's native routines, as `.Call` takes them: `w_unserialize`,
+/// `w_result`, `w_seed`.
+#[extendr]
+fn aj_w_natives() -> Robj {
+    unsafe {
+        let native = |f: *const ()| Robj::from_sexp(crate::rfast::native(std::mem::transmute::<*const (), crate::rfast::DlFunc>(f)));
+        list!(native(w_unserialize as *const ()), native(w_result as *const ()), native(w_seed as *const ())).into()
+    }
+}
+
+/// Writes one frame with one `writev`; Ok(false) when it was not written.
 /// Progress, result and failure frames carry the current job's id and tag.
 /// A result or failure ends the job: any such frame after it (the job called
-/// this routine itself) is dropped, so the worker's own final frame never
+/// [`aj_w_write`] itself) is dropped, so the worker's own final frame never
 /// lands on the job the pool has sent next.
-#[extendr]
-fn aj_w_write(kind: i32, text: &str, blob: Robj) -> Result<bool> {
-    let kind = Kind::from_u32(kind as u32).ok_or_else(|| Error::Other(format!("unknown frame kind {kind}")))?;
-    let blob = blob.as_raw_slice().unwrap_or(&[]);
+fn send(kind: Kind, text: &[u8], blob: &[u8]) -> std::io::Result<bool> {
     let mut w = WIRE.lock();
     let about_job = matches!(kind, Kind::Progress | Kind::Result | Kind::Failed);
     if about_job && w.tag == 0 {
@@ -175,12 +272,19 @@ fn aj_w_write(kind: i32, text: &str, blob: Robj) -> Result<bool> {
         unsafe { libc::fflush(std::ptr::null_mut()) };
     }
     let header = Header::new(kind, job, tag, text.len(), blob.len()).encode();
-    protocol::write_all_parts(w.output, &[&header, text.as_bytes(), blob]).map_err(|e| fail("writing a frame", e))?;
+    protocol::write_all_parts(w.output, &[&header, text, blob])?;
     if matches!(kind, Kind::Result | Kind::Failed) {
         w.job = Uuid::nil();
         w.tag = 0;
     }
     Ok(true)
+}
+
+/// [`send`] from R; false when the frame was not written.
+#[extendr]
+fn aj_w_write(kind: i32, text: &str, blob: Robj) -> Result<bool> {
+    let kind = Kind::from_u32(kind as u32).ok_or_else(|| Error::Other(format!("unknown frame kind {kind}")))?;
+    send(kind, text.as_bytes(), blob.as_raw_slice().unwrap_or(&[])).map_err(|e| fail("writing a frame", e))
 }
 
 // ---- what a job may change in its session without asking ----

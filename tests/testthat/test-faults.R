@@ -176,10 +176,14 @@ test_that("hostile results and params get clear outcomes and the pool keeps work
   local_pool(1, max_result_bytes = 1e6)
   st <- finish(create_job("op", NULL, function(p) raw(2e6)))
   expect_identical(st$error$code, "RESULT_TOO_LARGE")
+  expect_match(st$error$message, "result is 2000[0-9]{3} bytes; the limit \\(max_result_bytes\\) is 1000000 bytes")
   st <- finish(create_job("op", NULL, function(p) list(con = textConnection("abc"))))
   expect_identical(st$error$code, "RESULT_NOT_SERIALIZABLE")
-  st <- finish(create_job("op", NULL, function(p) new("externalptr")))
+  # The job's warnings stay with the failure.
+  st <- finish(create_job("op", NULL, function(p) { warning("first"); list(1, new("externalptr")) }))
   expect_identical(st$error$code, "RESULT_NOT_SERIALIZABLE")
+  expect_match(st$error$message, "contains an external pointer")
+  expect_identical(st$error$warnings, "first")
   # Output, stdin and garbage on stdout do not touch the protocol.
   st <- finish(create_job("op", NULL, function(p) {
     cat(rawToChar(as.raw(c(1:9, 11:255))))
