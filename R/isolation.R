@@ -5,7 +5,9 @@
 #                                       be put back: the worker must then
 #                                       exit and be replaced
 #   .worker_seed(snapshot)              then, before the ready frame: the
-#                                       next job's RNG stream
+#                                       next job's RNG stream (src/wire.rs's
+#                                       w_seed does it instead while the RNG
+#                                       kinds are setup's)
 #   .worker_seed(snapshot, seed)        in a job with create_job(seed = )
 # The global environment is cleaned by inst/worker.R itself.
 

@@ -122,8 +122,9 @@ check_queue <- function(x, arg, call = sys.call(-1L)) {
 }
 
 # Raised from native code (rf::serialize) when R cannot serialize `arg` of
-# create_job() or check_duplicate_job(); `value` is what R was unwinding
-# with (for an error caught by a tryCatch: list(condition, ...)).
+# create_job() or check_duplicate_job(), or, in a worker, a job's "result";
+# `value` is what R was unwinding with (for an error caught by a tryCatch:
+# list(condition, ...)).
 serialize_error <- function(arg, value) {
   msg <- if (is.list(value) && inherits(value[[1L]], "condition")) {
     conditionMessage(value[[1L]])
@@ -138,6 +139,7 @@ serialize_error <- function(arg, value) {
       break
     }
   }
+  if (arg == "result") abort("serialize", sprintf("The job's result cannot be serialized: %s", msg)) # in a worker
   abort("serialize", sprintf("`%s` cannot be serialized for a worker: %s", arg, msg), arg, call = call)
 }
 

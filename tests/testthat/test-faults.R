@@ -184,6 +184,10 @@ test_that("hostile results and params get clear outcomes and the pool keeps work
   expect_identical(st$error$code, "RESULT_NOT_SERIALIZABLE")
   expect_match(st$error$message, "contains an external pointer")
   expect_identical(st$error$warnings, "first")
+  # An R error while the result is serialized (here, the C stack) fails that job alone.
+  st <- finish(create_job("op", 1e5, function(n) { x <- list(); for (i in seq_len(n)) x <- list(x); x }))
+  expect_identical(st$error$code, "RESULT_NOT_SERIALIZABLE")
+  expect_match(st$error$message, "^The job's result cannot be serialized: .*C stack")
   # Output, stdin and garbage on stdout do not touch the protocol.
   st <- finish(create_job("op", NULL, function(p) {
     cat(rawToChar(as.raw(c(1:9, 11:255))))
