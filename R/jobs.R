@@ -63,23 +63,32 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
     check_seed(seed)
     executor_fn <- with_seed(executor_fn, seed)
   }
-  bind <- !identical(getOption("asyncjobs.jobs_env"), FALSE)
-  warn <- getOption("asyncjobs.warn_payload_bytes", 256 * 1024)
   # One call serializes both into Rust memory, submits, and lists the id in
-  # jobs_env (one step for Ctrl-C too).
+  # jobs_env (one step for Ctrl-C too). R code can run inside it (serialize()
+  # of some objects does); an interrupt there would jump through Rust frames
+  # mid-submit: it waits.
+  r <- suspendInterrupts(.Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
+                               max_attempts, unique))
+  if (is.list(r) && is.null(oldClass(r))) return(r) # accepted: list(job_id, status, estimated_seconds)
+  submit_answer(r, sys.call(), operation, params, executor_fn, timeout_ms, queue, priority, max_attempts, unique)
+}
+
+# create_job()'s answers other than an accepted job: R's checks when the
+# native call asks for them, the payload warning, a pool to start, and the
+# contract's errors.
+submit_answer <- function(r, call, operation, params, executor_fn, timeout_ms, queue, priority,
+                          max_attempts, unique) {
   submit <- function() {
-    # R code can run inside the call (serialize() of some objects does); an
-    # interrupt there would jump through Rust frames mid-submit: it waits.
-    r <- suspendInterrupts(.Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
-                                 max_attempts, unique, bind, warn))
+    suspendInterrupts(.Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
+                            max_attempts, unique))
+  }
+  settle <- function(r) {
     if (inherits(r, "asyncjobs_check")) {
-      call <- sys.call(-1L)
       check_process(call)
       operation <<- check_operation(operation, call = call)
       check_number(timeout_ms, "timeout_ms", min = 1, call = call)
       timeout_ms <<- as.double(timeout_ms) # a number with attributes, say
-      r <- suspendInterrupts(.Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
-                                   max_attempts, unique, bind, warn))
+      r <- submit()
     }
     if (inherits(r, "asyncjobs_big_executor")) {
       check_payload(executor_fn, r[[2L]], operation)
@@ -87,11 +96,11 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
     }
     r
   }
-  r <- submit()
-  if (is.list(r)) return(r) # accepted: list(job_id, status, estimated_seconds)
+  r <- settle(r)
+  if (is.list(r)) return(r)
   if (r[[1L]] == "stopped") {
     ensure_pool()
-    r <- submit()
+    r <- settle(submit())
     if (is.list(r)) return(r)
   }
   switch(r[[1L]],
@@ -104,8 +113,8 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
                        message = sprintf("No worker is available: %s", r[[2L]]),
                        retry_after = 60),
     store_error = store_unavailable(r[[2L]]),
-    check = abort("argument", "`operation` or `timeout_ms` cannot be used (see ?create_job)."),
-    abort("pool_stopped", "The worker pool stopped while the job was submitted.")
+    check = abort("argument", "`operation` or `timeout_ms` cannot be used (see ?create_job).", call = call),
+    abort("pool_stopped", "The worker pool stopped while the job was submitted.", call = call)
   )
 }
 

@@ -35,11 +35,8 @@ step <- function(label, expr, n = 5000) {
   cat(sprintf("| %s | %.1f us |\n", label, (cpu() - t0) / n * 1e6))
 }
 cat("\n| step of create_job() | CPU time |\n|---|---|\n")
-step("two getOption() (jobs_env, payload warning)", {
-  getOption("asyncjobs.jobs_env"); getOption("asyncjobs.warn_payload_bytes", 256 * 1024)
-})
-step("native: check, serialize both (executor from its cache), submit, list in jobs_env (.Call)",
-     .Call(st$c_submit, "op", 1L, f, 1800000, "default", 0L, 1L, FALSE, TRUE, Inf))
+step("native: check, read two options, serialize both (executor from its cache), submit, list in jobs_env (.Call)",
+     .Call(st$c_submit, "op", 1L, f, 1800000, "default", 0L, 1L, FALSE))
 step("create_job() in all", create_job("op", 1L, f))
 id <- ids[[1]]
 cat("\n| step of get_job_status() (finished job) | CPU time |\n|---|---|\n")

@@ -627,7 +627,8 @@ enum Submitted {
 /// "accepted", estimated_seconds)` or c(outcome, detail): full/limit,
 /// duplicate/id, unavailable/reason, store_error/message, stopped; wrapped
 /// as list(that, bytes) of class asyncjobs_big_executor when the executor
-/// serializes to more than `warn` bytes. When R cannot serialize an
+/// serializes to more than `asyncjobs.warn_payload_bytes`. The id is listed
+/// in jobs_env unless `asyncjobs.jobs_env` is FALSE. When R cannot serialize an
 /// argument, the classed error naming it (see rf::serialize). When R's
 /// checks must run first (no store chosen yet, a forked child, an operation
 /// or timeout that is not plainly valid), NULL of class asyncjobs_check.
@@ -640,8 +641,6 @@ unsafe extern "C" fn c_submit(
     priority: SEXP,
     max_attempts: SEXP,
     unique: SEXP,
-    bind: SEXP,
-    warn: SEXP,
 ) -> SEXP {
     if !ready() || !rf::plain_utf8(operation) || !rf::as_f64(timeout_ms).is_some_and(|t| t.is_finite() && t >= 1.0 && rf::plain_number(timeout_ms)) {
         return check_first();
@@ -653,9 +652,12 @@ unsafe extern "C" fn c_submit(
     let timeout_ms = rf::as_f64(timeout_ms).unwrap_or(1_800_000.0);
     let priority = rf::as_i32(priority).unwrap_or(0);
     let max_attempts = rf::as_i32(max_attempts).unwrap_or(1);
-    let (unique, bind) = (rf::as_bool(unique), rf::as_bool(bind));
+    let unique = rf::as_bool(unique);
+    let bind = !rf::is_false(rf::option(c"asyncjobs.jobs_env"));
+    let warn = rf::option(c"asyncjobs.warn_payload_bytes");
+    let warn = if warn == nil() { Some(256.0 * 1024.0) } else { rf::as_f64(warn) };
     let executor_len = executor.len();
-    let big = rf::as_f64(warn).is_some_and(|w| executor_len as f64 > w);
+    let big = warn.is_some_and(|w| executor_len as f64 > w);
     let out = guarded(move || {
         let out = submit_job(operation, params, executor, timeout_ms, queue, priority, max_attempts, unique);
         match out {

@@ -136,6 +136,7 @@ extern "C" {
     pub fn Rf_lang5(f: SEXP, a: SEXP, b: SEXP, c: SEXP, d: SEXP) -> SEXP;
     pub fn Rf_asInteger(x: SEXP) -> c_int;
     pub fn Rf_asReal(x: SEXP) -> f64;
+    fn Rf_GetOption1(tag: SEXP) -> SEXP;
     pub fn Rf_type2char(t: u32) -> *const c_char;
     fn Rf_lang3(f: SEXP, a: SEXP, b: SEXP) -> SEXP;
     pub fn Rf_eval(x: SEXP, env: SEXP) -> SEXP;
@@ -227,6 +228,16 @@ pub unsafe fn plain_utf8(x: SEXP) -> bool {
 /// `is.numeric()` holds true for, short of classes).
 pub unsafe fn plain_number(x: SEXP) -> bool {
     matches!(TYPEOF(x), REALSXP | INTSXP) && Rf_xlength(x) == 1 && ATTRIB(x) == R_NilValue
+}
+
+/// `getOption(name)`, NULL when unset.
+pub unsafe fn option(name: &CStr) -> SEXP {
+    Rf_GetOption1(Rf_install(name.as_ptr()))
+}
+
+/// `identical(x, FALSE)`.
+pub unsafe fn is_false(x: SEXP) -> bool {
+    TYPEOF(x) == LGLSXP && Rf_xlength(x) == 1 && ATTRIB(x) == R_NilValue && *LOGICAL(x) == 0
 }
 
 pub unsafe fn as_bool(x: SEXP) -> bool {

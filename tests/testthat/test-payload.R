@@ -30,6 +30,20 @@ test_that("a large captured environment is named in a one-time warning", {
   expect_lt(length(serialize(run_n, NULL)), 100 * 1024)
 })
 
+test_that("without the option the threshold is 256 KiB", {
+  local_pool(1)
+  local_payload_warning(NULL)
+  make <- function(captured) {
+    f <- function(p) 1
+    environment(f) <- list2env(list(captured = captured), parent = globalenv())
+    f
+  }
+  base <- length(serialize(make(raw(0)), NULL, xdr = FALSE))
+  expect_silent(finish(create_job("op", 1, make(raw(256 * 1024 - base - 4096)))))
+  expect_warning(j <- create_job("op", 1, make(raw(256 * 1024 - base + 4096))), class = "asyncjobs_warning_payload")
+  expect_identical(finish(j)$result, 1)
+})
+
 test_that("the warning names the captured variables", {
   local_pool(1)
   local_payload_warning(100 * 1024)
