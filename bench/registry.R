@@ -47,13 +47,16 @@ cleanup_s <- now() - t0
 stop_workers()
 
 # Memory: a fresh process per mode; RSS and R heap before and after retaining n jobs.
-memory <- function(n, bind) {
+# The executor is a global function, as the README recommends, unless
+# `captured`: then it is defined here, and its environment goes with every job.
+memory <- function(n, bind, captured = FALSE) {
   library(asyncjobs)
   options(asyncjobs.warn_payload_bytes = Inf, asyncjobs.jobs_env = bind)
   rss <- function() as.numeric(strsplit(readLines("/proc/self/statm"), " ")[[1]][[2]]) * 4096
   heap <- function() sum(gc(full = TRUE)[, 2]) * 1024^2
   start_workers(8, max_queued = 1e6, wait = TRUE)
   f <- function(p) NULL
+  if (!captured) environment(f) <- globalenv()
   for (id in vapply(1:200, function(i) create_job("warm", i, f)$job_id, "")) wait_for_job(id)
   # RSS is read twice: as it is (with whatever garbage of the loop R's
   # collector has not reclaimed yet), and after a full collection, which is
@@ -76,6 +79,7 @@ memory <- function(n, bind) {
 N_MEM <- max(LEVELS)
 mem_on <- callr::r(memory, list(N_MEM, TRUE))
 mem_off <- callr::r(memory, list(N_MEM, FALSE))
+mem_captured <- callr::r(memory, list(N_MEM, TRUE, TRUE))
 result_bytes <- length(serialize(list(value = NULL, warnings = character()), NULL, xdr = FALSE))
 
 cat(sprintf("Machine: %s, %d cores, %s, %s\n\n", R.version$arch, parallel::detectCores(), R.version.string, format(Sys.Date())))
@@ -86,6 +90,7 @@ cat(sprintf("\ncleanup_old_jobs() removing %s of %s jobs: %.0f ms\n", format(rem
             format(n_total, big.mark = ","), 1000 * cleanup_s))
 cat(sprintf("\n| memory per retained job (%s jobs, result %d bytes) | process RSS after R's full gc | process RSS as read (with the loop's uncollected R garbage) | of which R heap |\n|---|---|---|---|\n",
             format(N_MEM, big.mark = ","), result_bytes))
-for (m in list(list("with jobs_env bindings (default)", mem_on), list("options(asyncjobs.jobs_env = FALSE)", mem_off))) {
+for (m in list(list("with jobs_env bindings (default)", mem_on), list("options(asyncjobs.jobs_env = FALSE)", mem_off),
+               list("default, executor defined in a function (its environment goes with every job)", mem_captured))) {
   cat(sprintf("| %s | %.0f bytes | %.0f bytes | %.0f bytes |\n", m[[1]], m[[2]][["rss_gc"]], m[[2]][["rss"]], m[[2]][["heap"]]))
 }

@@ -550,9 +550,10 @@ const F_PROGRESS: u8 = 128;
 const S_UNHASHED: u8 = 1;
 const S_OUTPUT: u8 = 2;
 
-/// A finished job in one allocation: its record and its result, no
-/// payload, output or lease.
-struct Done(Box<[u8]>);
+/// A finished job's record and its result (no payload, output or lease),
+/// as bytes: `Done<Vec<u8>>` when it is made, a view into the log's blocks
+/// after.
+struct Done<B>(B);
 
 fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
     buf.extend_from_slice(&(b.len() as u64).to_le_bytes());
@@ -584,9 +585,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-impl Done {
+impl Done<Vec<u8>> {
     /// `job` has ended; `result` is what it completed with.
-    fn new(job: &Job, operation: u32, queue: u32, side: u8, result: Option<&[u8]>) -> Done {
+    fn new(job: &Job, operation: u32, queue: u32, side: u8, result: Option<&[u8]>) -> Done<Vec<u8>> {
         let err = job.error.as_deref();
         let progress = job.progress.as_deref();
         let mut flags = 0;
@@ -632,23 +633,36 @@ impl Done {
             put_bytes(&mut b, s.as_bytes());
         }
         b.extend_from_slice(result.unwrap_or_default());
-        Done(b.into_boxed_slice())
+        Done(b)
+    }
+}
+
+impl Done<&mut [u8]> {
+    fn set_hash(self, hash: &[u8; 32]) {
+        self.0[D_HASH..D_HASH + 32].copy_from_slice(hash);
+        self.0[D_SIDE] &= !S_UNHASHED;
+    }
+}
+
+impl<B: AsRef<[u8]>> Done<B> {
+    fn bytes(&self) -> &[u8] {
+        self.0.as_ref()
     }
 
     fn u32_at(&self, at: usize) -> u32 {
-        u32::from_le_bytes(self.0[at..at + 4].try_into().unwrap())
+        u32::from_le_bytes(self.bytes()[at..at + 4].try_into().unwrap())
     }
 
     fn f64_at(&self, at: usize) -> f64 {
-        f64::from_le_bytes(self.0[at..at + 8].try_into().unwrap())
+        f64::from_le_bytes(self.bytes()[at..at + 8].try_into().unwrap())
     }
 
     fn id(&self) -> Uuid {
-        Uuid::from_bytes(self.0[D_ID..D_ID + 16].try_into().unwrap())
+        Uuid::from_bytes(self.bytes()[D_ID..D_ID + 16].try_into().unwrap())
     }
 
     fn status(&self) -> Status {
-        [Status::Pending, Status::Running, Status::Completed, Status::Failed, Status::Cancelled][self.0[D_STATUS] as usize]
+        [Status::Pending, Status::Running, Status::Completed, Status::Failed, Status::Cancelled][self.bytes()[D_STATUS] as usize]
     }
 
     fn completed_at(&self) -> f64 {
@@ -656,19 +670,14 @@ impl Done {
     }
 
     fn side(&self) -> u8 {
-        self.0[D_SIDE]
-    }
-
-    fn set_hash(&mut self, hash: &[u8; 32]) {
-        self.0[D_HASH..D_HASH + 32].copy_from_slice(hash);
-        self.0[D_SIDE] &= !S_UNHASHED;
+        self.bytes()[D_SIDE]
     }
 
     /// The job's record; its result only when `with_result`.
     fn job(&self, names: &Names, with_result: bool) -> Job {
-        let flags = self.0[D_FLAGS];
+        let flags = self.bytes()[D_FLAGS];
         let has = |f: u8| flags & f != 0;
-        let mut r = Reader { buf: &self.0, at: D_TAIL };
+        let mut r = Reader { buf: self.bytes(), at: D_TAIL };
         let error = has(F_ERROR).then(|| {
             let (code, message) = (r.string(), r.string());
             let detail = has(F_DETAIL).then(|| Arc::from(r.bytes()));
@@ -677,19 +686,19 @@ impl Done {
         let (current, total) = (has(F_CURRENT).then(|| r.f64()), has(F_TOTAL).then(|| r.f64()));
         let step = has(F_STEP).then(|| r.string());
         let progress = has(F_PROGRESS).then(|| Box::new(Progress { step, current, total }));
-        let result = (has(F_RESULT) && with_result).then(|| Arc::from(&self.0[r.at..]));
+        let result = (has(F_RESULT) && with_result).then(|| Arc::from(&self.bytes()[r.at..]));
         let started = self.f64_at(D_STARTED);
         Job {
             id: self.id(),
             operation: names.name(self.u32_at(D_OPERATION)),
-            params_hash: self.0[D_HASH..D_HASH + 32].try_into().unwrap(),
+            params_hash: self.bytes()[D_HASH..D_HASH + 32].try_into().unwrap(),
             status: self.status(),
             queue: names.name(self.u32_at(D_QUEUE)),
             priority: self.u32_at(D_PRIORITY) as i32,
             submitted_at: self.f64_at(D_SUBMITTED),
             started_at: (!started.is_nan()).then_some(started),
             completed_at: Some(self.completed_at()),
-            timeout_ms: u64::from_le_bytes(self.0[D_TIMEOUT..D_TIMEOUT + 8].try_into().unwrap()),
+            timeout_ms: u64::from_le_bytes(self.bytes()[D_TIMEOUT..D_TIMEOUT + 8].try_into().unwrap()),
             attempts: self.u32_at(D_ATTEMPTS),
             max_attempts: self.u32_at(D_MAX_ATTEMPTS),
             result,
@@ -702,10 +711,18 @@ impl Done {
 }
 
 /// Finished jobs in the order they ended, the order cleanup removes them in.
+/// Their records lie end to end in blocks of [`BLOCK`] bytes (a larger record
+/// has a block of its own): a retained job costs its record and its place,
+/// not an allocation of its own among the short-lived ones, and cleanup
+/// frees whole blocks from the front.
 #[derive(Default)]
 struct Finished {
-    log: VecDeque<Done>,
-    /// Sequence number of `log[0]`; a job keeps its number (wrapping) while it stays.
+    blocks: VecDeque<Vec<u8>>,
+    /// Number of `blocks[0]`; a block keeps its number (wrapping) while it stays.
+    first_block: u32,
+    /// Where each record is, in the order the jobs ended.
+    places: VecDeque<Place>,
+    /// Sequence number of `places[0]`; a job keeps its number (wrapping) while it stays.
     head: u32,
     /// Sequence numbers, found by job id.
     index: HashTable<u32>,
@@ -714,75 +731,135 @@ struct Finished {
     unordered: bool,
 }
 
+#[derive(Clone, Copy)]
+struct Place {
+    block: u32,
+    start: u32,
+    len: u32,
+}
+
+/// Bytes per block of finished records.
+const BLOCK: usize = 64 << 10;
+
 impl Finished {
     fn len(&self) -> usize {
-        self.log.len()
+        self.places.len()
     }
 
     fn at(&self, seq: u32) -> usize {
         seq.wrapping_sub(self.head) as usize
     }
 
+    fn range(&self, i: usize) -> (usize, std::ops::Range<usize>) {
+        let p = self.places[i];
+        (p.block.wrapping_sub(self.first_block) as usize, p.start as usize..(p.start + p.len) as usize)
+    }
+
+    fn record(&self, i: usize) -> Done<&[u8]> {
+        let (b, r) = self.range(i);
+        Done(&self.blocks[b][r])
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Done<&[u8]>> {
+        (0..self.len()).map(|i| self.record(i))
+    }
+
     fn find(&self, id: &Uuid) -> Option<usize> {
-        let seq = self.index.find(self.hasher.hash_one(id), |&s| self.log[self.at(s)].id() == *id)?;
+        let seq = self.index.find(self.hasher.hash_one(id), |&s| self.record(self.at(s)).id() == *id)?;
         Some(self.at(*seq))
     }
 
-    fn get(&self, id: &Uuid) -> Option<&Done> {
-        self.find(id).map(|i| &self.log[i])
+    fn get(&self, id: &Uuid) -> Option<Done<&[u8]>> {
+        self.find(id).map(|i| self.record(i))
     }
 
-    fn get_mut(&mut self, id: &Uuid) -> Option<&mut Done> {
-        self.find(id).map(|i| &mut self.log[i])
+    fn get_mut(&mut self, id: &Uuid) -> Option<Done<&mut [u8]>> {
+        let (b, r) = self.range(self.find(id)?);
+        Some(Done(&mut self.blocks[b][r]))
     }
 
     fn insert(&mut self, seq: u32, id: &Uuid) {
-        let (log, head, hasher) = (&self.log, self.head, &self.hasher);
-        self.index.insert_unique(hasher.hash_one(id), seq, |&s| hasher.hash_one(log[s.wrapping_sub(head) as usize].id()));
+        let Finished { blocks, places, head, first_block, index, hasher, .. } = self;
+        let rehash = |&s: &u32| hasher.hash_one(id_at(blocks, places, s.wrapping_sub(*head) as usize, *first_block));
+        index.insert_unique(hasher.hash_one(id), seq, rehash);
     }
 
-    fn push(&mut self, done: Done) {
-        self.unordered |= self.log.back().is_some_and(|last| done.completed_at() < last.completed_at());
-        let (seq, id) = (self.head.wrapping_add(self.log.len() as u32), done.id());
-        self.log.push_back(done);
+    fn push(&mut self, done: Done<Vec<u8>>) {
+        self.unordered |= self.len() > 0 && done.completed_at() < self.record(self.len() - 1).completed_at();
+        let (seq, id) = (self.head.wrapping_add(self.len() as u32), done.id());
+        self.append(done.bytes());
         self.insert(seq, &id);
     }
 
-    /// Removes the job that ended first if it ended before `cutoff`.
-    fn pop_older(&mut self, cutoff: f64) -> Option<Done> {
+    /// Copies a record to the end of the last block, or of a new one.
+    fn append(&mut self, rec: &[u8]) {
+        let fits = self.blocks.back().is_some_and(|b| b.capacity() - b.len() >= rec.len());
+        if !fits {
+            self.blocks.push_back(Vec::with_capacity(BLOCK.max(rec.len())));
+        }
+        let block = self.first_block.wrapping_add(self.blocks.len() as u32 - 1);
+        let last = self.blocks.back_mut().expect("a block");
+        self.places.push_back(Place { block, start: last.len() as u32, len: rec.len() as u32 });
+        last.extend_from_slice(rec);
+    }
+
+    /// Removes the job that ended first if it ended before `cutoff`: its id
+    /// and side maps. A block it emptied goes to `freed`.
+    fn pop_older(&mut self, cutoff: f64, freed: &mut Vec<Vec<u8>>) -> Option<(Uuid, u8)> {
         if self.unordered {
             self.sort();
         }
-        if !(self.log.front()?.completed_at() < cutoff) {
+        if self.places.is_empty() {
             return None;
         }
-        let done = self.log.pop_front()?;
+        let first = self.record(0);
+        if !(first.completed_at() < cutoff) {
+            return None;
+        }
+        let (id, side) = (first.id(), first.side());
+        let place = self.places.pop_front()?;
         let head = self.head;
-        if let Ok(e) = self.index.find_entry(self.hasher.hash_one(done.id()), |&s| s == head) {
+        if let Ok(e) = self.index.find_entry(self.hasher.hash_one(&id), |&s| s == head) {
             e.remove();
         }
         self.head = head.wrapping_add(1);
-        Some(done)
+        if self.places.front().is_none_or(|p| p.block != place.block) {
+            freed.extend(self.blocks.pop_front());
+            self.first_block = self.first_block.wrapping_add(1);
+        }
+        Some((id, side))
     }
 
     /// Puts the log in the order of the end times, and numbers it anew.
     fn sort(&mut self) {
-        self.log.make_contiguous().sort_by(|a, b| a.completed_at().total_cmp(&b.completed_at()));
-        self.index.clear();
-        for i in 0..self.log.len() {
-            let id = self.log[i].id();
-            self.insert(self.head.wrapping_add(i as u32), &id);
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_by(|&a, &b| self.record(a).completed_at().total_cmp(&self.record(b).completed_at()));
+        let old = std::mem::take(self);
+        *self = Finished { first_block: old.first_block, head: old.head, ..Finished::default() };
+        for i in order {
+            let rec = old.record(i);
+            self.append(rec.bytes());
+            let (seq, id) = (self.head.wrapping_add(self.len() as u32 - 1), rec.id());
+            self.insert(seq, &id);
         }
-        self.unordered = false;
     }
 
     fn shrink(&mut self) {
-        if self.log.len() < self.log.capacity() / 4 {
-            self.log.shrink_to_fit();
-            let (log, head, hasher) = (&self.log, self.head, &self.hasher);
-            self.index.shrink_to_fit(|&s| hasher.hash_one(log[s.wrapping_sub(head) as usize].id()));
+        if self.places.len() < self.places.capacity() / 4 {
+            self.places.shrink_to_fit();
+            self.blocks.shrink_to_fit();
+            let Finished { blocks, places, head, first_block, index, hasher, .. } = self;
+            index.shrink_to_fit(|&s| hasher.hash_one(id_at(blocks, places, s.wrapping_sub(*head) as usize, *first_block)));
         }
     }
+}
+
+/// The id in the `i`th record, from the parts of a [`Finished`] (its index
+/// borrows the rest while it rehashes).
+fn id_at(blocks: &VecDeque<Vec<u8>>, places: &VecDeque<Place>, i: usize, first_block: u32) -> Uuid {
+    let p = places[i];
+    let start = p.start as usize + D_ID;
+    Uuid::from_bytes(blocks[p.block.wrapping_sub(first_block) as usize][start..start + 16].try_into().unwrap())
 }
 
 #[derive(Default)]
@@ -1173,23 +1250,21 @@ impl Store for MemoryStore {
         let m = &mut *guard;
         let cutoff = now() - max_age;
         let mut old = Vec::new();
-        let (mut records, mut outputs, mut params) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut blocks, mut outputs, mut params) = (Vec::new(), Vec::new(), Vec::new());
         // Oldest first, from the front of the log: only what goes is touched.
         while old.len() < batch {
-            let Some(done) = m.done.pop_older(cutoff) else { break };
-            let id = done.id();
-            if done.side() & S_OUTPUT != 0 {
+            let Some((id, side)) = m.done.pop_older(cutoff, &mut blocks) else { break };
+            if side & S_OUTPUT != 0 {
                 outputs.extend(m.outputs.remove(&id));
             }
-            if done.side() & S_UNHASHED != 0 {
+            if side & S_UNHASHED != 0 {
                 params.extend(m.unhashed.remove(&id));
             }
             old.push(id);
-            records.push(done);
         }
         // Many records are freed on the blocking pool, not on the caller's thread.
-        if records.len() >= FREE_ELSEWHERE {
-            runtime().spawn_blocking(move || drop((records, outputs, params)));
+        if old.len() >= FREE_ELSEWHERE {
+            runtime().spawn_blocking(move || drop((blocks, outputs, params)));
         }
         if !old.is_empty() {
             m.done.shrink();
@@ -1210,7 +1285,7 @@ impl Store for MemoryStore {
         for j in &mut all {
             j.result = None;
         }
-        all.extend(m.done.log.iter().map(|d| d.job(&m.names, false)));
+        all.extend(m.done.iter().map(|d| d.job(&m.names, false)));
         all.sort_by(|a, b| a.submitted_at.total_cmp(&b.submitted_at));
         Ok(all)
     }

@@ -582,6 +582,51 @@ fn urls_never_show_passwords() {
     assert!(!err.0.contains("s3cret") && err.0.contains("app:***@"), "{err}");
 }
 
+/// The memory store keeps finished jobs end to end in blocks: records of
+/// every size (one larger than a block) read back whole, a late hash lands in
+/// the right record, and cleanup takes the older ones only.
+#[test]
+fn memory_store_finished_records() {
+    let s = MemoryStore::new();
+    let result = |i: usize| {
+        let len = if i == 700 { 200_000 } else { i % 7 * 50 };
+        (0..len).map(|k| (i + k) as u8).collect::<Vec<u8>>()
+    };
+    let run = |from: usize, to: usize| {
+        let ids: Vec<Uuid> = (from..to).map(|i| submit(&s, in_queue(job("blocks", format!("{i}").as_bytes()), "blocks", 0))).collect();
+        let claimed = claim(&s, "blocks", to - from);
+        assert_eq!(claimed.len(), to - from);
+        for c in &claimed {
+            let i = ids.iter().position(|id| *id == c.lease.id).unwrap() + from;
+            block_on(s.finish(&c.lease, &Outcome::Completed(result(i)), None)).unwrap();
+        }
+        ids
+    };
+    let old = run(0, 1500);
+    std::thread::sleep(Duration::from_millis(1000));
+    let new = run(1500, 3000);
+    for (i, id) in old.iter().chain(&new).enumerate() {
+        let j = get(&s, *id);
+        assert_eq!((j.status, j.operation.as_ref()), (Status::Completed, "blocks"));
+        assert_eq!(j.result.as_deref(), Some(&result(i)[..]), "job {i}");
+    }
+    // Hashed on demand after it ended (jobs_env's record shows the hash).
+    s.hash_now(&new[10]);
+    assert_eq!(get(&s, new[10]).params_hash, sha256(b"1510"));
+    assert_eq!(get(&s, new[11]).result.as_deref(), Some(&result(1511)[..]), "its neighbour is intact");
+    let removed = block_on(s.cleanup(0.5, usize::MAX)).unwrap();
+    assert_eq!(removed.len(), 1500);
+    assert!(old.iter().all(|id| block_on(s.get(id, false)).unwrap().is_none()));
+    for (i, id) in new.iter().enumerate() {
+        assert_eq!(get(&s, *id).result.as_deref(), Some(&result(1500 + i)[..]), "job {}", 1500 + i);
+    }
+    assert_eq!(block_on(s.cleanup(0.0, usize::MAX)).unwrap().len(), 1500);
+    assert_eq!(block_on(s.counts()).unwrap().total, 0);
+    // Empty, it takes jobs again.
+    let again = run(3000, 3001);
+    assert_eq!(get(&s, again[0]).result.as_deref(), Some(&result(3000)[..]));
+}
+
 /// Timing, not a check: `cargo test --release --test store -- --ignored --nocapture`.
 #[test]
 #[ignore]
