@@ -2,7 +2,9 @@
 //! with one task per worker slot, one that claims work and one that keeps
 //! the leases.
 //!
-//! * With the memory store an idle slot takes its next job itself. With a
+//! * Idle slots are woken newest first: a slot that just finished has warm
+//!   caches and buffers. With the memory store an idle slot takes its next
+//!   job itself. With a
 //!   shared store the claimer takes up to k jobs for k idle slots, when a
 //!   job is submitted here, a slot frees up, the store signals a submit
 //!   (PostgreSQL's NOTIFY), or (for a shared store) on an adaptive poll:

@@ -15,8 +15,9 @@
 //! duplicate check and capacity counting are O(1). Payloads (the serialized
 //! executor and params) and captured output live beside the records, so a
 //! status snapshot clones only small fields. A job that ends becomes one
-//! compact allocation in a log kept in the order jobs ended, found by id
-//! through an index of sequence numbers; cleanup takes from its front.
+//! compact record in a log kept in the order jobs ended (records end to end
+//! in blocks), found by id through an index of sequence numbers; cleanup
+//! takes from its front.
 
 use async_trait::async_trait;
 use hashbrown::HashTable;
