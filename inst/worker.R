@@ -96,8 +96,8 @@ local({
       error = function(e) structure(list(e), class = "asyncjobs_job_error"))
     if (is.null(sent)) return(NULL)
     if (is.character(sent)) {
-      # A result a pointer (a connection holds one) would reach dangling, or
-      # one over max_result_bytes; or the pipe is gone.
+      # The result holds a pointer, which would arrive dangling (a connection
+      # holds one), or is over max_result_bytes; or the pipe is gone.
       if (sent[[1L]] == "WRITE_FAILED") stop("asyncjobs worker: writing a frame: ", sent[[2L]])
       return(failure(sent[[1L]], sent[[2L]], list(warnings = warnings)))
     }
