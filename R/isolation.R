@@ -4,11 +4,12 @@
 #                                       non-empty value says what could not
 #                                       be put back: the worker must then
 #                                       exit and be replaced
-#   .worker_seed(snapshot)              then, before the ready frame: the
-#                                       next job's RNG stream (src/wire.rs's
-#                                       w_seed does it instead while the RNG
-#                                       kinds are setup's)
-#   .worker_seed(snapshot, seed)        in a job with create_job(seed = )
+#   .worker_seed(snapshot, seed)        then, before the ready frame, when
+#                                       src/wire.rs's w_seed could not seed
+#                                       the next job itself (a job changed
+#                                       the RNG kinds), with the seed it
+#                                       drew; and in a job with
+#                                       create_job(seed = )
 # The global environment is cleaned by inst/worker.R itself.
 
 # The LC_* categories Sys.setlocale() can set (LC_ALL is all of them).
@@ -35,19 +36,17 @@
   if (!had_seed && exists(".Random.seed", envir = globalenv(), inherits = FALSE)) {
     rm(".Random.seed", envir = globalenv())
   }
-  read_seeds(s)
   s$base <- .Call(wrap__aj_w_baseline) # for the quick check (src/wire.rs)
   s
 }
 
 # A job starts from set.seed(seed) under the RNG kinds `setup` left, whatever
 # an earlier job did to the generator. create_job(seed = ) puts the seed on
-# the executor; without one it is 32 bits from /dev/urandom, set before the
-# worker says it is ready (off the job's path), so jobs on one
-# worker do not replay a stream (R's own seeding from the clock changes in
-# only about 16 of its 32 bits between jobs a few ms apart).
-.worker_seed <- function(snapshot, seed = NULL) {
-  if (is.null(seed)) seed <- fresh_seed(snapshot)
+# the executor; without one it is 32 bits from the kernel (w_seed), set before
+# the worker says it is ready (off the job's path), so jobs on one worker do
+# not replay a stream (R's own seeding from the clock changes in only about
+# 16 of its 32 bits between jobs a few ms apart).
+.worker_seed <- function(snapshot, seed) {
   # .Random.seed[1] codes the RNG kinds: unchanged, the short call will do.
   code <- get0(".Random.seed", envir = globalenv(), inherits = FALSE)[1L]
   if (identical(code, snapshot$rng_code)) return(invisible(set.seed(seed)))
@@ -60,22 +59,6 @@
   }
   snapshot$rng_code <- get(".Random.seed", envir = globalenv())[1L]
   invisible(seed)
-}
-
-fresh_seed <- function(snapshot) {
-  if (snapshot$next_seed > length(snapshot$seeds)) read_seeds(snapshot)
-  snapshot$next_seed <- snapshot$next_seed + 1L
-  snapshot$seeds[[snapshot$next_seed - 1L]]
-}
-
-# Random seeds are read 1024 at a time, between jobs.
-read_seeds <- function(snapshot) {
-  con <- file("/dev/urandom", "rb", raw = TRUE)
-  on.exit(close(con))
-  seeds <- readBin(con, "integer", n = 1024L, size = 4L)
-  seeds[is.na(seeds)] <- 0L # NA_integer_ is no seed
-  snapshot$seeds <- seeds
-  snapshot$next_seed <- 1L
 }
 
 # Puts back what a job changed. Returns what could not be put back;

@@ -49,7 +49,7 @@ stop_workers()
 # The worker's steps around a trivial job, run here in the same way
 # (inst/worker.R calls them in the worker; R/isolation.R, src/wire.rs, src/reaper.rs).
 snapshot <- ns$.worker_snapshot()
-ns$.worker_seed(snapshot)
+ns$.worker_seed(snapshot, 1L)
 fn_bytes <- serialize(f, NULL, xdr = FALSE)
 params_bytes <- serialize(1L, NULL, xdr = FALSE)
 tree <- function(begin) .Call(ns$wrap__aj_tree_job, begin)
@@ -58,7 +58,7 @@ step("processes the job started: check before and after (no child: one waitid ea
 step("session as setup left it? (options, search path, env vars, wd, locale, sinks)", ns$.worker_reset(snapshot))
 natives <- .Call(ns$wrap__aj_w_natives)
 step("seed the next job's RNG stream (native; the RNG kinds are setup's)", .Call(natives[[3L]], snapshot$rng_code))
-step("seed the next job's RNG stream (R; after a job changed the RNG kinds)", ns$.worker_seed(snapshot))
+step("seed the next job's RNG stream (R, given the seed; after a job changed the RNG kinds)", ns$.worker_seed(snapshot, 1L))
 step("unserialize executor and params, run, serialize the result", {
   unserialize(fn_bytes)(unserialize(params_bytes))
   serialize(list(value = 1L, warnings = character()), NULL, xdr = FALSE, refhook = function(x) NULL)

@@ -13,7 +13,7 @@ local({
   natives <- .Call(native("wrap__aj_w_natives"))
   w_unserialize <- natives[[1L]] # the job's executor (1L) and params (2L)
   w_result <- natives[[2L]] # sends the job's result, or says why it cannot
-  w_seed <- natives[[3L]] # seeds the next job, when the RNG kinds are setup's
+  w_seed <- natives[[3L]] # draws the next job's seed; sets it when the RNG kinds are setup's
   KIND <- c(init = 1L, job = 2L, shutdown = 3L, ready = 11L, setup_failed = 12L,
             progress = 13L, result = 14L, failed = 15L)
   SEP <- "\x1f"
@@ -120,7 +120,12 @@ local({
   worker_reset <- ns$.worker_reset
   worker_seed <- ns$.worker_seed
   snapshot <- ns$.worker_snapshot() # the state setup left (R/isolation.R)
-  worker_seed(snapshot) # the first job's RNG stream
+  # The next job's RNG stream: in Rust, or in R with setup's kinds put back.
+  seed_next <- function() {
+    seed <- .Call(w_seed, snapshot$rng_code)
+    if (!isTRUE(seed)) worker_seed(snapshot, seed)
+  }
+  seed_next() # the first job's
   baseline <- names(globalenv())
   write_frame(KIND[["ready"]])
   repeat {
@@ -153,8 +158,7 @@ local({
                                                  paste(problems, collapse = "; ")))
       quit(save = "no", status = 1L)
     }
-    # The next job's RNG stream (a job's rm(.Random.seed) made `dirty`).
-    if (!.Call(w_seed, snapshot$rng_code)) worker_seed(snapshot)
+    seed_next() # (a job's rm(.Random.seed) made `dirty`)
     if (dirty) baseline <- names(globalenv())
     write_frame(KIND[["ready"]])
   }

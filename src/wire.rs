@@ -226,17 +226,19 @@ fn fresh_seed() -> i32 {
     }
 }
 
-/// `.Call(w_seed, code)`, between jobs: when `.Random.seed[1]` is `code` (the
-/// generator's kinds are still setup's), `set.seed(<32 random bits>)` for the
-/// next job, and TRUE. FALSE when R must put the kinds back as well.
+/// `.Call(w_seed, code)`, between jobs: 32 random bits for the next job's
+/// seed. When `.Random.seed[1]` is `code` (the generator's kinds are still
+/// setup's), it runs `set.seed(<them>)` and gives TRUE; otherwise it gives
+/// the seed, for R to set with setup's kinds put back.
 unsafe extern "C" fn w_seed(code: SEXP) -> SEXP {
+    let seed = Rf_protect(Rf_ScalarInteger(fresh_seed()));
     let current = Rf_findVarInFrame(R_GlobalEnv, Rf_install(c".Random.seed".as_ptr()));
     let code = Rf_asInteger(code);
     if TYPEOF(current) != INTSXP || Rf_xlength(current) < 1 || code == i32::MIN || *INTEGER(current) != code {
-        return Rf_ScalarLogical(0);
+        Rf_unprotect(1);
+        return seed;
     }
     // .Internal(set.seed(seed, NULL, NULL, NULL)): what set.seed(seed) runs.
-    let seed = Rf_protect(Rf_ScalarInteger(fresh_seed()));
     let nil = R_NilValue;
     let inner = Rf_protect(Rf_lang5(Rf_install(c"set.seed".as_ptr()), seed, nil, nil, nil));
     let call = Rf_protect(Rf_lang2(Rf_install(c".Internal".as_ptr()), inner));
