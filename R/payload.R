@@ -3,10 +3,11 @@
 # every job (a plumber `req` holds the whole router: megabytes). Warn once per
 # operation when an executor's payload is unexpectedly large.
 
-# The threshold is the option `asyncjobs.warn_payload_bytes` (default 256 KiB).
+# The threshold is the option `asyncjobs.warn_payload_bytes` (default 256 KiB);
+# create_job()'s native call compares it (c_submit in src/r_api.rs) and calls
+# for this only when the executor's `bytes` are over it.
 check_payload <- function(fn, bytes, operation) {
-  limit <- getOption("asyncjobs.warn_payload_bytes", 256 * 1024)
-  if (bytes <= limit || operation %in% .state$payload_warned) return(invisible())
+  if (operation %in% .state$payload_warned) return(invisible())
   sizes <- captured_sizes(environment(fn))
   if (!length(sizes)) return(invisible())
   sizes <- sort(sizes, decreasing = TRUE)[seq_len(min(3L, length(sizes)))]
