@@ -515,6 +515,12 @@ impl Names {
     fn name(&self, id: u32) -> Arc<str> {
         self.all[id as usize].clone()
     }
+
+    /// The one shared copy of `name`.
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        let id = self.id(name);
+        self.name(id)
+    }
 }
 
 // A finished job's fixed fields: byte offsets in its record.
@@ -751,13 +757,8 @@ impl Finished {
         seq.wrapping_sub(self.head) as usize
     }
 
-    fn range(&self, i: usize) -> (usize, std::ops::Range<usize>) {
-        let p = self.places[i];
-        (p.block.wrapping_sub(self.first_block) as usize, p.start as usize..(p.start + p.len) as usize)
-    }
-
     fn record(&self, i: usize) -> Done<&[u8]> {
-        let (b, r) = self.range(i);
+        let (b, r) = span(&self.places, i, self.first_block);
         Done(&self.blocks[b][r])
     }
 
@@ -775,7 +776,7 @@ impl Finished {
     }
 
     fn get_mut(&mut self, id: &Uuid) -> Option<Done<&mut [u8]>> {
-        let (b, r) = self.range(self.find(id)?);
+        let (b, r) = span(&self.places, self.find(id)?, self.first_block);
         Some(Done(&mut self.blocks[b][r]))
     }
 
@@ -855,12 +856,17 @@ impl Finished {
     }
 }
 
+/// Where the `i`th record lies: the index of its block and its bytes there.
+fn span(places: &VecDeque<Place>, i: usize, first_block: u32) -> (usize, std::ops::Range<usize>) {
+    let p = places[i];
+    (p.block.wrapping_sub(first_block) as usize, p.start as usize..(p.start + p.len) as usize)
+}
+
 /// The id in the `i`th record, from the parts of a [`Finished`] (its index
 /// borrows the rest while it rehashes).
 fn id_at(blocks: &VecDeque<Vec<u8>>, places: &VecDeque<Place>, i: usize, first_block: u32) -> Uuid {
-    let p = places[i];
-    let start = p.start as usize + D_ID;
-    Uuid::from_bytes(blocks[p.block.wrapping_sub(first_block) as usize][start..start + 16].try_into().unwrap())
+    let (b, r) = span(places, i, first_block);
+    Done(&blocks[b][r]).id()
 }
 
 #[derive(Default)]
@@ -1019,10 +1025,7 @@ impl Store for MemoryStore {
         if m.pending + m.running >= limit {
             return Ok(Submit::Full { limit });
         }
-        let operation = m.names.id(&job.operation);
-        let operation = m.names.name(operation);
-        let queue = m.names.id(&job.queue);
-        let queue = m.names.name(queue);
+        let (operation, queue) = (m.names.intern(&job.operation), m.names.intern(&job.queue));
         match hash {
             Some(h) => {
                 m.active.entry(duplicate_key(&job.operation, &h)).or_insert(job.id);
