@@ -5,7 +5,7 @@
 #                                       be put back: the worker must then
 #                                       exit and be replaced
 #   .worker_seed(snapshot, seed)        then, before the ready frame, when
-#                                       src/wire.rs's w_seed could not seed
+#                                       src/r/wire.rs's w_seed could not seed
 #                                       the next job itself (a job changed
 #                                       the RNG kinds), with the seed it
 #                                       drew; and in a job with
@@ -36,7 +36,7 @@
   if (!had_seed && exists(".Random.seed", envir = globalenv(), inherits = FALSE)) {
     rm(".Random.seed", envir = globalenv())
   }
-  s$base <- .Call(wrap__aj_w_baseline) # for the quick check (src/wire.rs)
+  s$base <- .Call(wrap__aj_w_baseline) # for the quick check (src/r/wire.rs)
   s
 }
 

@@ -67,7 +67,7 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
   # jobs_env (one step for Ctrl-C too). R code can run inside it (serialize()
   # of some objects does); an interrupt there would jump through Rust frames
   # mid-submit: it waits.
-  r <- suspendInterrupts(.Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
+  r <- suspendInterrupts(.Call(c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
                                max_attempts, unique))
   if (is.list(r) && is.null(oldClass(r))) return(r) # accepted: list(job_id, status, estimated_seconds)
   submit_answer(r, sys.call(), operation, params, executor_fn, timeout_ms, queue, priority, max_attempts, unique)
@@ -79,7 +79,7 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
 submit_answer <- function(r, call, operation, params, executor_fn, timeout_ms, queue, priority,
                           max_attempts, unique) {
   submit <- function() {
-    suspendInterrupts(.Call(.state$c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
+    suspendInterrupts(.Call(c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
                             max_attempts, unique))
   }
   settle <- function(r) {
@@ -174,9 +174,9 @@ serialize_error <- function(arg, value) {
 #' stop_workers()
 #' @export
 get_job_status <- function(job_id) {
-  # One call builds the contract's list (c_status in src/r_api.rs); it checks
+  # One call builds the contract's list (c_status in src/r/calls.rs); it checks
   # the id and the process itself, and asks for R's checks when they matter.
-  r <- suspendInterrupts(.Call(.state$c_status, job_id))
+  r <- suspendInterrupts(.Call(c_status, job_id))
   if (is.null(oldClass(r))) r else status_value(job_id, r)
 }
 
@@ -185,7 +185,7 @@ status_value <- function(job_id, r, call = sys.call(-1L)) {
   if (inherits(r, "asyncjobs_check")) {
     check_process(call)
     check_job_id(job_id, call = call)
-    r <- suspendInterrupts(.Call(.state$c_status, job_id))
+    r <- suspendInterrupts(.Call(c_status, job_id))
     if (is.null(oldClass(r))) return(r)
     if (inherits(r, "asyncjobs_check")) return(list(error = "JOB_NOT_FOUND", message = "Job ID not found"))
   }
@@ -223,14 +223,14 @@ status_of_written <- function(id, rec) {
 #' stop_workers()
 #' @export
 check_duplicate_job <- function(operation, params) {
-  # One call (c_duplicate in src/r_api.rs) checks the process and the
+  # One call (c_duplicate in src/r/calls.rs) checks the process and the
   # operation itself, and asks for R's checks when they fail; it reads
   # `params` from this frame once they pass.
-  r <- suspendInterrupts(.Call(.state$c_duplicate, operation, environment()))
+  r <- suspendInterrupts(.Call(c_duplicate, operation, environment()))
   if (inherits(r, "asyncjobs_check")) {
     check_process()
     operation <- check_operation(operation)
-    r <- suspendInterrupts(.Call(.state$c_duplicate, operation, environment()))
+    r <- suspendInterrupts(.Call(c_duplicate, operation, environment()))
     if (inherits(r, "asyncjobs_check")) abort("argument", "`operation` cannot be used (see ?check_duplicate_job).", "operation")
   }
   if (store_failed(r)) store_unavailable(r) else r
@@ -259,13 +259,13 @@ cleanup_old_jobs <- function(max_age_seconds = 86400) {
   n <- 0
   repeat {
     # Removes the jobs and their jobs_env entries; returns how many.
-    got <- .Call(.state$c_cleanup, as.numeric(max_age_seconds), batch)
+    got <- .Call(c_cleanup, as.numeric(max_age_seconds), batch)
     if (store_failed(got)) abort("store_unavailable", paste("Old jobs could not be removed:", got))
     n <- n + got
     if (got < batch) break
   }
   # Records callers wrote into jobs_env age the same way.
-  n <- n + .Call(.state$c_cleanup_written, cutoff)
+  n <- n + .Call(c_cleanup_written, cutoff)
   message(sprintf("Cleaned up %d old jobs", n))
   invisible(as.integer(n))
 }
@@ -289,7 +289,7 @@ wait_for_job <- function(job_id, timeout_ms = 60000) {
   # One native call per slice of at most 100 ms (so Ctrl-C is seen): NULL
   # while the job runs, its status once it has finished.
   slice <- if (timeout_ms < 100) timeout_ms else 100
-  r <- suspendInterrupts(.Call(.state$c_wait, job_id, slice))
+  r <- suspendInterrupts(.Call(c_wait, job_id, slice))
   if (!is.null(r) && is.null(oldClass(r))) return(r)
   spent <- slice
   if (inherits(r, "asyncjobs_check")) {
@@ -301,7 +301,7 @@ wait_for_job <- function(job_id, timeout_ms = 60000) {
   left <- min(timeout_ms, 1e12) - spent
   deadline <- now_ms() + left
   while (is.null(r) && left > 0) {
-    r <- suspendInterrupts(.Call(.state$c_wait, job_id, min(left, 100)))
+    r <- suspendInterrupts(.Call(c_wait, job_id, min(left, 100)))
     left <- deadline - now_ms()
   }
   if (is.null(r)) return(get_job_status(job_id))

@@ -4,7 +4,7 @@
 # operation when an executor's payload is unexpectedly large.
 
 # The threshold is the option `asyncjobs.warn_payload_bytes` (default 256 KiB);
-# create_job()'s native call compares it (c_submit in src/r_api.rs) and calls
+# create_job()'s native call compares it (c_submit in src/r/calls.rs) and calls
 # for this only when the executor's `bytes` are over it.
 check_payload <- function(fn, bytes, operation) {
   if (operation %in% .state$payload_warned) return(invisible())

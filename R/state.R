@@ -48,10 +48,8 @@ jobs_env <- new.env(parent = emptyenv())
   .state$messages <- .default_messages
   .state$payload_warned <- character()
   .state$in_worker <- identical(Sys.getenv("ASYNCJOBS_WORKER"), "1")
-  # The hot calls' native routines: .state$c_submit, c_status, c_duplicate, ...
   .state$serialize_error <- serialize_error # raised from native code
-  natives <- .Call(wrap__aj_init, .state, jobs_env)
-  for (n in names(natives)) assign(paste0("c_", n), natives[[n]], envir = .state)
+  .Call(wrap__aj_init, .state, jobs_env)
   ns <- topenv()
   makeActiveBinding("MAX_CONCURRENT_JOBS", function() .state$size, ns)
   # Stop the pool when R exits normally; PR_SET_PDEATHSIG covers the rest.

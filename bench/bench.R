@@ -21,14 +21,14 @@ timed_sleeper <- function(p) { t0 <- proc.time()[[3L]]; Sys.sleep(0.25); proc.ti
 
 ## asyncjobs against mirai ---------------------------------------------------
 # mirai and nanonext are not in Debian: tools/build-peers.sh builds them into
-# $ASYNCJOBS_PEERS_LIB (default /work/peers/Rlib). Every figure is a median over
+# $ASYNCJOBS_PEERS_LIB (default ~/.cache/asyncjobs/peers). Every figure is a median over
 # REPS repetitions; in each repetition every setup runs once, in turn, on a fresh
 # pool of 8 (asyncjobs at nice 10, the default, and at nice 0; mirai with its
 # dispatcher, the default of daemons(), and without), so drifts in the machine's
 # load fall on all of them. BENCH_ONLY=mirai stops the script after this table.
 big_len <- function(p) length(p$x)
 big <- list(x = runif(10 * 1024^2 / 8)) # 10 MB of doubles
-peers_lib <- Sys.getenv("ASYNCJOBS_PEERS_LIB", "/work/peers/Rlib")
+peers_lib <- Sys.getenv("ASYNCJOBS_PEERS_LIB", file.path(Sys.getenv("XDG_CACHE_HOME", path.expand("~/.cache")), "asyncjobs", "peers"))
 mirai_ok <- dir.exists(file.path(peers_lib, "mirai")) &&
   requireNamespace("mirai", lib.loc = c(peers_lib, .libPaths()), quietly = TRUE)
 if (!mirai_ok) {

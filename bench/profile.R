@@ -36,18 +36,18 @@ step <- function(label, expr, n = 5000) {
 }
 cat("\n| step of create_job() | CPU time |\n|---|---|\n")
 step("native: check, read two options, serialize both (executor from its cache), submit, list in jobs_env (.Call)",
-     .Call(st$c_submit, "op", 1L, f, 1800000, "default", 0L, 1L, FALSE))
+     .Call(ns$c_submit, "op", 1L, f, 1800000, "default", 0L, 1L, FALSE))
 step("create_job() in all", create_job("op", 1L, f))
 id <- ids[[1]]
 cat("\n| step of get_job_status() (finished job) | CPU time |\n|---|---|\n")
-step("native: check, read, unserialize result, build the list (.Call)", .Call(st$c_status, id))
+step("native: check, read, unserialize result, build the list (.Call)", .Call(ns$c_status, id))
 step("get_job_status() in all", get_job_status(id))
 step("check_duplicate_job() in all", check_duplicate_job("op", 1L))
 step("wait_for_job() of a finished job", wait_for_job(id))
 stop_workers()
 
 # The worker's steps around a trivial job, run here in the same way
-# (inst/worker.R calls them in the worker; R/isolation.R, src/wire.rs, src/reaper.rs).
+# (inst/worker.R calls them in the worker; R/isolation.R, src/r/wire.rs, src/pool/reaper.rs).
 snapshot <- ns$.worker_snapshot()
 ns$.worker_seed(snapshot, 1L)
 fn_bytes <- serialize(f, NULL, xdr = FALSE)
@@ -56,8 +56,7 @@ tree <- function(begin) .Call(ns$wrap__aj_tree_job, begin)
 cat("\n| step of a worker between two jobs | CPU time |\n|---|---|\n")
 step("processes the job started: check before and after (no child: one waitid each)", { tree(TRUE); tree(FALSE) })
 step("session as setup left it? (options, search path, env vars, wd, locale, sinks)", ns$.worker_reset(snapshot))
-natives <- .Call(ns$wrap__aj_w_natives)
-step("seed the next job's RNG stream (native; the RNG kinds are setup's)", .Call(natives[[3L]], snapshot$rng_code))
+step("seed the next job's RNG stream (native; the RNG kinds are setup's)", .Call(ns$w_seed, snapshot$rng_code))
 step("seed the next job's RNG stream (R, given the seed; after a job changed the RNG kinds)", ns$.worker_seed(snapshot, 1L))
 step("unserialize executor and params, run, serialize the result", {
   unserialize(fn_bytes)(unserialize(params_bytes))

@@ -1,6 +1,6 @@
 # asyncjobs worker. Started by the pool with its frame pipes on fds 3 and 4
 # and, as its argument, the library the API loaded asyncjobs from. Frames
-# are read and written by the package's Rust code (src/wire.rs); stdout and
+# are read and written by the package's Rust code (src/r/wire.rs); stdout and
 # stderr belong to the job.
 local({
   lib <- commandArgs(trailingOnly = TRUE)
@@ -10,10 +10,9 @@ local({
   w_open <- native("wrap__aj_w_open")
   w_read <- native("wrap__aj_w_read")
   w_write <- native("wrap__aj_w_write")
-  natives <- .Call(native("wrap__aj_w_natives"))
-  w_unserialize <- natives[[1L]] # the job's executor (1L) and params (2L)
-  w_result <- natives[[2L]] # sends the job's result, or says why it cannot
-  w_seed <- natives[[3L]] # draws the next job's seed; sets it when the RNG kinds are setup's
+  w_unserialize <- native("w_unserialize") # the job's executor (1L) and params (2L)
+  w_result <- native("w_result") # sends the job's result, or says why it cannot
+  w_seed <- native("w_seed") # draws the next job's seed; sets it when the RNG kinds are setup's
   KIND <- c(init = 1L, job = 2L, shutdown = 3L, ready = 11L, setup_failed = 12L,
             progress = 13L, result = 14L, failed = 15L)
   SEP <- "\x1f"
@@ -129,7 +128,7 @@ local({
   baseline <- names(globalenv())
   write_frame(KIND[["ready"]])
   repeat {
-    frame <- read_frame() # a job is its kind alone (src/wire.rs)
+    frame <- read_frame() # a job is its kind alone (src/r/wire.rs)
     if (!is.integer(frame)) {
       if (frame$kind == KIND[["shutdown"]]) break
       stop("asyncjobs worker: unexpected frame of kind ", frame$kind)

@@ -10,7 +10,7 @@
 //! Hooks are one call each at the place the event happens; none blocks on
 //! more than a short lock, so they are safe on the pool's thread.
 
-use crate::registry::{Outcome, Submit};
+use crate::job::{Outcome, Submit};
 use once_cell::sync::Lazy;
 use parking_lot::RwLock;
 use std::collections::HashMap;

@@ -17,6 +17,7 @@
 //! never copied to be joined to its header. The worker's end is `wire` (in
 //! the R build), which reads each part straight into its final buffer.
 
+use crate::job::Progress;
 use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
@@ -55,6 +56,18 @@ impl Kind {
             15 => Kind::Failed,
             _ => return None,
         })
+    }
+}
+
+impl Progress {
+    /// Parses a progress frame's text: `current SEP total [SEP step]`, "NA" for none.
+    pub fn parse(text: &str) -> Progress {
+        let mut it = text.splitn(3, FIELD_SEP);
+        let num = |s: Option<&str>| s.and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite());
+        let current = num(it.next());
+        let total = num(it.next());
+        let step = it.next().map(str::to_owned);
+        Progress { step, current, total }
     }
 }
 

@@ -4,11 +4,12 @@
 #   bash tools/bench.sh         every script
 #   bash tools/bench.sh mirai   only bench/bench.R's asyncjobs-vs-mirai table
 # mirai is not in Debian: it is built into $ASYNCJOBS_PEERS_LIB (default
-# /work/peers/Rlib) by tools/build-peers.sh when missing there and its sources
-# are at hand; otherwise bench/bench.R skips it and says why.
+# ~/.cache/asyncjobs/peers) by tools/build-peers.sh when missing there and
+# NANONEXT_SRC and MIRAI_SRC name its sources (see that script); otherwise
+# bench/bench.R skips it and says why.
 set -euo pipefail
 export ASYNCJOBS_EXTRA_PKGS=future # the peer of bench/bench.R
-export ASYNCJOBS_PEERS_LIB="${ASYNCJOBS_PEERS_LIB:-/work/peers/Rlib}"
+export ASYNCJOBS_PEERS_LIB="${ASYNCJOBS_PEERS_LIB:-${XDG_CACHE_HOME:-$HOME/.cache}/asyncjobs/peers}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [ ! -d "$ASYNCJOBS_PEERS_LIB/mirai" ]; then
   bash "$here/build-peers.sh" || echo "bench: mirai could not be built; its figures will be skipped" >&2

@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
 # Builds the benchmark peers that Debian does not package, nanonext and then mirai,
-# from local source checkouts into a private R library outside the repository.
+# from source checkouts you name into a private R library outside the repository.
 #
-#   bash tools/build-peers.sh [NANONEXT_SRC [MIRAI_SRC]]
+#   bash tools/build-peers.sh NANONEXT_SRC MIRAI_SRC
+#   NANONEXT_SRC=... MIRAI_SRC=... bash tools/build-peers.sh
 #
-# A source is a package directory (with DESCRIPTION), built as it is, or a bare
-# git directory such as a mirror, from which PEERS_REF_NANONEXT / PEERS_REF_MIRAI
-# is exported (default: the newest v* tag, i.e. the latest release, else HEAD). Defaults: $NANONEXT_SRC,
-# $MIRAI_SRC, then /work/.mirror/r-lib+{nanonext,mirai}/repo. The library is
-# $ASYNCJOBS_PEERS_LIB (default /work/peers/Rlib); bench/bench.R reads the same
-# variable. As root, installs libnng-dev, libmbedtls-dev and cmake when missing.
+# Each source is a package directory (with DESCRIPTION), built as it is, or a
+# git directory (a clone or a bare mirror of github.com/r-lib/nanonext and
+# github.com/r-lib/mirai), from which PEERS_REF_NANONEXT / PEERS_REF_MIRAI is
+# exported (default: the newest v* tag, i.e. the latest release, else HEAD).
+# The library is $ASYNCJOBS_PEERS_LIB (default
+# ${XDG_CACHE_HOME:-$HOME/.cache}/asyncjobs/peers); tools/bench.sh and
+# bench/bench.R read the same variable. As root, installs libnng-dev,
+# libmbedtls-dev and cmake when missing.
 # nanonext's configure uses the system libnng/libmbedtls only when new enough
 # (libnng >= 1.12, mbedtls >= 3): on Debian 12 it compiles its bundled copies.
 set -euo pipefail
 
-lib="${ASYNCJOBS_PEERS_LIB:-/work/peers/Rlib}"
-nanonext_src="${1:-${NANONEXT_SRC:-/work/.mirror/r-lib+nanonext/repo}}"
-mirai_src="${2:-${MIRAI_SRC:-/work/.mirror/r-lib+mirai/repo}}"
+lib="${ASYNCJOBS_PEERS_LIB:-${XDG_CACHE_HOME:-$HOME/.cache}/asyncjobs/peers}"
+nanonext_src="${1:-${NANONEXT_SRC:-}}"
+mirai_src="${2:-${MIRAI_SRC:-}}"
+if [ -z "$nanonext_src" ] || [ -z "$mirai_src" ]; then
+  echo "usage: bash tools/build-peers.sh NANONEXT_SRC MIRAI_SRC (or set NANONEXT_SRC and MIRAI_SRC):" >&2
+  echo "  each a package directory or a git clone of github.com/r-lib/nanonext and github.com/r-lib/mirai" >&2
+  exit 2
+fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 case "$(realpath -m "$lib")/" in
   "$here"/*) echo "build-peers: the peers library must be outside the repository: $lib" >&2; exit 1 ;;

@@ -4,7 +4,9 @@
 
 use asyncjobs::metrics::{self, Gauges};
 use asyncjobs::pool::Pool;
-use asyncjobs::registry::*;
+use asyncjobs::job::*;
+use asyncjobs::store::memory::MemoryStore;
+use asyncjobs::sys::*;
 use std::sync::Arc;
 use uuid::Uuid;
 

@@ -1,7 +1,10 @@
 //! The pool against real processes: the fake worker from fake_worker.rs.
 
 use asyncjobs::pool::{Config, Pool, SlotState};
-use asyncjobs::registry::*;
+use asyncjobs::job::*;
+use asyncjobs::store::memory::MemoryStore;
+use asyncjobs::store::*;
+use asyncjobs::sys::*;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -227,7 +230,7 @@ fn pools_on_one_sqlite_file_share_jobs_and_hosts() {
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}/jobs.db", dir.display());
     let open = || -> Arc<dyn Store> {
-        Arc::new(asyncjobs::sql::SqlStore::open(&url, Duration::from_secs(10), Duration::from_secs(15)).unwrap())
+        Arc::new(asyncjobs::store::sql::SqlStore::open(&url, Duration::from_secs(10), Duration::from_secs(15)).unwrap())
     };
     let replica = Pool::start(open(), config(0, b"")).unwrap();
     let host = Pool::start(open(), config(1, b"")).unwrap();

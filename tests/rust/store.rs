@@ -3,8 +3,11 @@
 //! and `ASYNCJOBS_TEST_MYSQL` name a live server (tools/test.sh sets them,
 //! or says why it could not).
 
-use asyncjobs::registry::*;
-use asyncjobs::sql::SqlStore;
+use asyncjobs::job::*;
+use asyncjobs::store::memory::MemoryStore;
+use asyncjobs::store::*;
+use asyncjobs::sys::*;
+use asyncjobs::store::sql::SqlStore;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -571,7 +574,7 @@ fn mysql_store() {
 
 #[test]
 fn urls_never_show_passwords() {
-    use asyncjobs::sql::{parse_url, redact};
+    use asyncjobs::store::sql::{parse_url, redact};
     assert_eq!(redact("mysql://app:s3cret@db:3306/jobs?ssl-mode=required"), "mysql://app:***@db:3306/jobs");
     assert_eq!(redact("postgres://app@db/jobs"), "postgres://app@db/jobs");
     assert!(parse_url("sqlite://relative.db").is_err());

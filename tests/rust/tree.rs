@@ -5,8 +5,10 @@
 //! this process becoming a subreaper) races nothing.
 
 use asyncjobs::pool::{Config, Pool};
-use asyncjobs::reaper::{self, Mechanism};
-use asyncjobs::registry::*;
+use asyncjobs::pool::reaper::{self, Mechanism};
+use asyncjobs::job::*;
+use asyncjobs::store::memory::MemoryStore;
+use asyncjobs::sys::*;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;

@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use asyncjobs::pool::{Config, Pool};
-use asyncjobs::registry::*;
-use asyncjobs::worker::Spec;
+use asyncjobs::job::*;
+use asyncjobs::sys::*;
+use asyncjobs::pool::worker::Spec;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;

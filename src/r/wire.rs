@@ -8,7 +8,7 @@
 //! written while it runs carries them (see `protocol`).
 
 use crate::protocol::{self, Header, Kind, HEADER_LEN};
-use crate::rfast::{
+use super::fast::{
     mkchar, Rf_ScalarInteger, Rf_asReal, Rf_lang5, Rf_type2char, ENVSXP, EXTPTRSXP, INTEGER, INTSXP, R_NilValue, SET_STRING_ELT, STRSXP, TYPEOF,
     Rf_allocVector, Rf_asInteger, Rf_eval, Rf_findVarInFrame, Rf_install, Rf_lang2, Rf_length, Rf_protect, Rf_unprotect,
     Rf_xlength, R_BaseEnv, R_EmptyEnv, R_GlobalEnv, R_PreserveObject, Rf_ScalarLogical, CAR, CDR, ENCLOS, SET_VECTOR_ELT,
@@ -129,14 +129,14 @@ fn aj_w_read() -> Result<Robj> {
         w.job = h.job;
         w.tag = h.tag;
     }
-    crate::reaper::job_begin(); // [tree] the processes already here (setup's) stay
+    crate::pool::reaper::job_begin(); // [tree] the processes already here (setup's) stay
     Ok(kind.into())
 }
 
 /// `.Call(w_unserialize, 1L)`: the job's executor; `2L`: its params. A
 /// plain native routine: R's errors in unserializing (a package that is
 /// not installed, say) jump out of it, to the job's tryCatch.
-unsafe extern "C" fn w_unserialize(which: SEXP) -> SEXP {
+pub(super) unsafe extern "C" fn w_unserialize(which: SEXP) -> SEXP {
     let (ptr, len) = {
         let jb = JOB_BYTES.lock();
         if Rf_asInteger(which) == 1 {
@@ -146,7 +146,7 @@ unsafe extern "C" fn w_unserialize(which: SEXP) -> SEXP {
         }
     };
     // The lock is released: nothing writes the buffer until the next frame.
-    crate::rfast::unserialize(std::slice::from_raw_parts(ptr, len))
+    super::fast::unserialize(std::slice::from_raw_parts(ptr, len))
 }
 
 /// The first kind of reference object a job's result holds that cannot
@@ -165,10 +165,10 @@ unsafe extern "C" fn note_pointer(x: SEXP, flag: SEXP) -> SEXP {
 /// processes and sends the result frame; NULL then. Otherwise
 /// c(code, message), for R to send as the job's failure. An R error in
 /// serializing goes on to the job's handlers.
-unsafe extern "C" fn w_result(outcome: SEXP, limit: SEXP) -> SEXP {
+pub(super) unsafe extern "C" fn w_result(outcome: SEXP, limit: SEXP) -> SEXP {
     let flag = Rf_protect(Rf_allocVector(INTSXP, 1));
     *INTEGER(flag) = 0;
-    let bytes = crate::rfast::serialize_hooked(outcome, "result", std::ptr::null_mut(), Some(note_pointer), flag);
+    let bytes = super::fast::serialize_hooked(outcome, "result", std::ptr::null_mut(), Some(note_pointer), flag);
     let pointer = *INTEGER(flag);
     Rf_unprotect(1);
     let limit = Rf_asReal(limit);
@@ -181,7 +181,7 @@ unsafe extern "C" fn w_result(outcome: SEXP, limit: SEXP) -> SEXP {
     } else if bytes.len() as f64 > limit {
         ("RESULT_TOO_LARGE", format!("The job's result is {} bytes; the limit (max_result_bytes) is {limit:.0} bytes", bytes.len()))
     } else {
-        crate::reaper::job_end(); // [tree] those the job started go, before its result
+        crate::pool::reaper::job_end(); // [tree] those the job started go, before its result
         match send(Kind::Result, b"", &bytes) {
             Ok(_) => return R_NilValue,
             Err(e) => ("WRITE_FAILED", e.to_string()),
@@ -230,7 +230,7 @@ fn fresh_seed() -> i32 {
 /// seed. When `.Random.seed[1]` is `code` (the generator's kinds are still
 /// setup's), it runs `set.seed(<them>)` and gives TRUE; otherwise it gives
 /// the seed, for R to set with setup's kinds put back.
-unsafe extern "C" fn w_seed(code: SEXP) -> SEXP {
+pub(super) unsafe extern "C" fn w_seed(code: SEXP) -> SEXP {
     let seed = Rf_protect(Rf_ScalarInteger(fresh_seed()));
     let current = Rf_findVarInFrame(R_GlobalEnv, Rf_install(c".Random.seed".as_ptr()));
     let code = Rf_asInteger(code);
@@ -245,16 +245,6 @@ unsafe extern "C" fn w_seed(code: SEXP) -> SEXP {
     Rf_eval(call, R_BaseEnv);
     Rf_unprotect(3);
     Rf_ScalarLogical(1)
-}
-
-/// The worker's native routines, as `.Call` takes them: `w_unserialize`,
-/// `w_result`, `w_seed`.
-#[extendr]
-fn aj_w_natives() -> Robj {
-    unsafe {
-        let native = |f: *const ()| Robj::from_sexp(crate::rfast::native(std::mem::transmute::<*const (), crate::rfast::DlFunc>(f)));
-        list!(native(w_unserialize as *const ()), native(w_result as *const ()), native(w_seed as *const ())).into()
-    }
 }
 
 /// Writes one frame with one `writev`; Ok(false) when it was not written.
@@ -417,7 +407,6 @@ extendr_module! {
     mod wire;
     fn aj_w_open;
     fn aj_w_read;
-    fn aj_w_natives;
     fn aj_w_write;
     fn aj_w_baseline;
     fn aj_w_unchanged;

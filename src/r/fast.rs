@@ -144,7 +144,6 @@ extern "C" {
     pub static R_BaseEnv: SEXP;
     pub static R_EmptyEnv: SEXP;
     fn R_MakeExternalPtr(p: *mut c_void, tag: SEXP, prot: SEXP) -> SEXP;
-    fn R_MakeExternalPtrFn(p: DlFunc, tag: SEXP, prot: SEXP) -> SEXP;
     fn R_SetExternalPtrProtected(s: SEXP, p: SEXP);
     fn SET_HASHTAB(x: SEXP, v: SEXP);
     pub fn Rf_install(s: *const c_char) -> SEXP;
@@ -579,18 +578,13 @@ pub unsafe fn unserialize(bytes: &[u8]) -> SEXP {
     R_Unserialize(&mut stream)
 }
 
-/// A native routine as `.Call` takes it (an external pointer tagged "native symbol").
-pub unsafe fn native(f: DlFunc) -> SEXP {
-    R_MakeExternalPtrFn(f, Rf_install(c"native symbol".as_ptr()), R_NilValue)
-}
-
 // ---------------------------------------------------------------- jobs_env
 
 /// What `jobs_env` holds: the ids of jobs `create_job()` bound (their
 /// records are read from the store on access) and the records callers wrote,
 /// which live in an R list kept alive by the table's external pointer.
 pub struct JobsEnv {
-    pub bound: HashSet<Uuid, crate::registry::IdHash>,
+    pub bound: HashSet<Uuid, crate::job::IdHash>,
     written: HashMap<String, isize>,
     free: Vec<isize>,
     slots: SEXP,

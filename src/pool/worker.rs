@@ -2,7 +2,7 @@
 //!
 //! The child gets stdin from /dev/null, stdout and stderr as pipes (job
 //! output), fd 3 for frames from the core and fd 4 for frames to the core. It
-//! leads its own process group, and is contained as [`crate::reaper`]
+//! leads its own process group, and is contained as [`super::reaper`]
 //! describes (its own cgroup, or a subreaper), so that a stop reaches every
 //! process a job started; it dies with the thread that spawned it
 //! (`PR_SET_PDEATHSIG`) until its guard watches the API instead.
@@ -11,7 +11,7 @@
 //! in the R process.
 
 use crate::protocol::{self, Decoder, Frame, Header, Kind, ProtocolError, HEADER_LEN};
-use crate::reaper::{self, Mechanism, Tree};
+use super::reaper::{self, Mechanism, Tree};
 use uuid::Uuid;
 use std::collections::VecDeque;
 use std::io;

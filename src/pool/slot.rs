@@ -1,0 +1,421 @@
+//! One slot's supervision: start a worker, hand it jobs, watch it run them,
+//! write what they report and how they end, and replace it when it has to go.
+//!
+//! Each slot task owns its worker process and runs one `select!` loop over
+//! the worker's events, the job's deadline, a kick (cancel, lost lease) and
+//! shutdown.
+//!
+//! May import: `job`, `sys`, `metrics`, `protocol`, `store`, and
+//! `pool::{reaper, worker, shared}`.
+
+use super::reaper::Mechanism;
+use super::shared::{stopped, stopping, IdleGuard, Running, Shared, SlotState};
+use super::worker::{Event, ExitStatus, Process, Stream};
+use crate::job::{Claimed, JobError, Lease, Outcome, Progress, Report, OUTPUT_LIMIT};
+use crate::protocol::{Kind, ProtocolError, FIELD_SEP};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// Why a worker's service ended.
+enum End {
+    /// Pool is stopping.
+    Stop,
+    /// Replace it between jobs: it ran its quota or grew too large.
+    Replace,
+    /// Its job was abandoned mid-run (timeout, cancel, lost lease, protocol
+    /// error): terminate it now, without asking.
+    Kill,
+    /// It is already dead.
+    Died,
+    /// It exited while putting its state back after a job; its stderr says why.
+    ResetFailed(String),
+}
+
+/// The last bytes of a stream: a worker's stderr while it starts (to explain
+/// a failure), a job's captured output.
+struct Tail {
+    bytes: VecDeque<u8>,
+    limit: usize,
+}
+
+impl Tail {
+    fn new(limit: usize) -> Tail {
+        Tail { bytes: VecDeque::new(), limit }
+    }
+    fn push(&mut self, b: &[u8]) {
+        let b = &b[b.len().saturating_sub(self.limit)..];
+        let overflow = (self.bytes.len() + b.len()).saturating_sub(self.limit);
+        self.bytes.drain(..overflow);
+        self.bytes.extend(b);
+    }
+    fn bytes(&mut self) -> &[u8] {
+        self.bytes.make_contiguous()
+    }
+    fn text(&mut self) -> String {
+        String::from_utf8_lossy(self.bytes()).trim().to_string()
+    }
+}
+
+pub(super) async fn run_slot(sh: Arc<Shared>, slot: usize) {
+    let mut stop = sh.stop.subscribe();
+    let mut failures = 0u32;
+    let draining = sh.draining.subscribe();
+    while !stopping(&stop) && !*draining.borrow() {
+        sh.update_slot(slot, |s| {
+            s.state = SlotState::Starting;
+            s.pid = None;
+            s.jobs_done = 0;
+        });
+        match start_worker(&sh, slot, &mut stop).await {
+            Ok(mut w) => {
+                failures = 0;
+                let end = serve(&sh, slot, &mut w, &mut stop).await;
+                sh.update_slot(slot, |s| s.state = SlotState::Stopping);
+                crate::metrics::worker_restarted(match end {
+                    End::Died => "crashed",
+                    End::ResetFailed(_) => "reset_failed",
+                    End::Kill => "killed",
+                    End::Replace => "recycled",
+                    End::Stop => "",
+                });
+                let status = match &end {
+                    End::Died => {
+                        w.release_tree().await;
+                        w.exited().unwrap_or(ExitStatus(0))
+                    }
+                    // It said why and is exiting; make sure of it.
+                    End::ResetFailed(_) => w.terminate(sh.config.stop_grace).await,
+                    End::Replace => w.shutdown(sh.config.stop_grace).await,
+                    End::Kill => w.terminate(sh.config.stop_grace).await,
+                    End::Stop => w.terminate(sh.config.stop_grace).await,
+                };
+                let why = match end {
+                    End::ResetFailed(why) => format!(" after a job: {why}"),
+                    _ => String::new(),
+                };
+                sh.update_slot(slot, |s| s.last_exit = Some(format!("worker {} {status}{why}", w.pid)));
+            }
+            Err(None) => break,
+            Err(Some(reason)) => {
+                failures += 1;
+                crate::metrics::worker_restarted("setup_failed");
+                sh.update_slot(slot, |s| s.last_exit = Some(reason.clone()));
+                if failures >= sh.config.max_setup_failures {
+                    sh.update_slot(slot, |s| {
+                        s.state = SlotState::Failed(reason);
+                        s.pid = None;
+                    });
+                    sh.fail_queue_if_dead().await;
+                    stopped(&mut stop).await;
+                    return;
+                }
+                let backoff = Duration::from_millis(100 << (failures - 1).min(6));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopped(&mut stop) => break,
+                }
+            }
+        }
+    }
+    sh.update_slot(slot, |s| {
+        s.state = SlotState::Stopped;
+        s.pid = None;
+    });
+}
+
+/// Spawns a worker and waits until its setup is done. Err(None) means the
+/// pool is stopping; Err(Some(reason)) is a failed start.
+async fn start_worker(
+    sh: &Shared,
+    slot: usize,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Process, Option<String>> {
+    let max_frame = sh.config.max_result_bytes.saturating_add(1 << 20);
+    let tree = sh.containment.next();
+    let spawned = match Process::spawn_in(&sh.config.spec, max_frame, tree.clone()) {
+        Err(e) if tree.mechanism == Mechanism::Cgroup => {
+            tree.remove();
+            let refused = [libc::EACCES, libc::EPERM, libc::EROFS, libc::EBUSY, libc::EOPNOTSUPP, libc::EINVAL];
+            if e.raw_os_error().is_some_and(|c| refused.contains(&c)) {
+                // Not allowed to join its cgroup: the next level down, for good.
+                sh.containment.cgroup_failed(&e);
+                Process::spawn_in(&sh.config.spec, max_frame, sh.containment.next())
+            } else {
+                Err(e)
+            }
+        }
+        r => r,
+    };
+    let mut w = spawned.map_err(|e| Some(format!("cannot start {}: {e}", sh.config.spec.program.display())))?;
+    sh.update_slot(slot, |s| {
+        s.pid = Some(w.pid);
+        s.spawned += 1;
+        s.containment = Some(w.tree.mechanism);
+    });
+    let _ = w.send(Kind::Init, Uuid::nil(), 0, "", &[&sh.config.init]).await;
+    let mut stderr = Tail::new(2048);
+    let deadline = tokio::time::sleep(sh.config.setup_timeout);
+    tokio::pin!(deadline);
+    let failure = loop {
+        tokio::select! {
+            ev = w.next_event() => match ev {
+                Event::Frame(f) if f.kind == Kind::Ready => {
+                    sh.update_slot(slot, |s| s.state = SlotState::Idle);
+                    return Ok(w);
+                }
+                Event::Frame(f) if f.kind == Kind::SetupFailed => break format!("setup failed: {}", f.text),
+                Event::Frame(f) => break format!("unexpected {:?} frame during setup", f.kind),
+                Event::Output(stream, bytes) => {
+                    if stream == Stream::Stderr {
+                        stderr.push(&bytes);
+                    }
+                    sh.echo(None, &bytes);
+                }
+                Event::Exited(status) => {
+                    break format!("worker {} {status} during setup: {}", w.pid, stderr.text());
+                }
+                Event::Protocol(e) => break format!("protocol error during setup: {e}"),
+            },
+            _ = &mut deadline => {
+                break format!("setup did not finish within {} ms", sh.config.setup_timeout.as_millis());
+            }
+            _ = stopped(stop) => {
+                w.terminate(sh.config.stop_grace).await;
+                return Err(None);
+            }
+        }
+    };
+    w.terminate(sh.config.stop_grace).await;
+    Err(Some(failure))
+}
+
+/// Runs jobs on one worker until it has to go.
+async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Receiver<bool>) -> End {
+    let mut jobs_done = 0u64;
+    let mut draining = sh.draining.subscribe();
+    loop {
+        // Idle: wait for a claimed job, watching the worker meanwhile.
+        let job = {
+            let _idle = IdleGuard::new(&sh.idle);
+            loop {
+                if stopping(stop) || (*draining.borrow_and_update() && sh.ready.lock().is_empty()) {
+                    return End::Stop;
+                }
+                let notified = sh.ready_signal.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if let Some(c) = sh.ready.lock().pop_front() {
+                    break c;
+                }
+                if sh.store.shared() {
+                    sh.claim_signal.notify_one();
+                } else if let Some(c) = sh.store.claim(&sh.host.id, &sh.config.queues, 1).await.ok().and_then(|mut v| v.pop()) {
+                    break c;
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = draining.changed() => {}
+                    ev = w.next_event() => match ev {
+                        Event::Output(_, bytes) => sh.echo(None, &bytes),
+                        Event::Exited(_) => return End::Died,
+                        Event::Frame(_) | Event::Protocol(_) => return End::Kill,
+                    },
+                    _ = stopped(stop) => return End::Stop,
+                }
+            }
+        };
+        let id = job.lease.id;
+        sh.running.lock().insert(id, Running { slot, lease: job.lease, abandoned: false });
+        sh.update_slot(slot, |s| s.state = SlotState::Busy(id));
+        let end = run_job(sh, slot, w, stop, job).await;
+        sh.running.lock().remove(&id);
+        if let Some(end) = end {
+            return end;
+        }
+        if let Err(end) = await_reset(sh, w, stop).await {
+            return end;
+        }
+        jobs_done += 1;
+        // Reading /proc costs a system call per job: only when a limit needs it.
+        let rss = if sh.config.max_rss_bytes < u64::MAX { w.rss_bytes() } else { None };
+        sh.update_slot(slot, |s| {
+            s.state = SlotState::Idle;
+            s.jobs_done = jobs_done;
+            s.rss_bytes = rss;
+        });
+        if jobs_done >= sh.config.max_jobs_per_worker || rss.is_some_and(|r| r > sh.config.max_rss_bytes) {
+            return End::Replace;
+        }
+    }
+}
+
+/// Waits for the worker's ready frame: after a job's outcome it puts its R
+/// session back to the state setup left, and takes no job until it has.
+async fn await_reset(sh: &Shared, w: &mut Process, stop: &mut watch::Receiver<bool>) -> Result<(), End> {
+    let deadline = tokio::time::sleep(sh.config.setup_timeout);
+    tokio::pin!(deadline);
+    let mut stderr = Tail::new(2048);
+    loop {
+        tokio::select! {
+            ev = w.next_event() => match ev {
+                Event::Frame(f) if f.kind == Kind::Ready && f.job.is_nil() => return Ok(()),
+                Event::Frame(f) if f.kind == Kind::SetupFailed && f.job.is_nil() => return Err(End::ResetFailed(f.text)),
+                Event::Output(stream, bytes) => {
+                    if stream == Stream::Stderr {
+                        stderr.push(&bytes);
+                    }
+                    sh.echo(None, &bytes);
+                }
+                Event::Exited(_) => return Err(End::ResetFailed(stderr.text().trim().to_owned())),
+                Event::Frame(_) | Event::Protocol(_) => return Err(End::Kill),
+            },
+            _ = &mut deadline => return Err(End::Kill),
+            _ = stopped(stop) => return Err(End::Stop),
+        }
+    }
+}
+
+/// What a running job has reported and not yet written to the store.
+struct Unwritten {
+    progress: Option<Progress>,
+    output: Tail,
+    pid: Option<u32>,
+    dirty: bool,
+}
+
+/// Writes what a job reported; false once its lease is lost.
+async fn write_report(sh: &Shared, lease: &Lease, u: &mut Unwritten) -> bool {
+    u.dirty = false;
+    let pid = u.pid.take();
+    let progress = u.progress.take();
+    let out = u.output.bytes();
+    let report = Report { pid, progress: progress.as_ref(), output: (!out.is_empty()).then_some(&*out) };
+    // A failed write is retried with the next report; the outcome is what must land.
+    sh.store.report(lease, report).await.unwrap_or(true)
+}
+
+/// Writes a job's outcome, retrying while the store is away (the job is done;
+/// only the record is missing). False when the lease was lost meanwhile.
+async fn write_outcome(sh: &Shared, lease: &Lease, outcome: Outcome, u: &mut Unwritten, stop: &watch::Receiver<bool>) -> bool {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        let out = u.output.bytes();
+        let r = sh.store.finish(lease, &outcome, (!out.is_empty()).then_some(out)).await;
+        match sh.store_result("writing a job's outcome", r) {
+            Some(done) => return done,
+            None if stopping(stop) => return false,
+            None => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Runs one job. None: the worker is ready for the next one.
+async fn run_job(
+    sh: &Shared,
+    slot: usize,
+    w: &mut Process,
+    stop: &mut watch::Receiver<bool>,
+    job: Claimed,
+) -> Option<End> {
+    let lease = job.lease;
+    let id = lease.id;
+    let mut u = Unwritten { progress: None, output: Tail::new(OUTPUT_LIMIT), pid: Some(w.pid), dirty: true };
+    let interval = sh.store.report_interval();
+    let text = format!("{id}{FIELD_SEP}{}", job.executor.len());
+    let timeout_ms = job.timeout_ms;
+    let (operation, started) = (job.operation.clone(), Instant::now()); // metrics
+    let deadline = tokio::time::sleep(Duration::from_millis(job.timeout_ms));
+    tokio::pin!(deadline);
+    let blobs: [&[u8]; 2] = [&job.executor, &job.params];
+    // Frames about this job must carry this tag: the job's code never sees it.
+    let tag = Uuid::new_v4().as_u64_pair().0 | 1; // never 0, which means "no job"
+    let sent = tokio::select! {
+        r = w.send(Kind::Job, id, tag, &text, &blobs) => r.is_ok(),
+        _ = &mut deadline => false,
+    };
+    drop(job);
+    if !sent && w.exited().is_none() {
+        let err = JobError::new("WORKER_CRASHED", format!("worker {} stopped reading its job", w.pid));
+        write_outcome(sh, &lease, Outcome::Failed(err), &mut u, stop).await;
+        return Some(End::Kill);
+    }
+    let every = interval.max(Duration::from_millis(1));
+    let mut flush = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if u.dirty && interval.is_zero() && !write_report(sh, &lease, &mut u).await {
+            return Some(End::Kill);
+        }
+        let (outcome, end) = tokio::select! {
+            ev = w.next_event() => match ev {
+                Event::Frame(f) if f.job != id || f.tag != tag => {
+                    let msg = format!("worker {} sent a {:?} frame that does not belong to this job; \
+                                       the job or a process it started wrote to the worker's frame pipe", w.pid, f.kind);
+                    (Outcome::Failed(JobError::new("PROTOCOL_ERROR", msg)), Some(End::Kill))
+                }
+                Event::Frame(f) => match f.kind {
+                    Kind::Progress => {
+                        u.progress = Some(Progress::parse(&f.text));
+                        u.dirty = true;
+                        continue;
+                    }
+                    Kind::Result => (Outcome::Completed(f.blob), None),
+                    Kind::Failed => {
+                        let (code, message) = f.text.split_once(FIELD_SEP).unwrap_or(("EXECUTION_ERROR", &f.text));
+                        let mut err = JobError::new(code, message);
+                        err.detail = (!f.blob.is_empty()).then(|| Arc::from(f.blob));
+                        (Outcome::Failed(err), None)
+                    }
+                    other => {
+                        let msg = format!("worker {} sent an unexpected {other:?} frame", w.pid);
+                        (Outcome::Failed(JobError::new("PROTOCOL_ERROR", msg)), Some(End::Kill))
+                    }
+                },
+                Event::Output(_, bytes) => {
+                    sh.echo(Some(&id), &bytes);
+                    u.output.push(&bytes);
+                    u.dirty = true;
+                    continue;
+                }
+                Event::Exited(status) => {
+                    let msg = format!("worker process {} {status} while running the job", w.pid);
+                    (Outcome::Failed(JobError::new("WORKER_CRASHED", msg)), Some(End::Died))
+                }
+                Event::Protocol(e) => {
+                    let code = match e {
+                        ProtocolError::TooLarge { .. } => "RESULT_TOO_LARGE",
+                        _ => "PROTOCOL_ERROR",
+                    };
+                    (Outcome::Failed(JobError::new(code, format!("worker {}: {e}", w.pid))), Some(End::Kill))
+                }
+            },
+            _ = &mut deadline => {
+                let msg = format!("Job exceeded its timeout of {timeout_ms} ms; its worker was stopped");
+                (Outcome::Failed(JobError::new("TIMEOUT", msg)), Some(End::Kill))
+            }
+            _ = sh.kicks[slot].notified() => {
+                // Cancelled, or rescued by another host: the work is abandoned.
+                if sh.running.lock().get(&id).is_some_and(|r| r.abandoned) {
+                    return Some(End::Kill);
+                }
+                continue;
+            }
+            _ = flush.tick(), if u.dirty && !interval.is_zero() => {
+                if !write_report(sh, &lease, &mut u).await {
+                    return Some(End::Kill);
+                }
+                continue;
+            }
+            _ = stopped(stop) => return Some(End::Stop),
+        };
+        let ended = crate::metrics::JobEnd::of(&operation, &outcome, started);
+        if write_outcome(sh, &lease, outcome, &mut u, stop).await { ended.record() }
+        return end;
+    }
+}

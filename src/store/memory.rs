@@ -1,0 +1,541 @@
+//! The memory store: jobs in this process, the default.
+//!
+//! Active jobs live in hash maps so that lookup by id, the duplicate check
+//! and capacity counting are O(1). Payloads (the serialized executor and
+//! params) and captured output live beside the records, so a status
+//! snapshot clones only small fields. A job that ends becomes one compact
+//! record in [`super::finished`]'s log; cleanup takes from its front.
+//!
+//! May import: `job`, `sys`, `store`.
+
+use super::finished::{Done, Finished, Names, S_OUTPUT, S_UNHASHED};
+use super::{HostInfo, HostView, Store, StoreResult};
+use crate::job::{
+    duplicate_key, median, sha256, Cancel, Claimed, Counts, IdHash, Job, JobError, JobView, Lease, NewJob, Outcome,
+    Report, Status, Submit,
+};
+use crate::sys::{now, runtime};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// Finished durations kept per operation for estimates.
+const HISTORY_LEN: usize = 50;
+/// Cleanup frees at least this many records off the caller's thread.
+const FREE_ELSEWHERE: usize = 1000;
+
+/// The durations of an operation's last jobs, and their median, which is
+/// recomputed (a sort) at each submit only while there are few; then after
+/// every 8 new ones.
+#[derive(Default)]
+struct Recent {
+    durations: VecDeque<f64>,
+    median: Option<f64>,
+    new: usize,
+}
+
+impl Recent {
+    fn push(&mut self, d: f64) {
+        if self.durations.len() == HISTORY_LEN {
+            self.durations.pop_front();
+        }
+        self.durations.push_back(d);
+        self.new += 1;
+    }
+
+    fn median(&mut self) -> Option<f64> {
+        if self.new > 0 && (self.new >= 8 || self.durations.len() < 16) {
+            self.median = median(self.durations.iter().copied().collect());
+            self.new = 0;
+        }
+        self.median
+    }
+}
+
+struct Payload {
+    executor: Vec<u8>,
+    params: Arc<Vec<u8>>,
+}
+
+/// Order among pending jobs of one queue: higher priority, then submit order.
+type QueueKey = (i64, u64, Uuid);
+
+
+#[derive(Default)]
+struct Memory {
+    /// Pending and running jobs.
+    jobs: HashMap<Uuid, Job, IdHash>,
+    done: Finished,
+    /// Key: [`duplicate_key`] -> the first active job holding it.
+    active: HashMap<[u8; 32], Uuid>,
+    queues: HashMap<Arc<str>, BTreeSet<QueueKey>>,
+    /// Where each pending job sits in its queue, and each active job's lease token.
+    places: HashMap<Uuid, QueueKey, IdHash>,
+    tokens: HashMap<Uuid, i64, IdHash>,
+    payloads: HashMap<Uuid, Payload, IdHash>,
+    /// Jobs whose params hash is not known yet, with their params.
+    unhashed: HashMap<Uuid, Arc<Vec<u8>>, IdHash>,
+    outputs: HashMap<Uuid, Vec<u8>, IdHash>,
+    names: Names,
+    /// Recent durations of completed jobs, by operation.
+    durations: HashMap<Arc<str>, Recent>,
+    seq: u64,
+    pending: usize,
+    running: usize,
+    hosts: Vec<HostView>,
+}
+
+/// Jobs in this process's memory: the default store.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Memory>,
+    finished: Notify,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+impl Memory {
+    /// Records a job's params hash; an active job then blocks its twins.
+    fn set_hash(&mut self, id: &Uuid, hash: [u8; 32]) {
+        self.unhashed.remove(id);
+        if let Some(job) = self.jobs.get_mut(id) {
+            job.params_hash = hash;
+            self.active.entry(duplicate_key(&job.operation, &hash)).or_insert(*id);
+        } else if let Some(done) = self.done.get_mut(id) {
+            done.set_hash(&hash);
+        }
+    }
+
+    /// Hashes every job still without a hash, so the duplicate index is complete.
+    fn hash_all(&mut self) {
+        let pending: Vec<(Uuid, Arc<Vec<u8>>)> = self.unhashed.drain().collect();
+        for (id, params) in pending {
+            self.set_hash(&id, sha256(&params));
+        }
+    }
+
+    fn current(&self, lease: &Lease) -> bool {
+        self.jobs.get(&lease.id).is_some_and(|j| j.status == Status::Running)
+            && self.tokens.get(&lease.id) == Some(&lease.token)
+    }
+
+    fn contains(&self, id: &Uuid) -> bool {
+        self.jobs.contains_key(id) || self.done.get(id).is_some()
+    }
+
+    /// Ends an active job; false if it had already ended.
+    fn end(&mut self, id: &Uuid, outcome: &Outcome, now: f64) -> bool {
+        let Some(mut job) = self.jobs.remove(id) else { return false };
+        match job.status {
+            Status::Pending => self.pending -= 1,
+            _ => self.running -= 1,
+        }
+        if !self.unhashed.contains_key(id) {
+            let key = duplicate_key(&job.operation, &job.params_hash);
+            if self.active.get(&key) == Some(id) {
+                self.active.remove(&key);
+            }
+        }
+        if let Some(place) = self.places.remove(id) {
+            if let Some(q) = self.queues.get_mut(&job.queue) {
+                q.remove(&place);
+            }
+        }
+        self.payloads.remove(id);
+        self.tokens.remove(id);
+        if let Some(out) = self.outputs.get_mut(id) {
+            out.shrink_to_fit();
+        }
+        job.completed_at = Some(now);
+        let mut result = None;
+        match outcome {
+            Outcome::Completed(bytes) => {
+                job.status = Status::Completed;
+                result = Some(bytes.as_slice());
+                if let Some(d) = job.duration() {
+                    if !self.durations.contains_key(&*job.operation) {
+                        self.durations.insert(job.operation.clone(), Recent::default());
+                    }
+                    self.durations.get_mut(&*job.operation).unwrap().push(d);
+                }
+            }
+            Outcome::Failed(err) => {
+                job.status = Status::Failed;
+                job.error = Some(Box::new(err.clone()));
+            }
+            Outcome::Cancelled => {
+                job.status = Status::Cancelled;
+                job.error = Some(Box::new(JobError::new("CANCELLED", "Job was cancelled")));
+            }
+        }
+        let (operation, queue) = (self.names.id(&job.operation), self.names.id(&job.queue));
+        let side = if self.unhashed.contains_key(id) { S_UNHASHED } else { 0 }
+            | if self.outputs.contains_key(id) { S_OUTPUT } else { 0 };
+        self.done.push(Done::new(&job, operation, queue, side, result));
+        true
+    }
+
+    fn position(&self, id: &Uuid) -> Option<usize> {
+        let place = self.places.get(id)?;
+        let queue = &self.jobs.get(id)?.queue;
+        Some(self.queues.get(queue)?.range(..=place).count())
+    }
+
+    fn typical(&mut self, operation: &str) -> Option<f64> {
+        self.durations.get_mut(operation)?.median()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn report_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit> {
+        let mut m = self.inner.lock();
+        let hash = if job.unique { Some(job.hash()) } else { job.params_hash };
+        if job.unique {
+            m.hash_all();
+            let key = duplicate_key(&job.operation, hash.as_ref().unwrap());
+            if let Some(id) = m.active.get(&key) {
+                return Ok(Submit::Duplicate(*id));
+            }
+        }
+        if m.pending + m.running >= limit {
+            return Ok(Submit::Full { limit });
+        }
+        let (operation, queue) = (m.names.intern(&job.operation), m.names.intern(&job.queue));
+        match hash {
+            Some(h) => {
+                m.active.entry(duplicate_key(&job.operation, &h)).or_insert(job.id);
+            }
+            None => {
+                m.unhashed.insert(job.id, job.params.clone());
+            }
+        }
+        m.seq += 1;
+        let place = (-(job.priority as i64), m.seq, job.id);
+        m.queues.entry(queue.clone()).or_default().insert(place);
+        m.places.insert(job.id, place);
+        m.payloads.insert(job.id, Payload { executor: job.executor, params: job.params });
+        m.pending += 1;
+        m.jobs.insert(
+            job.id,
+            Job {
+                id: job.id,
+                operation,
+                params_hash: hash.unwrap_or_default(),
+                status: Status::Pending,
+                queue,
+                priority: job.priority,
+                submitted_at: now(),
+                started_at: None,
+                completed_at: None,
+                timeout_ms: job.timeout_ms,
+                attempts: 0,
+                max_attempts: job.max_attempts,
+                result: None,
+                error: None,
+                progress: None,
+                worker_pid: None,
+                host: None,
+            },
+        );
+        Ok(Submit::Accepted)
+    }
+
+    fn params_hashed(&self, id: &Uuid, hash: [u8; 32]) {
+        let mut m = self.inner.lock();
+        if m.unhashed.contains_key(id) {
+            m.set_hash(id, hash);
+        }
+    }
+
+    fn hash_now(&self, id: &Uuid) {
+        let params = self.inner.lock().unhashed.get(id).cloned();
+        if let Some(params) = params {
+            // Hashed outside the lock; a hash that landed meanwhile is the same.
+            self.params_hashed(id, sha256(&params));
+        }
+    }
+
+    async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>> {
+        let mut m = self.inner.lock();
+        let mut job = match m.jobs.get(id) {
+            Some(job) => job.clone(),
+            None => match m.done.get(id) {
+                Some(done) => done.job(&m.names, with_result),
+                None => return Ok(None),
+            },
+        };
+        if !with_result {
+            if let Some(e) = job.error.as_mut() {
+                e.detail = None;
+            }
+        }
+        let position = if job.status == Status::Pending { m.position(id) } else { None };
+        let typical = m.typical(&job.operation);
+        Ok(Some(JobView { job, position, typical, now: now() }))
+    }
+
+    async fn find_active(&self, operation: &str, params_hash: &[u8; 32]) -> StoreResult<Option<Uuid>> {
+        let mut m = self.inner.lock();
+        m.hash_all();
+        Ok(m.active.get(&duplicate_key(operation, params_hash)).copied())
+    }
+
+    async fn counts(&self) -> StoreResult<Counts> {
+        let m = self.inner.lock();
+        Ok(Counts { pending: m.pending, running: m.running, total: m.jobs.len() + m.done.len() })
+    }
+
+    async fn typical_duration(&self, operation: &str) -> StoreResult<Option<f64>> {
+        Ok(self.inner.lock().typical(operation))
+    }
+
+    async fn claim(&self, host: &str, queues: &[String], k: usize) -> StoreResult<Vec<Claimed>> {
+        let mut m = self.inner.lock();
+        let host: Arc<str> = Arc::from(host);
+        let mut out = Vec::new();
+        while out.len() < k {
+            let best = queues.iter().filter_map(|q| m.queues.get(q.as_str())?.first().copied()).min();
+            let Some(place) = best else { break };
+            let id = place.2;
+            let queue = m.jobs[&id].queue.clone();
+            m.queues.get_mut(&queue).unwrap().remove(&place);
+            m.places.remove(&id);
+            let token = {
+                let t = m.tokens.entry(id).or_default();
+                *t += 1;
+                *t
+            };
+            let job = m.jobs.get_mut(&id).unwrap();
+            job.status = Status::Running;
+            job.started_at = Some(now());
+            job.attempts += 1;
+            job.host = Some(host.clone());
+            let (timeout_ms, operation) = (job.timeout_ms, job.operation.clone());
+            m.pending -= 1;
+            m.running += 1;
+            let p = m.payloads.remove(&id).unwrap_or(Payload { executor: Vec::new(), params: Arc::default() });
+            out.push(Claimed { lease: Lease { id, token }, operation, executor: p.executor, params: p.params, timeout_ms });
+        }
+        Ok(out)
+    }
+
+    async fn report(&self, lease: &Lease, report: Report<'_>) -> StoreResult<bool> {
+        let mut m = self.inner.lock();
+        if !m.current(lease) {
+            return Ok(false);
+        }
+        if let Some(out) = report.output {
+            let buf = m.outputs.entry(lease.id).or_default();
+            buf.clear();
+            buf.extend_from_slice(out);
+        }
+        let job = m.jobs.get_mut(&lease.id).unwrap();
+        if let Some(p) = report.progress {
+            job.progress = Some(Box::new(p.clone()));
+        }
+        if report.pid.is_some() {
+            job.worker_pid = report.pid;
+        }
+        Ok(true)
+    }
+
+    async fn output(&self, id: &Uuid) -> StoreResult<Option<Vec<u8>>> {
+        let m = self.inner.lock();
+        if !m.contains(id) {
+            return Ok(None);
+        }
+        Ok(Some(m.outputs.get(id).cloned().unwrap_or_default()))
+    }
+
+    async fn finish(&self, lease: &Lease, outcome: &Outcome, output: Option<&[u8]>) -> StoreResult<bool> {
+        let done = {
+            let mut m = self.inner.lock();
+            if !m.current(lease) {
+                return Ok(false);
+            }
+            match output {
+                Some(out) if !out.is_empty() => {
+                    m.outputs.insert(lease.id, out.to_vec());
+                }
+                // Nothing captured: no entry, which reads the same.
+                Some(_) => {
+                    m.outputs.remove(&lease.id);
+                }
+                None => {}
+            }
+            m.end(&lease.id, outcome, now())
+        };
+        self.finished.notify_waiters();
+        Ok(done)
+    }
+
+    async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
+        let r = {
+            let mut m = self.inner.lock();
+            let Some(job) = m.jobs.get(id) else {
+                return Ok(m.done.get(id).map_or(Cancel::NotFound, |d| Cancel::Finished(d.status())));
+            };
+            let status = job.status;
+            let token = m.tokens.get(id).copied().unwrap_or_default();
+            m.end(id, &Outcome::Cancelled, now());
+            match status {
+                Status::Pending => Cancel::WasPending,
+                _ => Cancel::WasRunning(Lease { id: *id, token }),
+            }
+        };
+        self.finished.notify_waiters();
+        Ok(r)
+    }
+
+    async fn renew(&self, host: &str) -> StoreResult<Vec<Lease>> {
+        let m = self.inner.lock();
+        Ok(m.jobs
+            .values()
+            .filter(|j| j.status == Status::Running && j.host.as_deref() == Some(host))
+            .map(|j| Lease { id: j.id, token: m.tokens.get(&j.id).copied().unwrap_or_default() })
+            .collect())
+    }
+
+    async fn rescue(&self) -> StoreResult<Vec<Uuid>> {
+        // One process: a lost host is this process, and its memory with it.
+        Ok(Vec::new())
+    }
+
+    async fn release(&self, host: &str, error: &JobError, pending: bool) -> StoreResult<Vec<Uuid>> {
+        let ids = {
+            let mut m = self.inner.lock();
+            let ids: Vec<Uuid> = m
+                .jobs
+                .values()
+                .filter(|j| match j.status {
+                    Status::Pending => pending,
+                    Status::Running => j.host.as_deref() == Some(host),
+                    _ => false,
+                })
+                .map(|j| j.id)
+                .collect();
+            let t = now();
+            for id in &ids {
+                m.end(id, &Outcome::Failed(error.clone()), t);
+            }
+            ids
+        };
+        self.finished.notify_waiters();
+        Ok(ids)
+    }
+
+    async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
+        let mut guard = self.inner.lock();
+        let m = &mut *guard;
+        let cutoff = now() - max_age;
+        let mut old = Vec::new();
+        let (mut blocks, mut outputs, mut params) = (Vec::new(), Vec::new(), Vec::new());
+        // Oldest first, from the front of the log: only what goes is touched.
+        while old.len() < batch {
+            let Some((id, side)) = m.done.pop_older(cutoff, &mut blocks) else { break };
+            if side & S_OUTPUT != 0 {
+                outputs.extend(m.outputs.remove(&id));
+            }
+            if side & S_UNHASHED != 0 {
+                params.extend(m.unhashed.remove(&id));
+            }
+            old.push(id);
+        }
+        // Many records are freed on the blocking pool, not on the caller's thread.
+        if old.len() >= FREE_ELSEWHERE {
+            runtime().spawn_blocking(move || drop((blocks, outputs, params)));
+        }
+        if !old.is_empty() {
+            m.done.shrink();
+            if m.jobs.len() < m.jobs.capacity() / 4 {
+                m.jobs.shrink_to_fit();
+                m.tokens.shrink_to_fit();
+            }
+            if m.outputs.len() < m.outputs.capacity() / 4 {
+                m.outputs.shrink_to_fit();
+            }
+        }
+        Ok(old)
+    }
+
+    async fn list(&self) -> StoreResult<Vec<Job>> {
+        let m = self.inner.lock();
+        let mut all: Vec<Job> = m.jobs.values().cloned().collect();
+        for j in &mut all {
+            j.result = None;
+        }
+        all.extend(m.done.iter().map(|d| d.job(&m.names, false)));
+        all.sort_by(|a, b| a.submitted_at.total_cmp(&b.submitted_at));
+        Ok(all)
+    }
+
+    async fn register_host(&self, host: &HostInfo) -> StoreResult<()> {
+        let t = now();
+        self.inner.lock().hosts.push(HostView {
+            info: host.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            started_at: t,
+            heartbeat_at: t,
+            stopped_at: None,
+            running: 0,
+            state: "live",
+        });
+        Ok(())
+    }
+
+    async fn deregister_host(&self, host: &str) -> StoreResult<()> {
+        let mut m = self.inner.lock();
+        for h in m.hosts.iter_mut().filter(|h| h.info.id == host) {
+            h.stopped_at = Some(now());
+            h.state = "stopped";
+        }
+        Ok(())
+    }
+
+    async fn hosts(&self) -> StoreResult<Vec<HostView>> {
+        let m = self.inner.lock();
+        let t = now();
+        Ok(m.hosts
+            .iter()
+            .map(|h| {
+                let mut h = h.clone();
+                let id = h.info.id.as_str();
+                h.running = m.jobs.values().filter(|j| j.status == Status::Running && j.host.as_deref() == Some(id)).count();
+                if h.stopped_at.is_none() {
+                    // One process: a registered pool lives as long as the process.
+                    h.heartbeat_at = t;
+                }
+                h
+            })
+            .collect())
+    }
+
+    fn ended(&self) -> &Notify {
+        &self.finished
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
+}

@@ -1,0 +1,462 @@
+//! Each store operation as the statements and transactions that do it, on
+//! a connection pool. [`super::SqlStore`] runs them on the I/O runtime, each
+//! bounded by the store's timeout.
+//!
+//! May import: `job`, `sys`, `store`, and `store::sql::dialect`.
+
+use super::dialect::{q, Dialect, ACTIVE};
+use crate::job::{duplicate_key, hex, median, Cancel, Claimed, Job, JobError, JobView, Lease, NewJob, Outcome, Progress, Status, Submit};
+use crate::sys::iso8601;
+use parking_lot::Mutex;
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Columns of a status read: no payload, result or output.
+pub(super) const COLUMNS: &str = "id, operation, params_hash, status, queue, priority, submitted_at, started_at, \
+     completed_at, timeout_ms, attempts, max_attempts, worker_pid, lease_owner, step, progress_current, \
+     progress_total, error_code, error_message, seq";
+
+pub(super) struct Db {
+    pub(super) pool: AnyPool,
+    pub(super) dialect: Dialect,
+    /// Typical durations by operation, with when they were read.
+    pub(super) typical: Mutex<HashMap<String, (Instant, Option<f64>)>>,
+}
+
+pub(super) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+
+pub(super) fn status_of(s: &str) -> Status {
+    Status::parse(s).unwrap_or(Status::Failed)
+}
+
+pub(super) fn uuid(s: &str) -> Uuid {
+    Uuid::try_parse(s).unwrap_or(Uuid::nil())
+}
+
+pub(super) fn hash32(s: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = s.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
+    }
+    out
+}
+
+pub(super) fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+pub(super) fn job_from_row(row: &AnyRow, with_result: bool) -> Result<Job, sqlx::Error> {
+    let error_code: Option<String> = row.try_get("error_code")?;
+    let error = match error_code {
+        Some(code) => {
+            let mut e = JobError::new(&code, row.try_get::<Option<String>, _>("error_message")?.unwrap_or_default());
+            if with_result {
+                e.detail = row.try_get::<Option<Vec<u8>>, _>("error_detail")?.map(Arc::from);
+            }
+            Some(Box::new(e))
+        }
+        None => None,
+    };
+    let step: Option<String> = row.try_get("step")?;
+    let current: Option<f64> = row.try_get("progress_current")?;
+    let total: Option<f64> = row.try_get("progress_total")?;
+    let progress =
+        (step.is_some() || current.is_some() || total.is_some()).then(|| Box::new(Progress { step, current, total }));
+    Ok(Job {
+        id: uuid(&row.try_get::<String, _>("id")?),
+        operation: Arc::from(row.try_get::<String, _>("operation")?),
+        params_hash: hash32(&row.try_get::<String, _>("params_hash")?),
+        status: status_of(&row.try_get::<String, _>("status")?),
+        queue: Arc::from(row.try_get::<String, _>("queue")?),
+        priority: row.try_get::<i64, _>("priority")? as i32,
+        submitted_at: row.try_get("submitted_at")?,
+        started_at: row.try_get("started_at")?,
+        completed_at: row.try_get("completed_at")?,
+        timeout_ms: row.try_get::<i64, _>("timeout_ms")?.max(0) as u64,
+        attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")?.max(0) as u32,
+        result: if with_result { row.try_get::<Option<Vec<u8>>, _>("result")?.map(Arc::from) } else { None },
+        error,
+        progress,
+        worker_pid: row.try_get::<Option<i64>, _>("worker_pid")?.map(|p| p as u32),
+        host: row.try_get::<Option<String>, _>("lease_owner")?.map(Arc::from),
+    })
+}
+
+impl Db {
+    pub(super) fn sql(&self, text: &str) -> String {
+        self.dialect.sql(text)
+    }
+
+    pub(super) async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        self.pool.begin_with(self.dialect.begin()).await
+    }
+
+    pub(super) async fn find_active<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+        &self,
+        executor: E,
+        operation: &str,
+        hash: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        let sql = self.sql(&format!(
+            "SELECT id FROM asyncjobs_jobs WHERE params_hash = ? AND operation = ? AND {ACTIVE} ORDER BY seq LIMIT 1"
+        ));
+        let row = q(sql).bind(hash.to_owned()).bind(operation.to_owned()).fetch_optional(executor).await?;
+        row.map(|r| r.try_get(0)).transpose()
+    }
+
+    pub(super) async fn submit(&self, job: NewJob, limit: usize) -> Result<Submit, sqlx::Error> {
+        let params_hash = job.hash();
+        let hash = hex(&params_hash);
+        let mut tx = self.begin().await?;
+        if job.unique {
+            if let Some(id) = self.find_active(&mut *tx, &job.operation, &hash).await? {
+                tx.rollback().await?;
+                return Ok(Submit::Duplicate(uuid(&id)));
+            }
+        }
+        if limit != usize::MAX {
+            // Serializes capped submits, so count and insert are one step.
+            match self.dialect {
+                Dialect::Postgres => {
+                    tx.execute("SELECT pg_advisory_xact_lock(724500102)").await?;
+                }
+                Dialect::MySql => {
+                    tx.execute("SELECT version FROM asyncjobs_schema WHERE id = 1 FOR UPDATE").await?;
+                }
+                Dialect::Sqlite => {}
+            }
+            let active: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM asyncjobs_jobs WHERE {ACTIVE}")))
+                .fetch_one(&mut *tx)
+                .await?;
+            if active as u64 >= limit as u64 {
+                tx.rollback().await?;
+                return Ok(Submit::Full { limit });
+            }
+        }
+        let dup_key = job.unique.then(|| hex(&duplicate_key(&job.operation, &params_hash)));
+        let sql = self.sql(
+            "INSERT INTO asyncjobs_jobs (id, operation, params_hash, dup_key, status, queue, priority, \
+             submitted_at, run_after, timeout_ms, max_attempts, executor, params) \
+             VALUES (?, ?, ?, ?, 'pending', ?, ?, NOW, NOW, ?, ?, ?, ?)",
+        );
+        let inserted = q(sql)
+            .bind(job.id.to_string())
+            .bind(job.operation.clone())
+            .bind(hash.clone())
+            .bind(dup_key)
+            .bind(job.queue)
+            .bind(job.priority)
+            .bind(job.timeout_ms.min(i64::MAX as u64) as i64)
+            .bind(job.max_attempts as i32)
+            .bind(job.executor)
+            .bind(Arc::unwrap_or_clone(job.params))
+            .execute(&mut *tx)
+            .await;
+        match inserted {
+            Ok(_) => {
+                if self.dialect == Dialect::Postgres {
+                    tx.execute("SELECT pg_notify('asyncjobs', 's')").await?;
+                }
+                tx.commit().await?;
+                Ok(Submit::Accepted)
+            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                // A unique twin won the race: report it.
+                tx.rollback().await?;
+                let id = self.find_active(&self.pool, &job.operation, &hash).await?;
+                match id {
+                    Some(id) => Ok(Submit::Duplicate(uuid(&id))),
+                    None => Err(sqlx::Error::Protocol("a unique job's twin ended while it was submitted; submit again".into())),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn typical(&self, operation: &str) -> Result<Option<f64>, sqlx::Error> {
+        if let Some((at, v)) = self.typical.lock().get(operation) {
+            if at.elapsed() < Duration::from_secs(10) {
+                return Ok(*v);
+            }
+        }
+        let sql = self.sql(
+            "SELECT completed_at - started_at FROM asyncjobs_jobs WHERE operation = ? AND status = 'completed' \
+             AND started_at IS NOT NULL ORDER BY completed_at DESC LIMIT 50",
+        );
+        let rows = q(sql).bind(operation.to_owned()).fetch_all(&self.pool).await?;
+        let v = median(rows.iter().filter_map(|r| r.try_get::<f64, _>(0).ok()).collect());
+        let mut cache = self.typical.lock();
+        if cache.len() > 1000 {
+            cache.clear();
+        }
+        cache.insert(operation.to_owned(), (Instant::now(), v));
+        Ok(v)
+    }
+
+    pub(super) async fn get(&self, id: Uuid, with_result: bool) -> Result<Option<JobView>, sqlx::Error> {
+        let extra = if with_result { ", result, error_detail" } else { "" };
+        let sql = self.sql(&format!("SELECT {COLUMNS}{extra}, NOW AS now_ FROM asyncjobs_jobs WHERE id = ?"));
+        let Some(row) = q(sql).bind(id.to_string()).fetch_optional(&self.pool).await? else { return Ok(None) };
+        let job = job_from_row(&row, with_result)?;
+        let now: f64 = row.try_get("now_")?;
+        let position = if job.status == Status::Pending {
+            let seq: i64 = row.try_get("seq")?;
+            let sql = self.sql(
+                "SELECT COUNT(*) FROM asyncjobs_jobs WHERE status = 'pending' AND queue = ? \
+                 AND (priority > ? OR (priority = ? AND seq <= ?))",
+            );
+            let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                .bind(job.queue.to_string())
+                .bind(job.priority)
+                .bind(job.priority)
+                .bind(seq)
+                .fetch_one(&self.pool)
+                .await?;
+            Some(n.max(1) as usize)
+        } else {
+            None
+        };
+        let typical = if job.status.is_terminal() { None } else { self.typical(&job.operation).await? };
+        Ok(Some(JobView { job, position, typical, now }))
+    }
+
+    pub(super) async fn claim(&self, host: String, queues: Vec<String>, k: usize, lease_secs: f64) -> Result<Vec<Claimed>, sqlx::Error> {
+        if queues.is_empty() || k == 0 {
+            return Ok(Vec::new());
+        }
+        let ready = format!("status = 'pending' AND queue IN ({}) AND run_after <= NOW", placeholders(queues.len()));
+        // An idle host polls: one plain read, and a transaction only when there is work.
+        let mut probe = q(self.sql(&format!("SELECT 1 FROM asyncjobs_jobs WHERE {ready} LIMIT 1")));
+        for queue in &queues {
+            probe = probe.bind(queue.clone());
+        }
+        if probe.fetch_optional(&self.pool).await?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        let sql = self.sql(&format!(
+            "SELECT id FROM asyncjobs_jobs WHERE {ready} ORDER BY priority DESC, seq LIMIT ?{}",
+            self.dialect.skip_locked()
+        ));
+        let mut query = q(sql);
+        for queue in &queues {
+            query = query.bind(queue.clone());
+        }
+        let ids: Vec<String> =
+            query.bind(k as i64).fetch_all(&mut *tx).await?.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        let list = placeholders(ids.len());
+        let sql = self.sql(&format!(
+            "UPDATE asyncjobs_jobs SET status = 'running', lease_owner = ?, lease_token = lease_token + 1, \
+             lease_until = NOW + ?, started_at = NOW, attempts = attempts + 1, step = NULL, \
+             progress_current = NULL, progress_total = NULL, worker_pid = NULL \
+             WHERE status = 'pending' AND id IN ({list})"
+        ));
+        let mut update = q(sql).bind(host.clone()).bind(lease_secs);
+        for id in &ids {
+            update = update.bind(id.clone());
+        }
+        update.execute(&mut *tx).await?;
+        let sql = self.sql(&format!(
+            "SELECT id, lease_token, timeout_ms, executor, params, operation FROM asyncjobs_jobs \
+             WHERE lease_owner = ? AND status = 'running' AND id IN ({list}) ORDER BY priority DESC, seq"
+        ));
+        let mut select = q(sql).bind(host);
+        for id in &ids {
+            select = select.bind(id.clone());
+        }
+        let rows = select.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Claimed {
+                    lease: Lease { id: uuid(&r.try_get::<String, _>(0)?), token: r.try_get(1)? },
+                    timeout_ms: r.try_get::<i64, _>(2)?.max(0) as u64,
+                    executor: r.try_get::<Option<Vec<u8>>, _>(3)?.unwrap_or_default(),
+                    params: Arc::new(r.try_get::<Option<Vec<u8>>, _>(4)?.unwrap_or_default()),
+                    operation: Arc::from(r.try_get::<String, _>(5)?),
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn finish(&self, lease: Lease, outcome: Outcome, output: Option<Vec<u8>>) -> Result<bool, sqlx::Error> {
+        let (status, result, error) = match outcome {
+            Outcome::Completed(bytes) => (Status::Completed, Some(bytes), None),
+            Outcome::Failed(e) => (Status::Failed, None, Some(e)),
+            Outcome::Cancelled => (Status::Cancelled, None, Some(JobError::new("CANCELLED", "Job was cancelled"))),
+        };
+        let sql = self.sql(
+            "UPDATE asyncjobs_jobs SET status = ?, completed_at = NOW, result = ?, error_code = ?, \
+             error_message = ?, error_detail = ?, output = COALESCE(?, output), executor = NULL, params = NULL, \
+             lease_until = NULL WHERE id = ? AND lease_token = ? AND status = 'running'",
+        );
+        let done = q(sql)
+            .bind(status.as_str())
+            .bind(result)
+            .bind(error.as_ref().map(|e| e.code.clone()))
+            .bind(error.as_ref().map(|e| e.message.clone()))
+            .bind(error.as_ref().and_then(|e| e.detail.as_ref().map(|d| d.to_vec())))
+            .bind(output)
+            .bind(lease.id.to_string())
+            .bind(lease.token)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub(super) async fn cancel(&self, id: Uuid) -> Result<Cancel, sqlx::Error> {
+        for _ in 0..5 {
+            let sql = self.sql("SELECT status, lease_token FROM asyncjobs_jobs WHERE id = ?");
+            let Some(row) = q(sql).bind(id.to_string()).fetch_optional(&self.pool).await? else {
+                return Ok(Cancel::NotFound);
+            };
+            let status = status_of(&row.try_get::<String, _>(0)?);
+            let token: i64 = row.try_get(1)?;
+            if status.is_terminal() {
+                return Ok(Cancel::Finished(status));
+            }
+            let sql = self.sql(
+                "UPDATE asyncjobs_jobs SET status = 'cancelled', completed_at = NOW, error_code = 'CANCELLED', \
+                 error_message = 'Job was cancelled', executor = NULL, params = NULL, lease_until = NULL, \
+                 lease_token = lease_token + 1 WHERE id = ? AND status = ? AND lease_token = ?",
+            );
+            let done = q(sql).bind(id.to_string()).bind(status.as_str()).bind(token).execute(&self.pool).await?;
+            if done.rows_affected() == 1 {
+                if self.dialect == Dialect::Postgres && status == Status::Running {
+                    let sql = self.sql("SELECT pg_notify('asyncjobs', ?)");
+                    q(sql).bind(format!("c:{id}")).execute(&self.pool).await?;
+                }
+                return Ok(match status {
+                    Status::Pending => Cancel::WasPending,
+                    _ => Cancel::WasRunning(Lease { id, token }),
+                });
+            }
+            // Claimed, rescued or ended meanwhile: look again.
+        }
+        Err(sqlx::Error::Protocol("the job kept changing while it was cancelled".into()))
+    }
+
+    pub(super) async fn renew(&self, host: String, lease_secs: f64) -> Result<Vec<Lease>, sqlx::Error> {
+        let sql = self.sql("UPDATE asyncjobs_jobs SET lease_until = NOW + ? WHERE lease_owner = ? AND status = 'running'");
+        q(sql).bind(lease_secs).bind(host.clone()).execute(&self.pool).await?;
+        let sql = self.sql("UPDATE asyncjobs_hosts SET heartbeat_at = NOW WHERE host_id = ?");
+        q(sql).bind(host.clone()).execute(&self.pool).await?;
+        let sql = self.sql("SELECT id, lease_token FROM asyncjobs_jobs WHERE lease_owner = ? AND status = 'running'");
+        let rows = q(sql).bind(host).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(Lease { id: uuid(&r.try_get::<String, _>(0)?), token: r.try_get(1)? })).collect()
+    }
+
+    /// Puts a running job back in the queue (when attempts remain) or fails it.
+    pub(super) async fn requeue_or_fail(&self, lease: Lease, attempts_left: bool, delay: f64, error: &JobError) -> Result<bool, sqlx::Error> {
+        let done = if attempts_left {
+            let sql = self.sql(
+                "UPDATE asyncjobs_jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL, \
+                 lease_token = lease_token + 1, started_at = NULL, worker_pid = NULL, run_after = NOW + ?, \
+                 error_code = NULL, error_message = ? WHERE id = ? AND lease_token = ? AND status = 'running'",
+            );
+            q(sql).bind(delay).bind(error.message.clone()).bind(lease.id.to_string()).bind(lease.token).execute(&self.pool).await?
+        } else {
+            let sql = self.sql(
+                "UPDATE asyncjobs_jobs SET status = 'failed', completed_at = NOW, error_code = ?, error_message = ?, \
+                 executor = NULL, params = NULL, lease_until = NULL, lease_token = lease_token + 1 \
+                 WHERE id = ? AND lease_token = ? AND status = 'running'",
+            );
+            q(sql)
+                .bind(error.code.clone())
+                .bind(error.message.clone())
+                .bind(lease.id.to_string())
+                .bind(lease.token)
+                .execute(&self.pool)
+                .await?
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// One host rescues at a time: the others skip their turn. The lock is
+    /// transaction-scoped, so it cannot outlive a failed or abandoned call.
+    /// (Each rescue is fenced by the lease token anyway; the lock saves work.)
+    pub(super) async fn rescue(&self) -> Result<Vec<Uuid>, sqlx::Error> {
+        if self.dialect == Dialect::Sqlite {
+            return self.rescue_locked().await;
+        }
+        let mut tx = self.pool.begin().await?;
+        let got = match self.dialect {
+            Dialect::Postgres => sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(724500103)").fetch_one(&mut *tx).await?,
+            Dialect::MySql => sqlx::query("SELECT id FROM asyncjobs_schema WHERE id = 2 FOR UPDATE SKIP LOCKED")
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some(),
+            Dialect::Sqlite => unreachable!(),
+        };
+        if !got {
+            return Ok(Vec::new());
+        }
+        let result = self.rescue_locked().await;
+        tx.commit().await?;
+        result
+    }
+
+    pub(super) async fn rescue_locked(&self) -> Result<Vec<Uuid>, sqlx::Error> {
+        let sql = self.sql(
+            "SELECT j.id, j.lease_token, j.attempts, j.max_attempts, j.lease_owner, h.hostname, \
+             h.heartbeat_at, NOW AS now_ FROM asyncjobs_jobs j LEFT JOIN asyncjobs_hosts h ON h.host_id = j.lease_owner \
+             WHERE j.status = 'running' AND j.lease_until < NOW LIMIT 100",
+        );
+        let rows = q(sql).fetch_all(&self.pool).await?;
+        let mut rescued = Vec::new();
+        for r in &rows {
+            let lease = Lease { id: uuid(&r.try_get::<String, _>("id")?), token: r.try_get("lease_token")? };
+            let attempts: i64 = r.try_get("attempts")?;
+            let max_attempts: i64 = r.try_get("max_attempts")?;
+            let owner: Option<String> = r.try_get("lease_owner")?;
+            let hostname: Option<String> = r.try_get("hostname")?;
+            let beat: Option<f64> = r.try_get("heartbeat_at")?;
+            let now: f64 = r.try_get("now_")?;
+            let pool = owner.unwrap_or_default();
+            let pool = pool.get(..8).unwrap_or(&pool);
+            let who = match hostname {
+                Some(h) => format!("host {h} (pool {pool})"),
+                None => format!("pool {pool}"),
+            };
+            let last = beat.map_or("no heartbeat on record".to_string(), |b| {
+                format!("last heartbeat {} ({:.0} s before)", iso8601(b), (now - b).max(0.0))
+            });
+            let err = JobError::new("HOST_LOST", format!("The {who} running the job stopped renewing its lease; {last}"));
+            let left = attempts < max_attempts;
+            let delay = 2f64.powi((attempts - 1).clamp(0, 6) as i32);
+            if self.requeue_or_fail(lease, left, delay, &err).await? {
+                rescued.push(lease.id);
+            }
+        }
+        // Forget hosts gone for a day.
+        let sql = self.sql("DELETE FROM asyncjobs_hosts WHERE heartbeat_at < NOW - 86400");
+        q(sql).execute(&self.pool).await?;
+        Ok(rescued)
+    }
+
+    pub(super) async fn release(&self, host: String, error: JobError) -> Result<Vec<Uuid>, sqlx::Error> {
+        let sql = self.sql(
+            "SELECT id, lease_token, attempts, max_attempts FROM asyncjobs_jobs WHERE lease_owner = ? AND status = 'running'",
+        );
+        let rows = q(sql).bind(host.clone()).fetch_all(&self.pool).await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let lease = Lease { id: uuid(&r.try_get::<String, _>(0)?), token: r.try_get(1)? };
+            let left = r.try_get::<i64, _>(2)? < r.try_get::<i64, _>(3)?;
+            if self.requeue_or_fail(lease, left, 0.0, &error).await? {
+                out.push(lease.id);
+            }
+        }
+        Ok(out)
+    }
+}

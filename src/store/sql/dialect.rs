@@ -1,0 +1,231 @@
+//! What differs between the engines: the clock, placeholders, locking, the
+//! schema and its migration, and the store URLs each accepts.
+//!
+//! May import: nothing of the crate but `store::sql`'s own modules.
+
+use sqlx::{AnyPool, AssertSqlSafe, Executor};
+
+
+/// The schema this build writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+pub(super) const ACTIVE: &str = "status IN ('pending', 'running')";
+pub(super) const FINISHED: &str = "status IN ('completed', 'failed', 'cancelled')";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+impl Dialect {
+    /// The database clock in seconds since the epoch, as a double.
+    pub(super) fn now(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "((julianday('now') - 2440587.5) * 86400.0)",
+            Dialect::Postgres => "(extract(epoch from clock_timestamp())::float8)",
+            Dialect::MySql => "(UNIX_TIMESTAMP(NOW(6)) + 0E0)",
+        }
+    }
+
+    /// Renders a statement: `NOW` becomes the clock, `?` becomes `$n` on PostgreSQL.
+    pub fn sql(self, text: &str) -> String {
+        let text = text.replace("NOW", self.now());
+        if self != Dialect::Postgres {
+            return text;
+        }
+        let mut out = String::with_capacity(text.len() + 16);
+        let mut n = 0;
+        for c in text.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    pub(super) fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            _ => " FOR UPDATE SKIP LOCKED",
+        }
+    }
+
+    /// How a writing transaction starts. SQLite takes the write lock at once,
+    /// so two writers never deadlock upgrading a read lock.
+    pub(super) fn begin(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            _ => "BEGIN",
+        }
+    }
+
+    pub(super) fn schema(self) -> Vec<String> {
+        let (blob, double, text, id_cols) = match self {
+            Dialect::Sqlite => ("BLOB", "REAL", "TEXT", "seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE"),
+            Dialect::Postgres => ("BYTEA", "DOUBLE PRECISION", "TEXT", "id VARCHAR(36) PRIMARY KEY, seq BIGSERIAL"),
+            Dialect::MySql => (
+                "LONGBLOB",
+                "DOUBLE",
+                "TEXT",
+                "id VARCHAR(36) NOT NULL PRIMARY KEY, seq BIGINT NOT NULL AUTO_INCREMENT UNIQUE",
+            ),
+        };
+        let dup = match self {
+            Dialect::MySql => ", dup_active VARCHAR(64) AS (IF(status IN ('pending', 'running'), dup_key, NULL)) STORED, \
+                 UNIQUE KEY asyncjobs_jobs_unique (dup_active)"
+                .to_string(),
+            _ => String::new(),
+        };
+        let engine = if self == Dialect::MySql { " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin" } else { "" };
+        let mut out = vec![
+            format!(
+                "CREATE TABLE asyncjobs_jobs ({id_cols}, operation VARCHAR(255) NOT NULL, \
+                 params_hash VARCHAR(64) NOT NULL, dup_key VARCHAR(64) NULL, status VARCHAR(16) NOT NULL, \
+                 queue VARCHAR(255) NOT NULL, priority INTEGER NOT NULL, submitted_at {double} NOT NULL, \
+                 run_after {double} NOT NULL, started_at {double} NULL, completed_at {double} NULL, \
+                 timeout_ms BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, max_attempts INTEGER NOT NULL, \
+                 lease_owner VARCHAR(64) NULL, lease_token BIGINT NOT NULL DEFAULT 0, lease_until {double} NULL, \
+                 worker_pid INTEGER NULL, executor {blob} NULL, params {blob} NULL, result {blob} NULL, \
+                 output {blob} NULL, step {text} NULL, progress_current {double} NULL, \
+                 progress_total {double} NULL, error_code VARCHAR(64) NULL, error_message {text} NULL, \
+                 error_detail {blob} NULL{dup}){engine}"
+            ),
+            "CREATE INDEX asyncjobs_jobs_claim ON asyncjobs_jobs (status, queue, priority, seq)".into(),
+            "CREATE INDEX asyncjobs_jobs_lease ON asyncjobs_jobs (lease_owner, status)".into(),
+            "CREATE INDEX asyncjobs_jobs_hash ON asyncjobs_jobs (params_hash)".into(),
+            "CREATE INDEX asyncjobs_jobs_done ON asyncjobs_jobs (completed_at)".into(),
+            "CREATE INDEX asyncjobs_jobs_operation ON asyncjobs_jobs (operation, status, completed_at)".into(),
+            format!(
+                "CREATE TABLE asyncjobs_hosts (host_id VARCHAR(64) NOT NULL PRIMARY KEY, \
+                 hostname VARCHAR(255) NOT NULL, pid INTEGER NOT NULL, slots INTEGER NOT NULL, queues {text} NOT NULL, \
+                 version VARCHAR(32) NOT NULL, started_at {double} NOT NULL, heartbeat_at {double} NOT NULL, \
+                 stopped_at {double} NULL){engine}"
+            ),
+        ];
+        if self != Dialect::MySql {
+            out.push(format!(
+                "CREATE UNIQUE INDEX asyncjobs_jobs_unique ON asyncjobs_jobs (dup_key) WHERE dup_key IS NOT NULL AND {ACTIVE}"
+            ));
+        }
+        out
+    }
+}
+
+/// A statement built at run time (every statement here is: the dialect renders it).
+pub(super) fn q(sql: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(AssertSqlSafe(sql))
+}
+
+/// The URL with its password replaced, safe for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (auth, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let Some((user_pass, host)) = auth.rsplit_once('@') else { return url.to_owned() };
+    let user = user_pass.split_once(':').map_or(user_pass, |(u, _)| u);
+    let tail = tail.split_once('?').map_or(tail, |(p, _)| p);
+    if user_pass.contains(':') {
+        format!("{scheme}://{user}:***@{host}{tail}")
+    } else {
+        format!("{scheme}://{user}@{host}{tail}")
+    }
+}
+
+pub(super) fn password(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let auth = rest.split('/').next()?;
+    let user_pass = auth.rsplit_once('@')?.0;
+    let pass = user_pass.split_once(':')?.1;
+    (!pass.is_empty()).then(|| pass.to_owned())
+}
+
+/// Which engine a URL names, and the URL sqlx should open.
+pub fn parse_url(url: &str) -> Result<(Dialect, String), String> {
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or("");
+    match scheme {
+        "sqlite" => {
+            let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+            if !path.starts_with('/') {
+                return Err(format!("a SQLite store needs an absolute path, as in sqlite:///srv/jobs.db, not {url}"));
+            }
+            let path = path.split_once('?').map_or(path, |(p, _)| p);
+            Ok((Dialect::Sqlite, format!("sqlite://{path}?mode=rwc")))
+        }
+        "postgres" | "postgresql" => Ok((Dialect::Postgres, url.to_owned())),
+        "mysql" | "mariadb" => Ok((Dialect::MySql, url.replacen("mariadb:", "mysql:", 1))),
+        _ => Err(format!(
+            "unknown store {}: use \"memory\", sqlite:///path, postgres://... or mysql://...",
+            redact(url)
+        )),
+    }
+}
+
+pub(super) fn session_setup(dialect: Dialect) -> &'static [&'static str] {
+    match dialect {
+        Dialect::Sqlite => &["PRAGMA journal_mode = WAL", "PRAGMA synchronous = NORMAL", "PRAGMA busy_timeout = 10000"],
+        Dialect::Postgres => &["SET lock_timeout = '10s'"],
+        Dialect::MySql => &[
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SET SESSION innodb_lock_wait_timeout = 10",
+        ],
+    }
+}
+
+/// Creates the schema, or checks that the one there is ours. Serialized
+/// across processes by a lock, so two first starts do not race.
+pub(super) async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    // DDL is transactional on SQLite and PostgreSQL (so a transaction-scoped
+    // lock serves, also behind a transaction-pooling proxy); not on MySQL.
+    let (lock, unlock) = match dialect {
+        Dialect::Sqlite => ("BEGIN IMMEDIATE", "COMMIT"),
+        Dialect::Postgres => ("BEGIN; SELECT pg_advisory_xact_lock(724500101)", "COMMIT"),
+        Dialect::MySql => ("SELECT GET_LOCK('asyncjobs_schema', 30)", "SELECT RELEASE_LOCK('asyncjobs_schema')"),
+    };
+    conn.execute(lock).await?;
+    let result = async {
+        conn.execute("CREATE TABLE IF NOT EXISTS asyncjobs_schema (id INTEGER NOT NULL PRIMARY KEY, version INTEGER NOT NULL)")
+            .await?;
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT version FROM asyncjobs_schema WHERE id = 1").fetch_optional(&mut *conn).await?;
+        match version {
+            None => {
+                for stmt in dialect.schema() {
+                    conn.execute(AssertSqlSafe(stmt)).await?;
+                }
+                q(dialect.sql("INSERT INTO asyncjobs_schema (id, version) VALUES (1, ?)"))
+                    .bind(SCHEMA_VERSION)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            }
+            Some(v) if v > SCHEMA_VERSION => Err(sqlx::Error::Protocol(format!(
+                "the store's schema is version {v}, newer than the version {SCHEMA_VERSION} asyncjobs {} understands; \
+                 upgrade asyncjobs on this host",
+                env!("CARGO_PKG_VERSION")
+            ))),
+            // Version 1 is the first; later versions add their upgrade steps here.
+            Some(_) => Ok(()),
+        }?;
+        if dialect == Dialect::MySql {
+            // Row 2 is the rescuers' lock.
+            conn.execute("INSERT IGNORE INTO asyncjobs_schema (id, version) VALUES (2, 0)").await?;
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err() && dialect != Dialect::MySql {
+        let _ = conn.execute("ROLLBACK").await;
+    } else {
+        conn.execute(unlock).await?;
+    }
+    result
+}
