@@ -109,6 +109,9 @@ pub fn submitted(operation: &str, r: &Submit) {
         Submit::Accepted => METRICS.submitted.add(&[operation], 1),
         Submit::Full { .. } => rejected("CAPACITY_EXCEEDED"),
         Submit::Duplicate(_) => rejected("DUPLICATE_JOB"),
+        Submit::UnknownDependency(_) => rejected("UNKNOWN_DEPENDENCY"),
+        // Counted where they are refused, before the store.
+        Submit::UnknownOperation | Submit::NotSigned => {}
     }
 }
 
@@ -128,7 +131,7 @@ pub struct JobEnd {
 impl JobEnd {
     pub fn of(operation: &Arc<str>, outcome: &Outcome, started: Instant) -> JobEnd {
         let code = match outcome {
-            Outcome::Completed(_) => None,
+            Outcome::Completed(_) | Outcome::CompletedJson(_) => None,
             Outcome::Failed(e) => Some(e.code.clone()),
             Outcome::Cancelled => Some("CANCELLED".to_string()),
         };

@@ -29,9 +29,11 @@ extern "C" {
 }
 
 /// The routines that are not extendr's: name, address, number of arguments.
-fn native_routines() -> [(&'static str, *const (), usize); 9] {
+fn native_routines() -> [(&'static str, *const (), usize); 11] {
     [
-        ("c_submit", calls::c_submit as *const (), 8),
+        ("c_submit", calls::c_submit as *const (), 9),
+        ("c_json", calls::c_json as *const (), 1),
+        ("w_result_json", wire::w_result_json as *const (), 3),
         ("c_status", calls::c_status as *const (), 1),
         ("c_wait", calls::c_wait as *const (), 2),
         ("c_duplicate", calls::c_duplicate as *const (), 2),
