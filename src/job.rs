@@ -253,8 +253,9 @@ pub struct Job {
     pub waiting: u32,
     /// Jobs it submitted while running.
     pub children: u32,
-    /// The schedule that fired it.
+    /// The schedule that fired it, and the slot it fired it for.
     pub schedule: Option<Arc<str>>,
+    pub slot_at: Option<f64>,
 }
 
 impl Job {

@@ -446,7 +446,13 @@ async fn run_job(
             _ = stopped(stop) => return Some(End::Stop),
         };
         let ended = crate::metrics::JobEnd::of(&operation, &outcome, started);
-        if write_outcome(sh, &lease, outcome, &mut u, stop).await { ended.record() }
+        if write_outcome(sh, &lease, outcome, &mut u, stop).await {
+            ended.record()
+        }
+        // Jobs that waited for this one: idle slots take them.
+        for _ in 0..sh.store.take_readied() {
+            sh.ready_signal.notify_last();
+        }
         return end;
     }
 }

@@ -386,7 +386,7 @@ fn aj_list() -> Result<Robj> {
         jobs.iter().map(f).collect::<Vec<Option<f64>>>().into()
     };
     Ok(named(
-        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code", "queue", "priority", "parent_id", "schedule"],
+        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code", "queue", "priority", "parent_id", "schedule", "slot_at"],
         vec![
             strs(&|j| Some(j.id.to_string())),
             strs(&|j| Some(j.operation.to_string())),
@@ -399,6 +399,7 @@ fn aj_list() -> Result<Robj> {
             nums(&|j| Some(j.priority as f64)),
             strs(&|j| j.parent.map(|p| p.to_string())),
             strs(&|j| j.schedule.as_deref().map(str::to_owned)),
+            nums(&|j| j.slot_at),
         ],
     ))
 }

@@ -531,11 +531,16 @@ pub(super) unsafe fn job_record(id: &Uuid) -> SEXP {
 /// operation that is not a single UTF-8 string), NULL of class
 /// asyncjobs_check. `params` is evaluated after these checks, as it was
 /// after R's.
-pub(super) unsafe extern "C" fn c_duplicate(operation: SEXP, frame: SEXP) -> SEXP {
+pub(super) unsafe extern "C" fn c_duplicate(operation: SEXP, frame: SEXP, json: SEXP) -> SEXP {
     let Some(operation) = rf::as_str(operation).filter(|_| ready() && rf::plain_utf8(operation)) else {
         return check_first();
     };
-    let params = rf::serialize_params(rf::value_of(frame, c"params"));
+    let value = rf::value_of(frame, c"params");
+    // A registered job type's params: the JSON text R made.
+    let params = match (rf::as_bool(json), rf::as_str(value)) {
+        (true, Some(text)) => text.as_bytes().to_vec(),
+        _ => rf::serialize_params(value),
+    };
     let found = guarded_value(move || {
         let hash = sha256(&params);
         block_on(store().find_active(operation, &hash))

@@ -837,7 +837,7 @@ unsafe fn json_value(x: SEXP, out: &mut Vec<u8>, depth: usize) -> bool {
         out.extend_from_slice(b"null");
         return true;
     }
-    if depth > JSON_DEPTH || ALTREP(x) != 0 {
+    if depth > JSON_DEPTH {
         return false;
     }
     let n = Rf_xlength(x);

@@ -80,6 +80,7 @@ const G_PARENT: u8 = 4;
 const G_RUN_AT: u8 = 8;
 const G_SCHEDULE: u8 = 16;
 const G_CHILDREN: u8 = 32;
+const G_SLOT: u8 = 64;
 
 pub(super) const S_UNHASHED: u8 = 1;
 pub(super) const S_OUTPUT: u8 = 2;
@@ -136,6 +137,7 @@ impl Done<Vec<u8>> {
             (G_RUN_AT, job.run_at.is_some()),
             (G_SCHEDULE, schedule.is_some()),
             (G_CHILDREN, job.children > 0),
+            (G_SLOT, job.slot_at.is_some()),
         ]
         .iter()
         .fold(0u8, |f, (g, on)| if *on { f | g } else { f });
@@ -173,7 +175,7 @@ impl Done<Vec<u8>> {
         if let Some(p) = job.parent {
             b.extend_from_slice(p.as_bytes());
         }
-        if let Some(t) = job.run_at {
+        for t in [job.run_at, job.slot_at].into_iter().flatten() {
             b.extend_from_slice(&t.to_le_bytes());
         }
         for v in [schedule, (job.children > 0).then_some(job.children)].into_iter().flatten() {
@@ -242,6 +244,7 @@ impl<B: AsRef<[u8]>> Done<B> {
         let mut r = Reader { buf: self.bytes(), at: D_TAIL };
         let parent = has2(G_PARENT).then(|| Uuid::from_bytes(r.take(16).try_into().unwrap()));
         let run_at = has2(G_RUN_AT).then(|| r.f64());
+        let slot_at = has2(G_SLOT).then(|| r.f64());
         let schedule = has2(G_SCHEDULE).then(|| names.name(r.u32()));
         let children = if has2(G_CHILDREN) { r.u32() } else { 0 };
         let error = has(F_ERROR).then(|| {
@@ -279,6 +282,7 @@ impl<B: AsRef<[u8]>> Done<B> {
             waiting: 0,
             children,
             schedule,
+            slot_at,
         }
     }
 }

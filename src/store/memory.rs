@@ -105,6 +105,8 @@ struct Memory {
     schedules: BTreeMap<String, Schedule>,
     /// The slots each schedule fired (a day of them).
     fired: HashMap<String, BTreeSet<i64>>,
+    /// Jobs whose dependencies completed since the pool last asked.
+    readied: usize,
 }
 
 /// Jobs in this process's memory: the default store.
@@ -113,6 +115,7 @@ pub struct MemoryStore {
     inner: Mutex<Memory>,
     finished: Notify,
 }
+
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
@@ -224,6 +227,7 @@ impl Memory {
                 if job.waiting == 0 {
                     self.deps.remove(&d);
                     self.make_ready(&d, now);
+                    self.readied += 1;
                 }
             } else {
                 let why = match outcome {
@@ -281,6 +285,7 @@ impl Memory {
         }
         let run_at = (job.delay > 0.0).then(|| now + job.delay);
         let schedule = job.slot.as_ref().map(|s| self.names.intern(&s.schedule));
+        let slot_at = job.slot.as_ref().map(|s| s.at);
         if let Some(p) = job.parent {
             self.children.entry(p).or_default().push(job.id);
             if let Some(parent) = self.jobs.get_mut(&p) {
@@ -310,6 +315,7 @@ impl Memory {
                 run_at,
                 waiting: waiting.len() as u32,
                 schedule,
+                slot_at,
                 ..Job::default()
             },
         );
@@ -708,6 +714,10 @@ impl Store for MemoryStore {
 
     fn next_due(&self) -> Option<f64> {
         self.inner.lock().delayed.first().map(|&(t, _)| t as f64 / 1e6)
+    }
+
+    fn take_readied(&self) -> usize {
+        std::mem::take(&mut self.inner.lock().readied)
     }
 
     async fn register_host(&self, host: &HostInfo) -> StoreResult<()> {

@@ -193,6 +193,12 @@ pub trait Store: Send + Sync {
     fn next_due(&self) -> Option<f64> {
         None
     }
+    /// How many jobs became ready to run since the last call because the
+    /// jobs they waited for completed (the memory store, whose idle slots
+    /// are then woken; a shared store's claimer polls).
+    fn take_readied(&self) -> usize {
+        0
+    }
     async fn register_host(&self, host: &HostInfo) -> StoreResult<()>;
     async fn deregister_host(&self, host: &str) -> StoreResult<()>;
     /// Every pool registered in the store, oldest first.

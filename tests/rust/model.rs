@@ -271,6 +271,7 @@ fn schedules(s: &dyn Store) {
     assert_eq!(fired.len(), slots.len());
     let j = view(s, fired[0].lease.id).job;
     assert_eq!(j.schedule.as_deref(), Some("nightly"));
+    assert_eq!(j.slot_at, Some(slots[0]), "the job knows its slot");
 
     other.name = "weekly".into();
     other.missed = Missed::Once;

@@ -22,7 +22,7 @@ use uuid::Uuid;
 /// Columns of a status read: no payload, result or output.
 pub(super) const COLUMNS: &str = "id, operation, params_hash, status, queue, priority, submitted_at, started_at, \
      completed_at, timeout_ms, attempts, max_attempts, worker_pid, lease_owner, step, progress_current, \
-     progress_total, error_code, error_message, seq, handler, parent_id, children, waiting, schedule_name, run_after";
+     progress_total, error_code, error_message, seq, handler, parent_id, children, waiting, schedule_name, run_after, slot_at";
 
 /// At most this many dependents fail with one failed job (a chain's tail).
 const MAX_CASCADE: usize = 10_000;
@@ -175,6 +175,7 @@ pub(super) fn job_from_row(row: &AnyRow, with_result: bool) -> Result<Job, sqlx:
         waiting: row.try_get::<i64, _>("waiting")?.max(0) as u32,
         children: row.try_get::<i64, _>("children")?.max(0) as u32,
         schedule: row.try_get::<Option<String>, _>("schedule_name")?.map(Arc::from),
+        slot_at: row.try_get("slot_at")?,
     })
 }
 

@@ -135,6 +135,7 @@ impl SqlStore {
         F: FnOnce(Arc<Db>) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'static,
     {
+        crate::metrics::store_call(what);
         let fut = f(self.db.clone());
         let task = sys::runtime().spawn(tokio::time::timeout(self.timeout, fut));
         let msg = match task.await {
