@@ -4,12 +4,12 @@
 //!
 //! May import: `job`, `sys`, `store`, and `store::sql::dialect`.
 
-use super::dialect::{q, Dialect, ACTIVE};
+use super::dialect::{q, text, Dialect, ACTIVE};
 use crate::job::{duplicate_key, hex, median, Cancel, Claimed, Job, JobError, JobView, Lease, NewJob, Outcome, Progress, Status, Submit};
 use crate::sys::iso8601;
 use parking_lot::Mutex;
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use sqlx::{AnyPool, Executor, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,7 +54,7 @@ pub(super) fn job_from_row(row: &AnyRow, with_result: bool) -> Result<Job, sqlx:
     let error_code: Option<String> = row.try_get("error_code")?;
     let error = match error_code {
         Some(code) => {
-            let mut e = JobError::new(&code, row.try_get::<Option<String>, _>("error_message")?.unwrap_or_default());
+            let mut e = JobError::new(&code, text(row, "error_message")?.unwrap_or_default());
             if with_result {
                 e.detail = row.try_get::<Option<Vec<u8>>, _>("error_detail")?.map(Arc::from);
             }
@@ -62,7 +62,7 @@ pub(super) fn job_from_row(row: &AnyRow, with_result: bool) -> Result<Job, sqlx:
         }
         None => None,
     };
-    let step: Option<String> = row.try_get("step")?;
+    let step = text(row, "step")?;
     let current: Option<f64> = row.try_get("progress_current")?;
     let total: Option<f64> = row.try_get("progress_total")?;
     let progress =
@@ -131,9 +131,8 @@ impl Db {
                 }
                 Dialect::Sqlite => {}
             }
-            let active: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM asyncjobs_jobs WHERE {ACTIVE}")))
-                .fetch_one(&mut *tx)
-                .await?;
+            let active: i64 =
+                q(format!("SELECT COUNT(*) FROM asyncjobs_jobs WHERE {ACTIVE}")).fetch_one(&mut *tx).await?.try_get(0)?;
             if active as u64 >= limit as u64 {
                 tx.rollback().await?;
                 return Ok(Submit::Full { limit });
@@ -211,13 +210,14 @@ impl Db {
                 "SELECT COUNT(*) FROM asyncjobs_jobs WHERE status = 'pending' AND queue = ? \
                  AND (priority > ? OR (priority = ? AND seq <= ?))",
             );
-            let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            let n: i64 = q(sql)
                 .bind(job.queue.to_string())
                 .bind(job.priority)
                 .bind(job.priority)
                 .bind(seq)
                 .fetch_one(&self.pool)
-                .await?;
+                .await?
+                .try_get(0)?;
             Some(n.max(1) as usize)
         } else {
             None

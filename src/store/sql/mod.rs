@@ -35,10 +35,10 @@ use crate::store::{HostInfo, HostView, Signal, Store, StoreError, StoreResult};
 use crate::sys;
 use async_trait::async_trait;
 use db::{job_from_row, placeholders, status_of, uuid, Db, COLUMNS};
-use dialect::{migrate, password, q, session_setup, FINISHED};
+use dialect::{migrate, password, q, session_setup, text, FINISHED};
 use parking_lot::Mutex;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AssertSqlSafe, Executor, Row};
+use sqlx::{Executor, Row};
 use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
@@ -90,7 +90,7 @@ impl SqlStore {
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         for stmt in session_setup(dialect) {
-                            conn.execute(AssertSqlSafe(stmt.to_string())).await?;
+                            conn.execute(*stmt).await?;
                         }
                         Ok(())
                     })
@@ -429,7 +429,7 @@ impl Store for SqlStore {
                     let beat: f64 = r.try_get("heartbeat_at")?;
                     let now: f64 = r.try_get("now_")?;
                     let stopped_at: Option<f64> = r.try_get("stopped_at")?;
-                    let queues: String = r.try_get("queues")?;
+                    let queues = text(r, "queues")?.unwrap_or_default();
                     Ok(HostView {
                         info: HostInfo {
                             id: r.try_get("host_id")?,
