@@ -4,7 +4,7 @@
 //!
 //! May import: `job`, `sys`, `store`, and `store::sql::dialect`.
 
-use super::dialect::{double_or_null, q, Dialect, ACTIVE};
+use super::dialect::{double_or_null, q, text, Dialect, ACTIVE};
 use crate::job::{
     duplicate_key, hex, median, Cancel, Claimed, Job, JobError, JobView, Lease, NewJob, Outcome, Progress, Status, Submit,
 };
@@ -13,7 +13,7 @@ use crate::store::PutSchedule;
 use crate::sys::iso8601;
 use parking_lot::Mutex;
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, AssertSqlSafe, Executor, Row};
+use sqlx::{AnyPool, Executor, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -112,7 +112,7 @@ fn schedule_from_row(r: &AnyRow) -> Result<Schedule, sqlx::Error> {
         cron: r.try_get("cron")?,
         tz: r.try_get("tz")?,
         operation: r.try_get("operation")?,
-        params: r.try_get::<Option<String>, _>("params_text")?.unwrap_or_else(|| "null".into()).into_bytes(),
+        params: text(r, "params_text")?.unwrap_or_else(|| "null".into()).into_bytes(),
         queue: r.try_get("queue")?,
         priority: r.try_get::<i64, _>("priority")? as i32,
         timeout_ms: r.try_get::<i64, _>("timeout_ms")?.max(0) as u64,
@@ -128,7 +128,7 @@ pub(super) fn job_from_row(row: &AnyRow, with_result: bool) -> Result<Job, sqlx:
     let error_code: Option<String> = row.try_get("error_code")?;
     let error = match error_code {
         Some(code) => {
-            let mut e = JobError::new(&code, row.try_get::<Option<String>, _>("error_message")?.unwrap_or_default());
+            let mut e = JobError::new(&code, text(row, "error_message")?.unwrap_or_default());
             if with_result {
                 e.detail = row.try_get::<Option<Vec<u8>>, _>("error_detail")?.map(Arc::from);
             }
@@ -136,14 +136,15 @@ pub(super) fn job_from_row(row: &AnyRow, with_result: bool) -> Result<Job, sqlx:
         }
         None => None,
     };
-    let step: Option<String> = row.try_get("step")?;
+    let step = text(row, "step")?;
     let current: Option<f64> = row.try_get("progress_current")?;
     let total: Option<f64> = row.try_get("progress_total")?;
     let progress =
         (step.is_some() || current.is_some() || total.is_some()).then(|| Box::new(Progress { step, current, total }));
     let submitted_at: f64 = row.try_get("submitted_at")?;
     let run_after: f64 = row.try_get("run_after")?;
-    let json: Option<String> = if with_result { row.try_get("result_text")? } else { None };
+    let json: Option<String> = if with_result { text(row, "result_text")? } else { None };
+    let json_result = json.is_some();
     let result = match json {
         Some(text) => Some(Arc::from(text.into_bytes().as_slice())),
         None if with_result => row.try_get::<Option<Vec<u8>>, _>("result")?.map(Arc::from),
@@ -162,7 +163,7 @@ pub(super) fn job_from_row(row: &AnyRow, with_result: bool) -> Result<Job, sqlx:
         timeout_ms: row.try_get::<i64, _>("timeout_ms")?.max(0) as u64,
         attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
         max_attempts: row.try_get::<i64, _>("max_attempts")?.max(0) as u32,
-        result_json: with_result && row.try_get::<Option<String>, _>("result_text")?.is_some(),
+        result_json: json_result,
         result,
         error,
         progress,
@@ -229,9 +230,8 @@ impl Db {
                 }
                 Dialect::Sqlite => {}
             }
-            let active: i64 = sqlx::query_scalar(AssertSqlSafe(format!("SELECT COUNT(*) FROM asyncjobs_jobs WHERE {ACTIVE}")))
-                .fetch_one(&mut *tx)
-                .await?;
+            let active: i64 =
+                q(format!("SELECT COUNT(*) FROM asyncjobs_jobs WHERE {ACTIVE}")).fetch_one(&mut *tx).await?.try_get(0)?;
             if active as u64 >= limit as u64 {
                 tx.rollback().await?;
                 return Ok(Submit::Full { limit });
@@ -564,13 +564,14 @@ impl Db {
                 "SELECT COUNT(*) FROM asyncjobs_jobs WHERE status = 'pending' AND waiting = 0 AND queue = ? \
                  AND (priority > ? OR (priority = ? AND seq <= ?))",
             );
-            let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            let n: i64 = q(sql)
                 .bind(job.queue.to_string())
                 .bind(job.priority)
                 .bind(job.priority)
                 .bind(seq)
                 .fetch_one(&self.pool)
-                .await?;
+                .await?
+                .try_get(0)?;
             Some(n.max(1) as usize)
         } else {
             None
@@ -636,7 +637,7 @@ impl Db {
         tx.commit().await?;
         rows.iter()
             .map(|r| {
-                let json: Option<String> = r.try_get(6)?;
+                let json: Option<String> = text(r, 6)?;
                 let params_json = json.is_some();
                 let params = match json {
                     Some(text) => text.into_bytes(),

@@ -3,7 +3,9 @@
 //!
 //! May import: nothing of the crate but `store::sql`'s own modules.
 
-use sqlx::{AnyPool, AssertSqlSafe, Executor};
+use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow, AnyTypeInfoKind};
+use sqlx::error::BoxDynError;
+use sqlx::{Any, AnyPool, Arguments, Column, ColumnIndex, Encode, Executor, Row, Type};
 
 
 /// The schema this build writes and reads. Version 2 (asyncjobs 0.2) adds
@@ -227,9 +229,65 @@ pub(super) fn double_or_null(v: Option<f64>) -> &'static str {
     }
 }
 
-/// A statement built at run time (every statement here is: the dialect renders it).
-pub(super) fn q(sql: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
-    sqlx::query(AssertSqlSafe(sql))
+/// A statement built at run time (every statement here is: the dialect
+/// renders it), to bind and run like a sqlx query:
+/// `q(sql).bind(a).execute(&pool)`.
+pub(super) fn q(sql: String) -> Stmt {
+    Stmt { sql, args: Ok(AnyArguments::default()) }
+}
+
+/// sqlx 0.8's `query()` borrows its text, so a statement rendered into a
+/// `String` could not be built and run in one expression; this owns both
+/// the text and the arguments, and lends the text to sqlx when it runs.
+pub(super) struct Stmt {
+    sql: String,
+    /// The first argument that failed to encode is reported when the statement runs.
+    args: Result<AnyArguments<'static>, BoxDynError>,
+}
+
+impl Stmt {
+    pub(super) fn bind<T>(mut self, value: T) -> Self
+    where
+        T: 'static + Encode<'static, Any> + Type<Any>,
+    {
+        if let Ok(args) = &mut self.args {
+            if let Err(e) = args.add(value) {
+                self.args = Err(e);
+            }
+        }
+        self
+    }
+
+    pub(super) async fn execute<'c, E: Executor<'c, Database = Any>>(self, executor: E) -> Result<AnyQueryResult, sqlx::Error> {
+        let args = self.args.map_err(sqlx::Error::Encode)?;
+        sqlx::query_with(&self.sql, args).execute(executor).await
+    }
+
+    pub(super) async fn fetch_one<'c, E: Executor<'c, Database = Any>>(self, executor: E) -> Result<AnyRow, sqlx::Error> {
+        let args = self.args.map_err(sqlx::Error::Encode)?;
+        sqlx::query_with(&self.sql, args).fetch_one(executor).await
+    }
+
+    pub(super) async fn fetch_optional<'c, E: Executor<'c, Database = Any>>(self, executor: E) -> Result<Option<AnyRow>, sqlx::Error> {
+        let args = self.args.map_err(sqlx::Error::Encode)?;
+        sqlx::query_with(&self.sql, args).fetch_optional(executor).await
+    }
+
+    pub(super) async fn fetch_all<'c, E: Executor<'c, Database = Any>>(self, executor: E) -> Result<Vec<AnyRow>, sqlx::Error> {
+        let args = self.args.map_err(sqlx::Error::Encode)?;
+        sqlx::query_with(&self.sql, args).fetch_all(executor).await
+    }
+}
+
+/// A TEXT column's value. sqlx 0.8's Any driver hands MySQL's TEXT columns
+/// over as bytes (it takes them for BLOBs); they hold UTF-8, decoded here.
+/// Other columns, and every column on the other engines, are read as text.
+pub(super) fn text<I: ColumnIndex<AnyRow> + Copy>(row: &AnyRow, col: I) -> Result<Option<String>, sqlx::Error> {
+    if row.try_column(col)?.type_info().kind() != AnyTypeInfoKind::Blob {
+        return row.try_get(col);
+    }
+    let Some(bytes) = row.try_get::<Option<Vec<u8>>, _>(col)? else { return Ok(None) };
+    String::from_utf8(bytes).map(Some).map_err(|e| sqlx::Error::Decode(e.into()))
 }
 
 /// The URL with its password replaced, safe for messages and logs.
@@ -309,7 +367,7 @@ pub(super) async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx
         match version {
             None => {
                 for stmt in dialect.schema() {
-                    conn.execute(AssertSqlSafe(stmt)).await?;
+                    conn.execute(stmt.as_str()).await?;
                 }
                 q(dialect.sql("INSERT INTO asyncjobs_schema (id, version) VALUES (1, 1)")).execute(&mut *conn).await?;
             }
@@ -327,12 +385,12 @@ pub(super) async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx
             let (columns, others) = dialect.upgrade_to_2();
             for (table, column, def) in columns {
                 if !column_exists(&mut conn, dialect, table, column).await? {
-                    conn.execute(AssertSqlSafe(format!("ALTER TABLE {table} ADD COLUMN {column} {def}"))).await?;
+                    conn.execute(format!("ALTER TABLE {table} ADD COLUMN {column} {def}").as_str()).await?;
                 }
             }
             for (name, stmt) in others {
                 if !object_exists(&mut conn, dialect, name).await? {
-                    conn.execute(AssertSqlSafe(stmt)).await?;
+                    conn.execute(stmt.as_str()).await?;
                 }
             }
             q(dialect.sql("UPDATE asyncjobs_schema SET version = ? WHERE id = 1")).bind(SCHEMA_VERSION).execute(&mut *conn).await?;
@@ -366,7 +424,8 @@ async fn column_exists(conn: &mut Conn, dialect: Dialect, table: &str, column: &
              AND table_name = ? AND column_name = ?"
         }
     };
-    let n: i64 = sqlx::query_scalar(AssertSqlSafe(dialect.sql(sql))).bind(table.to_owned()).bind(column.to_owned()).fetch_one(&mut **conn).await?;
+    let sql = dialect.sql(sql);
+    let n: i64 = sqlx::query_scalar(&sql).bind(table.to_owned()).bind(column.to_owned()).fetch_one(&mut **conn).await?;
     Ok(n > 0)
 }
 
@@ -380,7 +439,8 @@ async fn object_exists(conn: &mut Conn, dialect: Dialect, name: &str) -> Result<
              AND table_name = ?) + (SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() \
              AND index_name = ?)",
     };
-    let mut query = sqlx::query_scalar(AssertSqlSafe(dialect.sql(sql))).bind(name.to_owned());
+    let sql = dialect.sql(sql);
+    let mut query = sqlx::query_scalar(&sql).bind(name.to_owned());
     if dialect == Dialect::MySql {
         query = query.bind(name.to_owned());
     }

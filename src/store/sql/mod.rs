@@ -37,10 +37,10 @@ use async_trait::async_trait;
 use crate::schedule::Schedule;
 use crate::store::PutSchedule;
 use db::{job_from_row, json_strings, parse_json_strings, placeholders, status_of, uuid, Db, COLUMNS};
-use dialect::{migrate, password, q, session_setup, FINISHED};
+use dialect::{migrate, password, q, session_setup, text, FINISHED};
 use parking_lot::Mutex;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AssertSqlSafe, Executor, Row};
+use sqlx::{Executor, Row};
 use std::collections::HashMap;
 use std::future::Future;
 use std::str::FromStr;
@@ -92,7 +92,7 @@ impl SqlStore {
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
                         for stmt in session_setup(dialect) {
-                            conn.execute(AssertSqlSafe(stmt.to_string())).await?;
+                            conn.execute(*stmt).await?;
                         }
                         Ok(())
                     })
@@ -156,7 +156,7 @@ impl SqlStore {
     pub async fn truncate(&self) -> StoreResult<()> {
         self.run("truncate", |db| async move {
             for table in ["asyncjobs_jobs", "asyncjobs_hosts", "asyncjobs_deps", "asyncjobs_schedules"] {
-                db.pool.execute(AssertSqlSafe(format!("DELETE FROM {table}"))).await?;
+                db.pool.execute(format!("DELETE FROM {table}").as_str()).await?;
             }
             Ok(())
         })
@@ -464,7 +464,7 @@ impl Store for SqlStore {
                     let beat: f64 = r.try_get("heartbeat_at")?;
                     let now: f64 = r.try_get("now_")?;
                     let stopped_at: Option<f64> = r.try_get("stopped_at")?;
-                    let queues: String = r.try_get("queues")?;
+                    let queues = text(r, "queues")?.unwrap_or_default();
                     Ok(HostView {
                         info: HostInfo {
                             id: r.try_get("host_id")?,
@@ -472,10 +472,7 @@ impl Store for SqlStore {
                             pid: r.try_get::<i64, _>("pid")? as u32,
                             slots: r.try_get::<i64, _>("slots")? as usize,
                             queues: queues.split(',').filter(|q| !q.is_empty()).map(str::to_owned).collect(),
-                            operations: r
-                                .try_get::<Option<String>, _>("operations")?
-                                .map(|o| parse_json_strings(&o))
-                                .unwrap_or_default(),
+                            operations: text(r, "operations")?.map(|o| parse_json_strings(&o)).unwrap_or_default(),
                         },
                         version: r.try_get("version")?,
                         started_at: r.try_get("started_at")?,
