@@ -30,6 +30,11 @@ impl Names {
         i
     }
 
+    /// The id of a name already kept.
+    pub(super) fn find(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
     pub(super) fn name(&self, id: u32) -> Arc<str> {
         self.all[id as usize].clone()
     }
@@ -192,6 +197,15 @@ impl<B: AsRef<[u8]>> Done<B> {
 
     pub(super) fn completed_at(&self) -> f64 {
         self.f64_at(D_COMPLETED)
+    }
+
+    pub(super) fn submitted_at(&self) -> f64 {
+        self.f64_at(D_SUBMITTED)
+    }
+
+    /// The operation's id in [`Names`].
+    pub(super) fn operation(&self) -> u32 {
+        self.u32_at(D_OPERATION)
     }
 
     pub(super) fn side(&self) -> u8 {
