@@ -5,7 +5,7 @@
 .http_codes <- c(
   CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, STORE_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L,
   JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, DUPLICATE_JOB = 409L,
-  BAD_REQUEST = 400L, FORBIDDEN = 403L, NOT_FOUND = 404L, AUTHORIZE_FAILED = 500L, INTERNAL_ERROR = 500L
+  BAD_REQUEST = 400L, INVALID_INPUT = 400L, PAYLOAD_TOO_LARGE = 413L, FORBIDDEN = 403L, NOT_FOUND = 404L, AUTHORIZE_FAILED = 500L, INTERNAL_ERROR = 500L
 )
 
 #' Turn an asyncjobs result into an HTTP response
@@ -21,7 +21,8 @@
 #' | `CAPACITY_EXCEEDED`, `POOL_UNAVAILABLE`  | 503    | Retry-After           |
 #' | `STORE_UNAVAILABLE` (the durable store cannot be reached) | 503 | Retry-After |
 #' | `JOB_NOT_FOUND`, `NOT_FOUND`             | 404    |                       |
-#' | `BAD_REQUEST`                            | 400    |                       |
+#' | `BAD_REQUEST`, `INVALID_INPUT` (the store refuses the job, [create_job()]) | 400 |  |
+#' | `PAYLOAD_TOO_LARGE` (the job is larger than the store takes, [create_job()]) | 413 |  |
 #' | `FORBIDDEN` (`authorize` refused)        | 403    |                       |
 #' | `AUTHORIZE_FAILED`, `INTERNAL_ERROR`     | 500    |                       |
 #' | `JOB_FINISHED`, `JOB_NOT_FINISHED`, `JOB_FAILED` | 409 | Retry-After when not finished |
@@ -154,9 +155,12 @@ get_job_result <- function(job_id) {
 #'
 #' and, with `admin = TRUE` only, the operator routes:
 #'
-#' - `GET /` lists jobs, the newest `limit` (default 1000) of them, oldest
-#'   first; query parameters `status` and `operation` take comma-separated
-#'   values. `pr_job_routes()` also answers it without the trailing slash.
+#' - `GET /` lists a page of jobs, newest first, as `{count, jobs,
+#'   next_cursor}`: `limit` (default 1000, at most 10,000) jobs at most,
+#'   filtered by the query parameters `status` and `operation`
+#'   (comma-separated values); `cursor` (a page's `next_cursor`) asks for the
+#'   next page. The store filters, sorts and limits (see [list_jobs()]).
+#'   `pr_job_routes()` also answers it without the trailing slash.
 #' - `GET /workers`: the worker pool, as [get_worker_status()].
 #' - `GET /hosts`: every pool registered in the store, as [get_hosts()].
 #'
@@ -340,17 +344,26 @@ public_text <- function(text) {
   gsub("\\b(pid|worker process|worker)[ :=]+[0-9]+", "\\1", text, ignore.case = TRUE, perl = TRUE)
 }
 
+# GET /: a page of jobs, newest first, filtered, sorted and limited by the store.
 list_route <- function(run) {
-  function(req, res, status = "", operation = "", limit = "1000") {
+  function(req, res, status = "", operation = "", limit = "1000", cursor = "") {
     run(req, res, "list", NULL, {
       n <- suppressWarnings(as.numeric(limit))
-      if (length(n) != 1L || is.na(n) || n < 0) {
-        list(error = "BAD_REQUEST", message = "`limit` must be a number >= 0.")
-      } else if (!all(validUTF8(c(status, operation)))) {
-        list(error = "BAD_REQUEST", message = "`status` and `operation` must be valid UTF-8.")
+      if (length(n) != 1L || is.na(n) || n < 0 || n > 10000) {
+        list(error = "BAD_REQUEST", message = "`limit` must be a number from 0 to 10000.")
+      } else if (!all(validUTF8(c(status, operation, cursor)))) {
+        list(error = "BAD_REQUEST", message = "`status`, `operation` and `cursor` must be valid UTF-8.")
       } else {
-        jobs <- list_jobs(status = split_query(status), operation = split_query(operation))
-        list(count = nrow(jobs), jobs = utils::tail(jobs, n))
+        jobs <- tryCatch(
+          list_jobs(status = split_query(status), operation = split_query(operation), limit = floor(n),
+                    cursor = if (length(cursor) == 1L && nzchar(cursor)) cursor, newest_first = TRUE),
+          asyncjobs_error_argument = function(e) list(error = "BAD_REQUEST", message = conditionMessage(e)),
+          asyncjobs_error_store_unavailable = function(e) store_unavailable(conditionMessage(e)))
+        if (is.data.frame(jobs)) {
+          list(count = nrow(jobs), jobs = jobs, next_cursor = attr(jobs, "next_cursor"))
+        } else {
+          jobs
+        }
       }
     })
   }

@@ -88,9 +88,9 @@ test_that("public routes show a failure's code and message, without paths, proce
     expect_no_match(text, "secret.csv", fixed = TRUE)
     expect_no_match(text, "normalizePath", fixed = TRUE)
   }
-  # The operator routes still list both failures.
+  # The operator routes still list both failures, newest first.
   jobs <- http(api, "GET", "/jobs")$body$jobs
-  expect_identical(vapply(jobs, function(j) j$error_code, ""), c("WORKER_CRASHED", "EXECUTION_ERROR"))
+  expect_identical(vapply(jobs, function(j) j$error_code, ""), c("EXECUTION_ERROR", "WORKER_CRASHED"))
 })
 
 test_that("an authorize that refuses answers 403 on every route and runs none", {
