@@ -34,12 +34,18 @@
 #' date-times become ISO 8601 strings in UTC and `NULL` fields become `NA`
 #' (JSON `null`).
 #'
+#' A `STORE_UNAVAILABLE` body says only that the service is unavailable: the
+#' store's own message (which names the store's address) goes to the API's
+#' log (stderr), unless `store_detail = TRUE`.
+#'
 #' @param x (list) what [create_job()], [get_job_status()],
 #'   [check_duplicate_job()], [cancel_job()], [get_job_result()] or
 #'   [get_job_output()] returned.
 #' @param res (PlumberResponse) the handler's `res`.
 #' @param prefix (string) the path (or URL) the job routes are mounted at;
 #'   `Location` is `<prefix>/<job_id>`.
+#' @param store_detail (logical) keep the store's message in a
+#'   `STORE_UNAVAILABLE` body, for operators.
 #' @return (list) the response body.
 #' @examples
 #' # A stand-in for plumber's `res`:
@@ -52,12 +58,14 @@
 #' res$status # 202
 #' res$headers$Location
 #' @export
-job_response <- function(x, res, prefix = "/jobs") {
+job_response <- function(x, res, prefix = "/jobs", store_detail = FALSE) {
   if (!is.list(x)) abort("argument", sprintf("`x` must be a list asyncjobs returned, not %s.", describe(x)), "x")
   if (!is.environment(res) || !is.function(res$setHeader)) {
     abort("argument", sprintf("`res` must be a plumber response (with `setHeader()`), not %s.", describe(res)), "res")
   }
   check_string(prefix, "prefix")
+  check_flag(store_detail, "store_detail")
+  if (!store_detail && identical(x$error, "STORE_UNAVAILABLE")) x <- unavailable_body(x)
   url <- function(id) paste0(sub("/+$", "", prefix), "/", id)
   status <- 200L
   if (is.character(x$error) && length(x$error) == 1L) {
@@ -82,6 +90,20 @@ job_response <- function(x, res, prefix = "/jobs") {
   }
   res$status <- status
   json_ready(json_safe_result(x))
+}
+
+# A store outage as anyone may see it: the store's message (its address,
+# the driver's words) goes to the log, at most once per 10 seconds.
+unavailable_body <- function(x) {
+  detail <- if (is.character(x$message)) x$message[[1L]] else ""
+  last <- .state$outage_logged %||% -Inf
+  if (nzchar(detail) && now_ms() - last > 10000) {
+    .state$outage_logged <- now_ms()
+    message(sprintf("asyncjobs: answered 503 STORE_UNAVAILABLE: %s", detail))
+  }
+  x$message <- "The service is unavailable for a moment. Try again later."
+  x$retry_after <- x$retry_after %||% 5
+  x
 }
 
 # A result JSON cannot carry (an environment, a function) would make the
@@ -180,7 +202,11 @@ get_job_result <- function(job_id) {
 #' job's `error` (and a result's `details`) keeps only `code` and the first
 #' line of `message`, with absolute paths and worker process ids taken out;
 #' calls, classes and tracebacks stay with [get_job_status()] in the API's
-#' process. A handler error answers 500 `INTERNAL_ERROR` with no detail.
+#' process. A handler error answers 500 `INTERNAL_ERROR` with no detail,
+#' and a store outage 503 `STORE_UNAVAILABLE` saying only that (with
+#' `Retry-After`): the store's error, and its address, go to the API's log
+#' and to the operator routes. The job id is the path's alone: a query's or
+#' a body's `id` is ignored.
 #'
 #' Bodies are JSON (plumber's unboxed JSON serializer); status codes and
 #' headers follow [job_response()].
@@ -251,14 +277,28 @@ job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE,
   check_page_args(admin, metrics, dashboard, allow_cancel)
   need_plumber()
   run <- route_runner(prefix, authorize)
+  # The id is the path's alone: plumber would let a query's or a body's `id`
+  # take its place, past any rule keyed on the path.
   routes <- list(
-    list("GET", "/<id>", function(id, req, res) run(req, res, "status", id, get_job_status(id))),
-    list("GET", "/<id>/result", function(id, req, res) run(req, res, "result", id, get_job_result(id))),
-    list("GET", "/<id>/output", function(id, req, res) run(req, res, "output", id, {
-      out <- get_job_output(id)
-      if (is.character(out)) list(job_id = id, output = out) else out
-    })),
-    list("DELETE", "/<id>", function(id, req, res) run(req, res, "cancel", id, cancel_job(id)))
+    list("GET", "/<id>", function(req, res) {
+      id <- path_id(req)
+      run(req, res, "status", id, get_job_status(id))
+    }),
+    list("GET", "/<id>/result", function(req, res) {
+      id <- path_id(req)
+      run(req, res, "result", id, get_job_result(id))
+    }),
+    list("GET", "/<id>/output", function(req, res) {
+      id <- path_id(req)
+      run(req, res, "output", id, {
+        out <- get_job_output(id)
+        if (is.character(out)) list(job_id = id, output = out) else out
+      })
+    }),
+    list("DELETE", "/<id>", function(req, res) {
+      id <- path_id(req)
+      run(req, res, "cancel", id, cancel_job(id))
+    })
   )
   if (admin) {
     routes <- c(list(
@@ -278,6 +318,12 @@ job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE,
   pr <- plumber::pr()
   for (r in routes) pr <- plumber::pr_handle(pr, r[[1L]], r[[2L]], r[[3L]], serializer = json)
   pr
+}
+
+# The job id in a route's path (plumber has decoded it).
+path_id <- function(req) {
+  id <- req$argsPath$id
+  if (is.character(id) && length(id) == 1L && !is.na(id)) id else ""
 }
 
 check_route_args <- function(authorize, admin, call = sys.call(-1L)) {
@@ -311,7 +357,7 @@ route_runner <- function(prefix, authorize) {
         return(job_response(list(error = "FORBIDDEN", message = "This request is not allowed."), res, prefix))
       }
     }
-    if (is.null(job_id)) return(job_response(answer, res, prefix))
+    if (is.null(job_id)) return(job_response(answer, res, prefix, store_detail = TRUE))
     x <- tryCatch(answer, error = identity)
     if (inherits(x, "error")) {
       log_route_error(action, conditionMessage(x))
