@@ -331,3 +331,25 @@ test_that("a password in a store URL never appears in messages or the worker sta
   expect_false(grepl("s3cretpw", attr(st, "store")))
   expect_match(attr(st, "store"), ":\\*\\*\\*@")
 })
+
+test_that("a password in a store URL's query never appears in the worker status", {
+  pg <- Sys.getenv("ASYNCJOBS_TEST_POSTGRES", "")
+  skip_if(!nzchar(pg) || pg == "skip", "no PostgreSQL to connect with a password")
+  # The password in the query, as sqlx also takes it.
+  in_query <- paste0(sub("://([^:@/]+)@", "://", pg), "?user=", sub("^[a-z]+://([^:@/]+)@.*$", "\\1", pg),
+                     "&password=s3cretpw")
+  local_store(in_query)
+  expect_false(grepl("s3cretpw", attr(get_worker_status(), "store")))
+  expect_false(grepl("s3cretpw", asyncjobs:::pool_info()$store))
+})
+
+test_that("no form of credentials in a store URL is shown when it cannot be opened", {
+  for (url in c("postgres://127.0.0.1:1/none?user=app&password=s3cretpw",
+                "postgres://app:s3cret/pw@127.0.0.1:1/none",
+                "postgres://app:s3cret?pw@127.0.0.1:1/none",
+                "mysql://app:s3cret/pw@127.0.0.1:1/none")) {
+    err <- tryCatch(start_workers(1, store = url), error = identity)
+    expect_s3_class(err, "asyncjobs_error_store_unavailable")
+    expect_false(grepl("s3cret", conditionMessage(err)), info = url)
+  }
+})
