@@ -132,10 +132,16 @@ check_priority <- function(x, call = sys.call(-1L)) {
   if (x > 1e6) abort("argument", sprintf("`priority` must be a whole number from -1e6 to 1e6, not %s.", describe(x)), "priority", call)
 }
 
+# Queue names: UTF-8 of at most 255 bytes, without a comma (a pool's queues
+# are kept, and shown by get_hosts(), comma-separated).
 check_queue <- function(x, arg, call = sys.call(-1L)) {
   check_string(x, arg, call)
   if (nchar(x, type = "bytes") > 255L || !validUTF8(x)) {
     abort("argument", sprintf("`%s` must be valid UTF-8 of at most 255 bytes.", arg), arg, call)
+  }
+  if (grepl(",", x, fixed = TRUE)) {
+    abort("argument", sprintf("`%s` must be queue names without a comma, not \"%s\": give several queues as a vector, as in c(\"a\", \"b\").",
+                              arg, x), arg, call)
   }
 }
 
