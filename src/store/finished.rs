@@ -294,10 +294,6 @@ impl Finished {
         Done(&self.blocks[b][r])
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = Done<&[u8]>> {
-        (0..self.len()).map(|i| self.record(i))
-    }
-
     pub(super) fn find(&self, id: &Uuid) -> Option<usize> {
         let seq = self.index.find(self.hasher.hash_one(id), |&s| self.record(self.at(s)).id() == *id)?;
         Some(self.at(*seq))

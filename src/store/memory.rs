@@ -566,7 +566,13 @@ impl Store for MemoryStore {
             }
         }
         if filter.keeps_any(&[Status::Completed, Status::Failed, Status::Cancelled]) {
-            for (i, d) in m.done.iter().enumerate() {
+            // The log is in end order, close to submit order: read from the end
+            // the page comes from, the heap fills with keepers early and most
+            // records are turned away by one comparison.
+            let n = m.done.len();
+            for k in 0..n {
+                let i = if query.newest_first { n - 1 - k } else { k };
+                let d = m.done.record(i);
                 let status = d.status();
                 if filter.statuses.as_ref().is_some_and(|s| !s.contains(&status))
                     || ops.as_ref().is_some_and(|o| !o.contains(&d.operation()))
