@@ -313,7 +313,7 @@ async fn write_outcome(
     sh: &Shared,
     slot: usize,
     lease: &Lease,
-    mut outcome: Outcome,
+    outcome: &mut Outcome,
     u: &mut Unwritten,
     stop: &watch::Receiver<bool>,
 ) -> bool {
@@ -325,7 +325,7 @@ async fn write_outcome(
         let out = u.output.bytes();
         // The last try goes without the output.
         let output = (!out.is_empty() && refusals < 2).then_some(out);
-        match sh.store.finish(lease, &outcome, output).await {
+        match sh.store.finish(lease, outcome, output).await {
             Ok(done) => {
                 sh.store_result("writing a job's outcome", Ok(()));
                 return done;
@@ -336,7 +336,7 @@ async fn write_outcome(
                     return false;
                 }
                 refusals += 1;
-                outcome = Outcome::Failed(refused(&outcome, &e, refusals));
+                *outcome = Outcome::Failed(refused(outcome, &e, refusals));
             }
             Err(e) => {
                 sh.store_result::<()>("writing a job's outcome", Err(e));
@@ -427,7 +427,7 @@ async fn run_job(
     drop(job);
     if !sent && w.exited().is_none() {
         let err = JobError::new("WORKER_CRASHED", format!("worker {} stopped reading its job", w.pid));
-        write_outcome(sh, slot, &lease, Outcome::Failed(err), &mut u, stop).await;
+        write_outcome(sh, slot, &lease, &mut Outcome::Failed(err), &mut u, stop).await;
         return Some(End::Kill);
     }
     let every = interval.max(Duration::from_millis(1));
@@ -499,8 +499,10 @@ async fn run_job(
             }
             _ = stopped(stop) => return Some(End::Stop),
         };
-        let ended = crate::metrics::JobEnd::of(&operation, &outcome, started);
-        if write_outcome(sh, slot, &lease, outcome, &mut u, stop).await { ended.record() }
+        let (ended, mut outcome) = (crate::metrics::JobEnd::of(&operation, &outcome, started), outcome);
+        if write_outcome(sh, slot, &lease, &mut outcome, &mut u, stop).await {
+            ended.written(&outcome).record()
+        }
         return end;
     }
 }

@@ -358,7 +358,7 @@ impl Store for Picky {
 fn an_outcome_the_store_refuses_fails_the_job_and_frees_the_slot() {
     let store = Arc::new(Picky::new(100, 0));
     let pool = Pool::start(store.clone(), config(1, b"")).unwrap();
-    let mut big = new_job("test", &format!("ok:{}", "x".repeat(500)), 60_000);
+    let mut big = new_job("refused-op", &format!("ok:{}", "x".repeat(500)), 60_000);
     big.max_attempts = 3;
     let big_id = big.id;
     assert_eq!(block_on(pool.submit(big)).unwrap(), Submit::Accepted);
@@ -368,6 +368,19 @@ fn an_outcome_the_store_refuses_fails_the_job_and_frees_the_slot() {
     assert_eq!((j.status, e.code.as_str()), (Status::Failed, "RESULT_TOO_LARGE"));
     assert!(e.message.contains("500 bytes, more than 100"), "{}", e.message);
     assert_eq!(finished(&pool, next).result.as_deref(), Some(&b"small"[..]), "the slot runs the next job");
+    // Counted as what was written: a failure.
+    let count = |name: &str, labels: &[(&str, &str)]| {
+        asyncjobs::metrics::snapshot(&asyncjobs::metrics::Gauges::default())
+            .iter()
+            .flat_map(|f| f.samples.clone())
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(k2, v2)| k2 == k && v2 == v)))
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    wait_until("the failure counted", || {
+        count("asyncjobs_jobs_failed_total", &[("operation", "refused-op"), ("code", "RESULT_TOO_LARGE")]) == 1.0
+    });
+    assert_eq!(count("asyncjobs_jobs_completed_total", &[("operation", "refused-op")]), 0.0);
     // Transient failures are retried: the outcome lands.
     store.flaky.store(3, std::sync::atomic::Ordering::SeqCst);
     let retried = submit(&pool, "ok:later", 60_000);
