@@ -47,6 +47,11 @@
 #'   \item{`asyncjobs.jobs_env`}{(logical, default `TRUE`) `FALSE` stops
 #'     [create_job()] from binding new jobs in [jobs_env]; every function
 #'     still finds them by id.}
+#'   \item{`asyncjobs.key`}{(string) the key that signs jobs carrying R code
+#'     (closures, R-serialized params) for a shared store, read by
+#'     [start_workers()]; the same on every API replica and worker host.
+#'     Default: the environment variable `ASYNCJOBS_KEY`. Without one, such
+#'     jobs cannot be submitted to a shared store, and a host runs none.}
 #'   \item{`asyncjobs.warn_payload_bytes`}{(number, default 262144) an
 #'     executor that serializes to more bytes than this is warned about, once
 #'     per operation (class `asyncjobs_warning_payload`).}
@@ -56,6 +61,8 @@
 #' \describe{
 #'   \item{`ASYNCJOBS_STORE`}{the store URL when neither the `store` argument
 #'     nor the option `asyncjobs.store` gives one.}
+#'   \item{`ASYNCJOBS_KEY`}{the shared key when the option `asyncjobs.key` is
+#'     unset.}
 #'   \item{`ASYNCJOBS_WORKER`}{set to `"1"` inside worker processes, where
 #'     [start_workers()], [run_workers()] and [create_job()] refuse to run.}
 #' }
@@ -94,6 +101,13 @@ NULL
 #'     running job.}
 #'   \item{`JOB_FAILED` (409)}{[get_job_result()] on a failed or cancelled
 #'     job; `details` is the job's error.}
+#'   \item{`UNKNOWN_OPERATION`, `PARAMS_NOT_JSON`, `UNKNOWN_DEPENDENCY`
+#'     (400)}{[create_job()] of a job type no host has a handler for, params
+#'     a JSON handler cannot take, `depends_on` naming no job: thrown as a
+#'     classed condition (`asyncjobs_error_unknown_operation`, ...) whose
+#'     `code` [job_response()] answers.}
+#'   \item{`NOT_SIGNED` (500)}{a closure for a shared store, and no key
+#'     (`asyncjobs_error_no_key`).}
 #'   \item{`BAD_REQUEST` (400), `NOT_FOUND` (404), `FORBIDDEN` (403),
 #'     `AUTHORIZE_FAILED` (500), `INTERNAL_ERROR` (500)}{answers of the HTTP
 #'     routes ([pr_job_routes()]).}
@@ -118,6 +132,13 @@ NULL
 #'     finished.}
 #'   \item{`HOST_LOST`}{shared stores: the host running the job stopped
 #'     renewing its lease.}
+#'   \item{`DEPENDENCY_FAILED`}{a job it depends on (`depends_on`) failed or
+#'     was cancelled; the message names it.}
+#'   \item{`CODE_NOT_TRUSTED`}{shared stores: the job carries R code or
+#'     R-serialized params that are not signed with the host's key; nothing of
+#'     it was unserialized.}
+#'   \item{`UNKNOWN_OPERATION`}{the worker that took the job has no handler
+#'     for its type.}
 #'   \item{`POOL_UNAVAILABLE`}{the job was queued when no worker could start.}
 #' }
 #' In an HTTP body, a result that JSON cannot hold is replaced by

@@ -1,10 +1,13 @@
 # Misuse of the API throws a classed condition naming the argument; outcomes
 # of jobs are values (lists with an error code), never conditions.
 
-abort <- function(kind, message, arg = NULL, call = sys.call(-1L)) {
+# `code` is what job_response() answers over HTTP for it: the bad requests a
+# client can make (an unknown operation, params that are not JSON, ...) say
+# which; any other misuse is BAD_REQUEST.
+abort <- function(kind, message, arg = NULL, call = sys.call(-1L), code = "BAD_REQUEST") {
   cnd <- structure(
     class = c(paste0("asyncjobs_error_", kind), "asyncjobs_error", "error", "condition"),
-    list(message = message, call = call, arg = arg))
+    list(message = message, call = call, arg = arg, code = code))
   stop(cnd)
 }
 
@@ -60,7 +63,7 @@ check_flag <- function(x, arg, call = sys.call(-1L)) {
 # the job and compete with the API's workers for the machine.
 check_not_worker <- function(what, call = sys.call(-1L)) {
   if (identical(Sys.getenv("ASYNCJOBS_WORKER"), "1")) {
-    abort("in_worker", sprintf("%s cannot be called inside a job: a worker must not start a pool of its own. Return what the next job needs, and submit it from the API.", what),
+    abort("in_worker", sprintf("%s cannot be called in a worker: a worker must not start a pool of its own. (Inside a job, create_job() submits a child job.)", what),
           call = call)
   }
 }

@@ -5,7 +5,8 @@
 .http_codes <- c(
   CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, STORE_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L,
   JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, DUPLICATE_JOB = 409L,
-  BAD_REQUEST = 400L, FORBIDDEN = 403L, NOT_FOUND = 404L, AUTHORIZE_FAILED = 500L, INTERNAL_ERROR = 500L
+  BAD_REQUEST = 400L, FORBIDDEN = 403L, NOT_FOUND = 404L, AUTHORIZE_FAILED = 500L, INTERNAL_ERROR = 500L,
+  UNKNOWN_OPERATION = 400L, PARAMS_NOT_JSON = 400L, UNKNOWN_DEPENDENCY = 400L, NOT_SIGNED = 500L
 )
 
 #' Turn an asyncjobs result into an HTTP response
@@ -21,21 +22,24 @@
 #' | `CAPACITY_EXCEEDED`, `POOL_UNAVAILABLE`  | 503    | Retry-After           |
 #' | `STORE_UNAVAILABLE` (the durable store cannot be reached) | 503 | Retry-After |
 #' | `JOB_NOT_FOUND`, `NOT_FOUND`             | 404    |                       |
-#' | `BAD_REQUEST`                            | 400    |                       |
+#' | `BAD_REQUEST`, `UNKNOWN_OPERATION`, `PARAMS_NOT_JSON`, `UNKNOWN_DEPENDENCY` | 400 |   |
+#' | `NOT_SIGNED` (no key for code in a shared store) | 500 |                     |
 #' | `FORBIDDEN` (`authorize` refused)        | 403    |                       |
 #' | `AUTHORIZE_FAILED`, `INTERNAL_ERROR`     | 500    |                       |
 #' | `JOB_FINISHED`, `JOB_NOT_FINISHED`, `JOB_FAILED` | 409 | Retry-After when not finished |
 #' | pending or running job                   | 200    | Retry-After           |
 #' | anything else                            | 200    |                       |
 #'
-#' An error code not in the table gives 500. Accepted and duplicate bodies
+#' A classed condition asyncjobs threw for a bad request (catch it with
+#' `tryCatch(create_job(...), asyncjobs_error = identity)`) answers its `code`
+#' and message. An error code not in the table gives 500. Accepted and duplicate bodies
 #' gain `status_url`; any body's `retry_after` sets `Retry-After`. In the body,
 #' date-times become ISO 8601 strings in UTC and `NULL` fields become `NA`
 #' (JSON `null`).
 #'
-#' @param x (list) what [create_job()], [get_job_status()],
+#' @param x (list or condition) what [create_job()], [get_job_status()],
 #'   [check_duplicate_job()], [cancel_job()], [get_job_result()] or
-#'   [get_job_output()] returned.
+#'   [get_job_output()] returned, or the `asyncjobs_error` condition one threw.
 #' @param res (PlumberResponse) the handler's `res`.
 #' @param prefix (string) the path (or URL) the job routes are mounted at;
 #'   `Location` is `<prefix>/<job_id>`.
@@ -52,6 +56,7 @@
 #' res$headers$Location
 #' @export
 job_response <- function(x, res, prefix = "/jobs") {
+  if (inherits(x, "asyncjobs_error")) x <- list(error = x$code %||% "BAD_REQUEST", message = conditionMessage(x))
   if (!is.list(x)) abort("argument", sprintf("`x` must be a list asyncjobs returned, not %s.", describe(x)), "x")
   if (!is.environment(res) || !is.function(res$setHeader)) {
     abort("argument", sprintf("`res` must be a plumber response (with `setHeader()`), not %s.", describe(res)), "res")
@@ -159,6 +164,8 @@ get_job_result <- function(job_id) {
 #'   values. `pr_job_routes()` also answers it without the trailing slash.
 #' - `GET /workers`: the worker pool, as [get_worker_status()].
 #' - `GET /hosts`: every pool registered in the store, as [get_hosts()].
+#' - `GET /schedules`: the recurring jobs, as [list_schedules()], with their
+#'   next fire.
 #'
 #' With `metrics = TRUE` (the default when `admin = TRUE`), `GET /metrics`
 #' answers [get_metrics()] in the Prometheus text format; with `dashboard =
@@ -187,7 +194,7 @@ get_job_result <- function(job_id) {
 #'   full URL, for an API behind a proxy that rewrites paths.
 #' @param authorize (function or NULL) called as `authorize(req, action,
 #'   job_id)` before every route runs, `action` being "status", "result",
-#'   "output", "cancel", "list", "workers", "hosts", "metrics" or "dashboard"
+#'   "output", "cancel", "list", "workers", "hosts", "schedules", "metrics" or "dashboard"
 #'   and `job_id` `NULL` for the operator routes. `TRUE` runs the route;
 #'   `FALSE` answers 403 `FORBIDDEN` (whether or not the job exists); an error
 #'   or any other value answers 500 `AUTHORIZE_FAILED`, without its message
@@ -233,7 +240,7 @@ pr_job_routes <- function(pr, prefix = "/jobs", authorize = NULL, admin = FALSE,
                           serializer = plumber::serializer_unboxed_json(na = "null"))
   }
   # Also plumber's entry for the list under the mount ("/jobs/"), described at "/jobs".
-  hidden <- c(if (!admin) c("/workers", "/hosts"), if (!metrics) "/metrics", if (!dashboard) "/dashboard",
+  hidden <- c(if (!admin) c("/workers", "/hosts", "/schedules"), if (!metrics) "/metrics", if (!dashboard) "/dashboard",
               if (nzchar(path)) "/")
   add_job_openapi(pr, job_openapi(prefix, admin, metrics, dashboard, submit_paths), paste0(path, hidden))
 }
@@ -262,12 +269,13 @@ job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE,
       list("GET", "/workers", function(req, res) {
         run(req, res, "workers", NULL, list(size = MAX_CONCURRENT_JOBS, workers = get_worker_status()))
       }),
-      list("GET", "/hosts", function(req, res) run(req, res, "hosts", NULL, list(hosts = get_hosts())))
+      list("GET", "/hosts", function(req, res) run(req, res, "hosts", NULL, list(hosts = get_hosts()))),
+      list("GET", "/schedules", function(req, res) run(req, res, "schedules", NULL, list(schedules = list_schedules())))
     ), routes)
   } else {
     # Unmounted, /workers is still no job id.
     hidden <- function(res) job_response(list(error = "NOT_FOUND", message = "Not found."), res, prefix)
-    routes <- c(list(list("GET", "/workers", hidden), list("GET", "/hosts", hidden)), routes)
+    routes <- c(list(list("GET", "/workers", hidden), list("GET", "/hosts", hidden), list("GET", "/schedules", hidden)), routes)
   }
   routes <- c(page_routes(prefix, run, metrics, dashboard, allow_cancel), routes)
   json <- plumber::serializer_unboxed_json(na = "null")

@@ -1,13 +1,36 @@
 #' Submit a job
 #'
-#' Returns at once; `executor_fn(params)` runs in a worker process. The
-#' executor is serialized with its environment: define it where it captures
-#' little (see the README), and pass what it needs through `params`.
+#' Returns at once; the job runs in a worker process. Two kinds of job:
 #'
-#' @param operation (string) the kind of job, for example "clustering".
-#' @param params (any) the argument passed to `executor_fn`; also what the
-#'   duplicate check hashes.
-#' @param executor_fn (function) called as `executor_fn(params)` in a worker.
+#' - **A registered job type** (no `executor_fn`): `create_job(operation,
+#'   params)` runs the handler [register_job()] registered for `operation`,
+#'   as `fn(params)`. Params are stored as JSON (unless the handler declared
+#'   `params = "r"`), and the handler's defaults for `queue`, `priority`,
+#'   `timeout_ms` and `max_attempts` apply to the arguments not given. An
+#'   operation that neither this process's pool nor any host of the store has
+#'   a handler for is refused at once (`UNKNOWN_OPERATION`).
+#' - **A closure** (the job manager's contract): `executor_fn(params)` runs in
+#'   a worker. The executor is serialized with its environment: define it
+#'   where it captures little (see the README), and pass what it needs
+#'   through `params`. In a shared store, code from the store is run only
+#'   when it is signed with the key the API and the hosts share (the
+#'   environment variable `ASYNCJOBS_KEY` or the option `asyncjobs.key`):
+#'   without a key, a closure job for a shared store is refused, and a host
+#'   fails a job whose signature does not check with `CODE_NOT_TRUSTED`,
+#'   without unserializing anything.
+#'
+#' Called inside a running job, `create_job()` submits a child job: its
+#' `parent_id` is the running job, and a retried parent finds the children
+#' its earlier run submitted instead of submitting them twice. Children are
+#' not held to the cap on active jobs (they continue accepted work).
+#'
+#' @param operation (string) the kind of job, for example "clustering"; the
+#'   registered job type to run when `executor_fn` is missing.
+#' @param params (any) the argument passed to the handler or `executor_fn`;
+#'   also what the duplicate check hashes.
+#' @param executor_fn (function or missing) called as `executor_fn(params)`
+#'   in a worker; missing (or NULL) runs the handler registered for
+#'   `operation`.
 #' @param timeout_ms (number) time in milliseconds the job may run before its
 #'   worker is killed and the job fails with `TIMEOUT`.
 #' @param unique (logical) refuse the job when an identical one (same
@@ -26,26 +49,54 @@
 #'   whatever ran there before; a retry draws them again. NULL (the default):
 #'   a fresh random seed per job. The seed is not part of the duplicate check
 #'   (operation and params): put it in `params` too if jobs that differ only by
-#'   seed are not duplicates.
+#'   seed are not duplicates. Closures only.
+#' @param depends_on (character or NULL) ids of jobs that must complete first:
+#'   the job stays pending (its status lists what it `waiting_for`) until they
+#'   have; when one fails or is cancelled, it fails with `DEPENDENCY_FAILED`
+#'   naming it. Unknown ids are refused.
+#' @param run_at (POSIXct or NULL) the job runs no earlier than this (a time
+#'   in the past: at once; more than a year ahead is refused).
+#' @param delay (number or NULL) the job runs no earlier than this many
+#'   seconds from now (instead of `run_at`).
 #' @return (list) `list(job_id, status = "accepted", estimated_seconds)`, or
 #'   `list(error = "CAPACITY_EXCEEDED", message, retry_after = 60)` when the
 #'   store holds its cap of active jobs, `list(error = "DUPLICATE_JOB",
 #'   message, existing_job_id)` for a refused unique job,
 #'   `list(error = "POOL_UNAVAILABLE", message, retry_after)` when no worker
 #'   can start, `list(error = "STORE_UNAVAILABLE", message, retry_after)`
-#'   when the store cannot be reached.
+#'   when the store cannot be reached. A bad request throws a classed
+#'   condition whose `code` [job_response()] answers: `UNKNOWN_OPERATION`,
+#'   `PARAMS_NOT_JSON`, `UNKNOWN_DEPENDENCY`, or `BAD_REQUEST` for a bad
+#'   argument.
 #' @examples
 #' start_workers(n = 1, wait = TRUE)
 #' job <- create_job("square", 4, function(x) x^2)
 #' job$status
 #' wait_for_job(job$job_id, timeout_ms = 30000)$result
+#' # A second job that waits for the first, starting no earlier than in 1 s:
+#' next_job <- create_job("add", 1, function(x) x + 1, depends_on = job$job_id, delay = 1)
+#' wait_for_job(next_job$job_id, timeout_ms = 30000)$status
 #' stop_workers()
 #' @export
 create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, unique = FALSE,
-                       queue = "default", priority = 0L, max_attempts = 1L, seed = NULL) {
-  if (.state$in_worker) check_not_worker("create_job()") # the flag is read once, at load
+                       queue = "default", priority = 0L, max_attempts = 1L, seed = NULL,
+                       depends_on = NULL, run_at = NULL, delay = NULL) {
+  if (.state$in_worker) return(create_child(sys.call(), environment())) # inside a job: a child
   if (missing(params)) abort("argument", "`params` is missing: pass what the executor needs (NULL for nothing).", "params")
-  if (!is.function(executor_fn)) {
+  json <- FALSE
+  if (missing(executor_fn) || is.null(executor_fn)) {
+    # A registered job type: its defaults for the arguments not given.
+    h <- if (is.character(operation) && length(operation) == 1L && !is.na(operation)) .state$handlers[[operation]]
+    if (!is.null(h)) {
+      if (missing(queue)) queue <- h$queue
+      if (missing(priority)) priority <- h$priority
+      if (missing(timeout_ms)) timeout_ms <- h$timeout_ms
+      if (missing(max_attempts)) max_attempts <- h$max_attempts
+    }
+    if (!is.null(seed)) abort("argument", "`seed` is for closures; a handler sets its own seed.", "seed")
+    json <- is.null(h) || identical(h$params, "json")
+    executor_fn <- NULL
+  } else if (!is.function(executor_fn)) {
     abort("argument", sprintf("`executor_fn` must be a function, not %s.", describe(executor_fn)),
           "executor_fn")
   }
@@ -55,32 +106,65 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
   if (!identical(unique, FALSE)) check_flag(unique, "unique")
   if (!identical(queue, "default")) check_queue(queue, "queue")
   if (!identical(priority, 0L)) check_priority(priority)
-  if (!identical(max_attempts, 1L)) {
-    check_number(max_attempts, "max_attempts", min = 1, integer = TRUE)
-    if (max_attempts > 1000) abort("argument", sprintf("`max_attempts` must be a whole number from 1 to 1000, not %s.", describe(max_attempts)), "max_attempts")
-  }
+  if (!identical(max_attempts, 1L)) check_attempts(max_attempts)
   if (!is.null(seed)) {
     check_seed(seed)
     executor_fn <- with_seed(executor_fn, seed)
+  }
+  extra <- if (!is.null(depends_on) || !is.null(run_at) || !is.null(delay)) job_extra(depends_on, run_at, delay)
+  if (json) {
+    if (is.null(extra)) extra <- .json_extra else extra$json <- TRUE
+    # The params as JSON: plain values are written in Rust, the rest by jsonlite.
+    params <- .Call(c_json, params) %||% handler_params(params, TRUE, operation)
   }
   # One call serializes both into Rust memory, submits, and lists the id in
   # jobs_env (one step for Ctrl-C too). R code can run inside it (serialize()
   # of some objects does); an interrupt there would jump through Rust frames
   # mid-submit: it waits.
   r <- suspendInterrupts(.Call(c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
-                               max_attempts, unique))
+                               max_attempts, unique, extra))
   if (is.list(r) && is.null(oldClass(r))) return(r) # accepted: list(job_id, status, estimated_seconds)
-  submit_answer(r, sys.call(), operation, params, executor_fn, timeout_ms, queue, priority, max_attempts, unique)
+  submit_answer(r, sys.call(), operation, params, executor_fn, timeout_ms, queue, priority, max_attempts, unique, extra)
 }
+
+# What a job of a registered type with JSON params and no other option passes.
+.json_extra <- list(json = TRUE, delay = 0, depends_on = NULL)
+
+# What create_job() passes beyond the contract's arguments: list(json,
+# delay, depends_on), checked.
+job_extra <- function(depends_on, run_at, delay, call = sys.call(-1L)) {
+  if (!is.null(depends_on) && (!is.character(depends_on) || anyNA(depends_on))) {
+    abort("argument", sprintf("`depends_on` must be NULL or a character vector of job ids, not %s.", describe(depends_on)),
+          "depends_on", call)
+  }
+  if (!is.null(run_at) && !is.null(delay)) abort("argument", "Give `run_at` or `delay`, not both.", "delay", call)
+  if (!is.null(run_at)) {
+    if (!inherits(run_at, "POSIXt") || length(run_at) != 1L || is.na(run_at)) {
+      abort("argument", sprintf("`run_at` must be a single date-time (POSIXct), not %s.", describe(run_at)), "run_at", call)
+    }
+    delay <- max(0, as.numeric(run_at) - as.numeric(Sys.time()))
+    arg <- "run_at"
+  } else if (!is.null(delay)) {
+    check_number(delay, "delay", min = 0, call = call)
+    arg <- "delay"
+  }
+  if (!is.null(delay) && delay > .max_delay) {
+    abort("argument", sprintf("`%s` is %.0f days ahead; a job runs at most a year after it is submitted.", arg, delay / 86400),
+          arg, call)
+  }
+  list(json = FALSE, delay = if (is.null(delay)) 0 else as.numeric(delay), depends_on = unique(depends_on))
+}
+
+.max_delay <- 366 * 86400
 
 # create_job()'s answers other than an accepted job: R's checks when the
 # native call asks for them, the payload warning, a pool to start, and the
 # contract's errors.
 submit_answer <- function(r, call, operation, params, executor_fn, timeout_ms, queue, priority,
-                          max_attempts, unique) {
+                          max_attempts, unique, extra = NULL) {
   submit <- function() {
     suspendInterrupts(.Call(c_submit, operation, params, executor_fn, timeout_ms, queue, priority,
-                            max_attempts, unique))
+                            max_attempts, unique, extra))
   }
   settle <- function(r) {
     if (inherits(r, "asyncjobs_check")) {
@@ -103,6 +187,13 @@ submit_answer <- function(r, call, operation, params, executor_fn, timeout_ms, q
     r <- settle(submit())
     if (is.list(r)) return(r)
   }
+  submit_refused(r, call, operation, queue)
+}
+
+# A submit's answer other than an accepted job (from this process's pool or,
+# inside a job, from the worker's): the contract's values for what a caller
+# meets in operation, a classed condition for a bad request.
+submit_refused <- function(r, call, operation, queue = "default") {
   switch(r[[1L]],
     full = list(error = "CAPACITY_EXCEEDED",
                 message = sprintf("Maximum %s concurrent jobs reached. Try again later.", r[[2L]]),
@@ -113,9 +204,93 @@ submit_answer <- function(r, call, operation, params, executor_fn, timeout_ms, q
                        message = sprintf("No worker is available: %s", r[[2L]]),
                        retry_after = 60),
     store_error = store_unavailable(r[[2L]]),
+    unknown_operation = abort("unknown_operation", sprintf(
+      "No handler is registered for the operation \"%s\" on the queue \"%s\": not in this process's pool, nor on any host of the store (see register_job()).",
+      operation, queue), "operation", call, code = "UNKNOWN_OPERATION"),
+    unknown_dependency = abort("unknown_dependency", sprintf(
+      "`depends_on` names no job: \"%s\".", r[[2L]]), "depends_on", call, code = "UNKNOWN_DEPENDENCY"),
+    not_signed = abort("no_key", paste(
+      "A closure job (or R-serialized params) in a shared store must be signed: set the same key on every",
+      "API replica and worker host (the environment variable ASYNCJOBS_KEY or the option asyncjobs.key)",
+      "before start_workers(), or register the job type with register_job() and submit it by name."),
+      "executor_fn", call, code = "NOT_SIGNED"),
     check = abort("argument", "`operation` or `timeout_ms` cannot be used (see ?create_job).", call = call),
+    error = abort("submit", r[[3L]] %||% "The job could not be submitted.", call = call),
     abort("pool_stopped", "The worker pool stopped while the job was submitted.", call = call)
   )
+}
+
+# create_job() inside a running job: the worker's pool submits it, with the
+# running job as its parent; the n-th call of a run gets the same id on a
+# retry (src/pool/slot.rs, child_submit).
+create_child <- function(call, env) {
+  job <- .worker$job
+  if (is.null(job)) check_not_worker("create_job()", call) # in setup, say
+  a <- as.list(env)
+  if (!"params" %in% names(a) || eval(quote(missing(params)), env)) {
+    abort("argument", "`params` is missing: pass what the job needs (NULL for nothing).", "params", call)
+  }
+  a$operation <- check_operation(a$operation, call = call)
+  handler <- eval(quote(missing(executor_fn)), env) || is.null(a$executor_fn)
+  h <- if (handler) .state$handlers[[a$operation]]
+  if (!is.null(h)) {
+    for (arg in c("queue", "priority", "timeout_ms", "max_attempts")) {
+      if (eval(call("missing", as.name(arg)), env)) a[[arg]] <- h[[arg]]
+    }
+  }
+  check_flag(a$unique, "unique", call)
+  check_queue(a$queue, "queue", call)
+  check_priority(a$priority, call)
+  check_attempts(a$max_attempts, call)
+  check_number(a$timeout_ms, "timeout_ms", min = 1, call = call)
+  extra <- job_extra(a$depends_on, a$run_at, a$delay, call)
+  json <- handler && (is.null(h) || identical(h$params, "json"))
+  if (handler) {
+    params <- handler_params(a$params, json, a$operation, call = call)
+    code <- raw()
+    params <- if (json) charToRaw(enc2utf8(params)) else serialize(params, NULL, xdr = FALSE)
+  } else {
+    if (!is.function(a$executor_fn)) {
+      abort("argument", sprintf("`executor_fn` must be a function, not %s.", describe(a$executor_fn)), "executor_fn", call)
+    }
+    fn <- if (is.null(a$seed)) a$executor_fn else { check_seed(a$seed, call); with_seed(a$executor_fn, a$seed) }
+    code <- serialize(fn, NULL, xdr = FALSE)
+    params <- serialize(a$params, NULL, xdr = FALSE)
+  }
+  .worker$children <- .worker$children + 1L
+  fields <- c(.worker$children, a$operation, a$queue, format(a$priority, scientific = FALSE),
+              format(a$timeout_ms, scientific = FALSE), a$max_attempts, as.integer(isTRUE(a$unique)),
+              format(extra$delay, digits = 17), paste(extra$depends_on, collapse = ","),
+              if (json) "json" else "r", length(code))
+  r <- .Call(wrap__aj_w_submit, paste(fields, collapse = "\x1f"), c(code, params))
+  if (identical(r[[1L]], "accepted")) {
+    return(list(job_id = r[[2L]], status = "accepted", estimated_seconds = as.numeric(r[[3L]])))
+  }
+  submit_refused(r, call, a$operation, a$queue)
+}
+
+#' The job running in this process
+#'
+#' Inside a running job (in its worker), what the job is; elsewhere NULL.
+#' A job that calls [create_job()] submits a child job, whose `parent_id` is
+#' this job's id.
+#'
+#' @return (list or NULL) `list(job_id, operation, attempt, queue, parent_id,
+#'   params)`: `attempt` counts from 1 (a retried job's is higher),
+#'   `parent_id` is NULL for a job no job submitted.
+#' @examples
+#' current_job() # NULL: not inside a job
+#' register_job("who_am_i", function(p) current_job()$operation)
+#' start_workers(n = 1, wait = TRUE)
+#' job <- create_job("who_am_i", NULL)
+#' wait_for_job(job$job_id, timeout_ms = 30000)$result
+#' stop_workers()
+#' @export
+current_job <- function() {
+  if (is.null(.worker$job)) return(NULL)
+  info <- .Call(wrap__aj_w_job)
+  if (is.null(info)) return(NULL)
+  c(info, list(params = .worker$params))
 }
 
 check_priority <- function(x, call = sys.call(-1L)) {
@@ -223,14 +398,18 @@ status_of_written <- function(id, rec) {
 #' stop_workers()
 #' @export
 check_duplicate_job <- function(operation, params) {
+  # A registered job type's params are hashed as the JSON that is stored.
+  h <- if (is.character(operation) && length(operation) == 1L && !is.na(operation)) .state$handlers[[operation]]
+  json <- !is.null(h) && identical(h$params, "json")
+  if (json) params <- handler_params(params, TRUE, operation)
   # One call (c_duplicate in src/r/calls.rs) checks the process and the
   # operation itself, and asks for R's checks when they fail; it reads
   # `params` from this frame once they pass.
-  r <- suspendInterrupts(.Call(c_duplicate, operation, environment()))
+  r <- suspendInterrupts(.Call(c_duplicate, operation, environment(), json))
   if (inherits(r, "asyncjobs_check")) {
     check_process()
     operation <- check_operation(operation)
-    r <- suspendInterrupts(.Call(c_duplicate, operation, environment()))
+    r <- suspendInterrupts(.Call(c_duplicate, operation, environment(), json))
     if (inherits(r, "asyncjobs_check")) abort("argument", "`operation` cannot be used (see ?check_duplicate_job).", "operation")
   }
   if (store_failed(r)) store_unavailable(r) else r
@@ -368,7 +547,8 @@ get_job_output <- function(job_id) {
 #' @param operation (character or NULL) keep jobs of these operations.
 #' @return (data.frame) `job_id`, `operation`, `status`, `submitted_at`,
 #'   `started_at`, `completed_at`, `duration_seconds`, `error_code`, `queue`,
-#'   `priority`, oldest first. With a shared store, every job in the store.
+#'   `priority`, `parent_id` (the job that submitted it), `schedule` and
+#'   `slot_at` (the schedule that fired it, and for which slot), oldest first. With a shared store, every job in the store.
 #' @examples
 #' start_workers(n = 1, max_queued = 1, wait = TRUE)
 #' a <- create_job("one", NULL, function(p) 1)
@@ -392,7 +572,8 @@ list_jobs <- function(status = NULL, operation = NULL) {
                    completed_at = .POSIXct(cols$completed_at),
                    duration_seconds = cols$completed_at - cols$started_at,
                    error_code = cols$error_code, queue = cols$queue,
-                   priority = as.integer(cols$priority), stringsAsFactors = FALSE)
+                   priority = as.integer(cols$priority), parent_id = cols$parent_id,
+                   schedule = cols$schedule, slot_at = .POSIXct(cols$slot_at), stringsAsFactors = FALSE)
   keep <- (is.null(status) | df$status %in% status) & (is.null(operation) | df$operation %in% operation)
   df <- df[keep, , drop = FALSE]
   rownames(df) <- NULL

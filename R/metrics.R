@@ -6,13 +6,14 @@
 #' | metric | type | labels |
 #' |--------|------|--------|
 #' | `asyncjobs_jobs_submitted_total` | counter | `operation` |
-#' | `asyncjobs_jobs_rejected_total` (`CAPACITY_EXCEEDED`, `DUPLICATE_JOB`, `POOL_UNAVAILABLE`, `STORE_UNAVAILABLE`) | counter | `code` |
+#' | `asyncjobs_jobs_rejected_total` (`CAPACITY_EXCEEDED`, `DUPLICATE_JOB`, `POOL_UNAVAILABLE`, `STORE_UNAVAILABLE`, `UNKNOWN_OPERATION`, `UNKNOWN_DEPENDENCY`, `NOT_SIGNED`) | counter | `code` |
 #' | `asyncjobs_jobs_completed_total` | counter | `operation` |
 #' | `asyncjobs_jobs_failed_total` | counter | `operation`, `code` |
 #' | `asyncjobs_jobs_cancelled_total` | counter | |
 #' | `asyncjobs_job_duration_seconds` (dispatch to outcome) | histogram | `operation`, `le` |
 #' | `asyncjobs_worker_restarts_total` (`crashed`, `killed`, `recycled`, `setup_failed`) | counter | `reason` |
 #' | `asyncjobs_store_errors_total` (what the failed call was for) | counter | `operation` |
+#' | `asyncjobs_store_calls_total` (calls to a database store, by what they were for) | counter | `operation` |
 #' | `asyncjobs_pool_size` | gauge | |
 #' | `asyncjobs_workers` | gauge | `state` |
 #' | `asyncjobs_jobs_pending`, `asyncjobs_jobs_running` (in the store; absent when it cannot say) | gauge | |

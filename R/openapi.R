@@ -75,6 +75,8 @@ job_openapi <- function(prefix = "/jobs", admin = FALSE, metrics = admin, dashbo
       `200` = json("Pool size and one row per worker.", list(type = "object"))), tag = "operator", parameters = NULL))
     paths[[paste0(base, "/hosts")]] <- list(get = op("Pools registered in the store", list(
       `200` = json("One row per host.", list(type = "object"))), tag = "operator", parameters = NULL))
+    paths[[paste0(base, "/schedules")]] <- list(get = op("Recurring jobs, the next to fire first", list(
+      `200` = json("One row per schedule, with its next and last fire.", list(type = "object"))), tag = "operator", parameters = NULL))
   }
   if (metrics) {
     paths[[paste0(base, "/metrics")]] <- list(get = op("Metrics in the Prometheus text format", list(

@@ -42,6 +42,11 @@
 #'   them until [cleanup_old_jobs()] is called.
 #' @param log (logical) write a line on stderr, with a UTC timestamp, for
 #'   every claim (store outages, rescues and drains are always logged).
+#' @param handlers (character or NULL) R files that register job types
+#'   ([register_job()]): each is sourced here, into the global environment,
+#'   and in every worker after `setup`, so that the API and the workers know
+#'   the same handlers. Start such a file with `library(asyncjobs)`. The pool advertises the operations it has handlers
+#'   for in the store's host registry.
 #' @return (invisible) the worker status, as [get_worker_status()].
 #' @examples
 #' start_workers(n = 2, setup = quote(library(stats)), wait = TRUE)
@@ -53,7 +58,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
                           max_worker_memory_mb = Inf, max_result_bytes = 256 * 1024^2,
                           echo_output = FALSE, setup_timeout_ms = 600000, wait = FALSE, nice = 10L,
                           store = NULL, queues = "default", max_active = NULL, retention = NULL,
-                          log = FALSE) {
+                          log = FALSE, handlers = NULL) {
   check_process(open_store = FALSE)
   check_not_worker("start_workers()")
   check_number(n, "n", min = 0, integer = TRUE)
@@ -82,15 +87,21 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
     abort("argument", sprintf("`setup` must be NULL, a quoted expression or a function, not %s.",
                               describe(setup)), "setup")
   }
+  if (!is.null(handlers) && (!is.character(handlers) || anyNA(handlers) || !all(file.exists(handlers)))) {
+    abort("argument", sprintf("`handlers` must be NULL or paths of R files that exist, not %s.", describe(handlers)), "handlers")
+  }
   if (pool_info()$running) {
     abort("pool_running", "A worker pool is already running; call stop_workers() first.")
   }
   use_store(store)
+  handlers <- if (length(handlers)) normalizePath(handlers)
+  for (f in handlers) sys.source(f, envir = globalenv(), keep.source = FALSE)
+  key <- shared_key()
   poll_ms <- getOption("asyncjobs.poll_ms", 1000)
   check_number(poll_ms, "asyncjobs.poll_ms", min = 10)
   capacity <- max_active %||% (if (identical(.state$store, "memory")) n + max_queued else Inf)
   init <- serialize(list(libpaths = .libPaths(), setup = setup, max_result_bytes = max_result_bytes,
-                         progress_interval_ms = 100), NULL)
+                         progress_interval_ms = 100, handlers = .state$handlers, handler_files = handlers), NULL)
   script <- system.file("worker.R", package = "asyncjobs", mustWork = TRUE)
   # Workers load the very asyncjobs this session loaded, wherever it came from.
   lib <- dirname(getNamespaceInfo("asyncjobs", "path"))
@@ -99,7 +110,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
         as.numeric(max_jobs_per_worker), as.numeric(max_worker_memory_mb),
         as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice),
         as.numeric(capacity), unique(queues), if (is.null(retention)) -1 else as.numeric(retention), log,
-        as.numeric(poll_ms))
+        as.numeric(poll_ms), handler_names(), key)
   if (length(refused)) abort(refused[[1L]], refused[[2L]], "store")
   .state$size <- as.integer(n)
   if (isTRUE(wait)) {
@@ -145,6 +156,16 @@ stop_pool <- function(timeout_ms) {
 }
 
 pool_info <- function() .Call(wrap__aj_pool_info)
+
+# The key that signs jobs carrying R code for a shared store: the option
+# asyncjobs.key, else the environment variable ASYNCJOBS_KEY; raw(0) for none.
+shared_key <- function(call = sys.call(-1L)) {
+  key <- getOption("asyncjobs.key") %||% Sys.getenv("ASYNCJOBS_KEY", "")
+  if (!is.character(key) || length(key) != 1L || is.na(key)) {
+    abort("argument", "The option `asyncjobs.key` must be a single string.", "asyncjobs.key", call)
+  }
+  charToRaw(enc2utf8(key))
+}
 
 # Opens the store a URL names (NULL: the option, the environment, memory).
 # An idle pool polls a shared store for work every
@@ -217,6 +238,8 @@ get_worker_status <- function() {
 #' @param setup (language, expression or function) as in [start_workers()].
 #' @param queues (character) the queues served.
 #' @param grace_ms (number) how long running jobs may finish after the signal.
+#' @param handlers (character or NULL) R files that register job types, as in
+#'   [start_workers()].
 #' @param ... more arguments for [start_workers()] (`max_jobs_per_worker`,
 #'   `nice`, `retention`, ...).
 #' @return (invisible integer) the signal that ended the service.
@@ -228,12 +251,14 @@ get_worker_status <- function() {
 #'   run_workers("postgres://api@db:5432/jobs", n = 4, queues = "maintenance")
 #' }
 #' @export
-run_workers <- function(store = NULL, n = 8L, setup = NULL, queues = "default", grace_ms = 60000, ...) {
+run_workers <- function(store = NULL, n = 8L, setup = NULL, queues = "default", grace_ms = 60000,
+                        handlers = NULL, ...) {
   check_process(open_store = FALSE)
   check_not_worker("run_workers()")
   check_number(n, "n", min = 1, integer = TRUE)
   check_number(grace_ms, "grace_ms", min = 0)
-  start_workers(n = n, setup = setup, store = store, queues = queues, wait = TRUE, log = TRUE, ...)
+  start_workers(n = n, setup = setup, store = store, queues = queues, wait = TRUE, log = TRUE,
+                handlers = handlers, ...)
   if (identical(.state$store, "memory")) {
     stop_workers()
     abort("argument", "`store` must be a shared store (sqlite://, postgres:// or mysql://) for a worker-only host; jobs in memory reach no other process.", "store")

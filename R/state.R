@@ -49,6 +49,8 @@ jobs_env <- new.env(parent = emptyenv())
   .state$payload_warned <- character()
   .state$in_worker <- identical(Sys.getenv("ASYNCJOBS_WORKER"), "1")
   .state$serialize_error <- serialize_error # raised from native code
+  .state$from_json <- from_json # called from native code: a JSON result as R reads it
+  .state$handlers <- list()
   .Call(wrap__aj_init, .state, jobs_env)
   ns <- topenv()
   makeActiveBinding("MAX_CONCURRENT_JOBS", function() .state$size, ns)

@@ -13,6 +13,7 @@ local({
   w_unserialize <- native("w_unserialize") # the job's executor (1L) and params (2L)
   w_result <- native("w_result") # sends the job's result, or says why it cannot
   w_seed <- native("w_seed") # draws the next job's seed; sets it when the RNG kinds are setup's
+  w_result_json <- native("w_result_json") # sends a handler's result as JSON
   KIND <- c(init = 1L, job = 2L, shutdown = 3L, ready = 11L, setup_failed = 12L,
             progress = 13L, result = 14L, failed = 15L)
   SEP <- "\x1f"
@@ -36,6 +37,10 @@ local({
     tree_job <- native("tree_hooks")()
     setup <- init$setup
     if (is.function(setup)) setup() else if (!is.null(setup)) eval(setup, envir = globalenv())
+    # The handlers the pool's process registered, then its handler files,
+    # which register them again with everything they define.
+    assign("handlers", if (is.null(init$handlers)) list() else init$handlers, envir = ns$.state)
+    for (f in init$handler_files) sys.source(f, envir = globalenv(), keep.source = FALSE)
     NULL
   }, error = function(e) conditionMessage(e))
   if (!is.null(problem)) {
@@ -73,19 +78,40 @@ local({
   # One tryCatch around the job and its result's serialization (into Rust
   # memory, by w_result, which sends it): a failure in serializing is told
   # apart by `stage`. NULL when the result was sent, else the failure to send.
-  run <- function() {
+  # `frame` is c(2L, handler, json): a registered job type's job runs the
+  # handler of its operation; JSON params are read by jsonlite.
+  run <- function(frame) {
     warnings <- character()
     calls <- list()
     stage <- "run"
+    json_result <- FALSE
     sent <- tryCatch(
       withCallingHandlers({
-        executor <- .Call(w_unserialize, 1L)
+        if (frame[[2L]] == 1L) {
+          operation <- .Call(w_job)$operation
+          h <- ns$.state$handlers[[operation]]
+          if (is.null(h)) {
+            stage <- "handler"
+            stop(sprintf("this worker has no handler for the operation \"%s\" (see register_job())", operation))
+          }
+          executor <- h$fn
+          json_result <- identical(h$params, "json")
+        } else {
+          executor <- .Call(w_unserialize, 1L)
+        }
         params <- .Call(w_unserialize, 2L)
+        if (frame[[3L]] == 1L) params <- from_json_params(params)
+        worker$params <- params
         seed <- attr(executor, "asyncjobs_seed", exact = TRUE)
         if (!is.null(seed)) worker_seed(snapshot, seed) # create_job(seed = )
         value <- executor(params)
         stage <- "serialize"
-        .Call(w_result, list(value = value, warnings = warnings), init$max_result_bytes)
+        text <- if (json_result) to_json(value)
+        if (!is.null(text)) {
+          .Call(w_result_json, text, warnings, init$max_result_bytes)
+        } else {
+          .Call(w_result, list(value = value, warnings = warnings), init$max_result_bytes)
+        }
       },
       warning = function(w) {
         warnings <<- c(warnings, conditionMessage(w))
@@ -101,6 +127,7 @@ local({
       return(failure(sent[[1L]], sent[[2L]], list(warnings = warnings)))
     }
     e <- sent[[1L]]
+    if (stage == "handler") return(failure("UNKNOWN_OPERATION", conditionMessage(e), list(warnings = warnings)))
     if (stage == "serialize") {
       return(failure("RESULT_NOT_SERIALIZABLE", conditionMessage(e), list(warnings = warnings)))
     }
@@ -115,7 +142,11 @@ local({
   for (f in c("read_frame", "write_frame", "failure", "emit", "trim_calls", "run")) {
     assign(f, compiler::cmpfun(get(f)))
   }
-  assign("emit", emit, envir = get(".worker", envir = ns))
+  worker <- get(".worker", envir = ns) # what current_job() and create_job() read
+  assign("emit", emit, envir = worker)
+  w_job <- ns$wrap__aj_w_job
+  to_json <- ns$to_json
+  from_json_params <- ns$from_json_params
   worker_reset <- ns$.worker_reset
   worker_seed <- ns$.worker_seed
   snapshot <- ns$.worker_snapshot() # the state setup left (R/isolation.R)
@@ -128,7 +159,7 @@ local({
   baseline <- names(globalenv())
   write_frame(KIND[["ready"]])
   repeat {
-    frame <- read_frame() # a job is its kind alone (src/r/wire.rs)
+    frame <- read_frame() # a job is c(kind, handler, json) (src/r/wire.rs)
     if (!is.integer(frame)) {
       if (frame$kind == KIND[["shutdown"]]) break
       stop("asyncjobs worker: unexpected frame of kind ", frame$kind)
@@ -136,8 +167,12 @@ local({
     state$job <- TRUE
     state$at <- -Inf
     state$step <- NULL
-    out <- run()
+    worker$job <- TRUE
+    worker$children <- 0L
+    out <- run(frame)
     state$job <- NULL
+    worker$job <- NULL
+    worker$params <- NULL
     if (!is.null(out)) {
       tree_job(FALSE) # [tree] those the job started go, before its outcome
       write_frame(out$kind, out$text, out$blob)

@@ -17,6 +17,50 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// HMAC-SHA256 (RFC 2104) of `parts`, each prefixed by its length so
+/// that no two lists of parts sign alike.
+pub fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&sha256(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    for p in parts {
+        inner.update((p.len() as u64).to_le_bytes());
+        inner.update(p);
+    }
+    let mut outer = Sha256::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// What a shared store's hosts check before they unserialize a job's code
+/// or params: the signature of the job's id, operation, code and params
+/// under the key the API and the hosts share.
+pub fn sign(key: &[u8], id: &Uuid, operation: &str, executor: &[u8], params: &[u8]) -> [u8; 32] {
+    hmac(key, &[id.as_bytes(), operation.as_bytes(), executor, params])
+}
+
+/// Compares in constant time.
+pub fn same_signature(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The id of the `n`th job a running job submits: the same on every run of
+/// the parent, so that a retried parent finds the children its first run
+/// made instead of making them twice.
+pub fn child_id(parent: &Uuid, n: u32) -> Uuid {
+    let h = hmac(parent.as_bytes(), &[b"asyncjobs child", &n.to_le_bytes()]);
+    let mut b: [u8; 16] = h[..16].try_into().unwrap();
+    b[6] = (b[6] & 0x0f) | 0x80; // version 8: made by the application
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Uuid::from_bytes(b)
+}
+
 /// Hashes job ids. This process makes them at random (v4) and only looks up
 /// the ids callers give, so a fold of the bytes spreads them as well as a
 /// keyed hash, at a fraction of its cost.
@@ -44,8 +88,9 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Status {
+    #[default]
     Pending,
     Running,
     Completed,
@@ -112,11 +157,27 @@ impl JobError {
 pub enum Outcome {
     /// Serialized `list(value, warnings)` from the worker.
     Completed(Vec<u8>),
+    /// A handler job's result as JSON text, `{"value": ..., "warnings": [...]}`.
+    CompletedJson(Vec<u8>),
     Failed(JobError),
     Cancelled,
 }
 
-/// A job as submitted by the API.
+impl Outcome {
+    pub fn completed(&self) -> bool {
+        matches!(self, Outcome::Completed(_) | Outcome::CompletedJson(_))
+    }
+}
+
+/// A recurring job's firing: the schedule's name and the slot's time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Slot {
+    pub schedule: String,
+    pub at: f64,
+}
+
+/// A job as submitted by the API, a running job or a schedule.
+#[derive(Clone, Debug, Default)]
 pub struct NewJob {
     pub id: Uuid,
     pub operation: String,
@@ -124,10 +185,13 @@ pub struct NewJob {
     /// it (the memory store: at the first duplicate check or status read
     /// that needs it, or when [`Store::params_hashed`] brings it).
     pub params_hash: Option<[u8; 32]>,
-    /// Serialized executor function.
+    /// Serialized executor function; empty for a handler job (one that
+    /// runs the function registered under `operation`).
     pub executor: Vec<u8>,
-    /// Serialized params (what `params_hash` hashes), shared with a hasher.
+    /// Serialized params, or JSON text when `params_json` (what
+    /// `params_hash` hashes), shared with a hasher.
     pub params: Arc<Vec<u8>>,
+    pub params_json: bool,
     pub timeout_ms: u64,
     pub queue: String,
     /// Higher runs first; FIFO within a priority.
@@ -136,6 +200,17 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// Refuse the job when an identical one is active, atomically with the insert.
     pub unique: bool,
+    /// Seconds from the submit (on the store's clock) before it may run.
+    pub delay: f64,
+    /// Jobs that must complete first.
+    pub depends_on: Vec<Uuid>,
+    /// The job that submitted it, when a running job did.
+    pub parent: Option<Uuid>,
+    /// The schedule slot that fired it.
+    pub slot: Option<Slot>,
+    /// HMAC-SHA256 of the job's code and params under the shared key
+    /// ([`sign`]), for a shared store.
+    pub signature: Option<[u8; 32]>,
 }
 
 impl NewJob {
@@ -146,7 +221,7 @@ impl NewJob {
 }
 
 /// One job's record. Cheap to clone: no payload, no output.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Job {
     pub id: Uuid,
     pub operation: Arc<str>,
@@ -166,6 +241,21 @@ pub struct Job {
     pub worker_pid: Option<u32>,
     /// The host holding the job's lease while it runs.
     pub host: Option<Arc<str>>,
+    /// The result is JSON text (`Outcome::CompletedJson`), not R's serialization.
+    pub result_json: bool,
+    /// A handler job (no executor of its own).
+    pub handler: bool,
+    /// The job that submitted it.
+    pub parent: Option<Uuid>,
+    /// When a delayed (or retried) job may run, if later than its submit.
+    pub run_at: Option<f64>,
+    /// Dependencies not completed yet; it stays pending while any remains.
+    pub waiting: u32,
+    /// Jobs it submitted while running.
+    pub children: u32,
+    /// The schedule that fired it, and the slot it fired it for.
+    pub schedule: Option<Arc<str>>,
+    pub slot_at: Option<f64>,
 }
 
 impl Job {
@@ -184,22 +274,41 @@ pub struct JobView {
     pub typical: Option<f64>,
     /// The store's clock at the read.
     pub now: f64,
+    /// The dependencies it still waits for (pending jobs only).
+    pub waiting_for: Vec<Uuid>,
+    /// The jobs it submitted while running, oldest first.
+    pub children: Vec<Uuid>,
 }
 
 /// A claim on a running job: its id and the token current when it was taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Lease {
     pub id: Uuid,
     pub token: i64,
 }
 
 /// A job claimed by a host, with what its worker needs.
+#[derive(Clone, Debug, Default)]
 pub struct Claimed {
     pub lease: Lease,
     pub operation: Arc<str>,
     pub executor: Vec<u8>,
     pub params: Arc<Vec<u8>>,
+    pub params_json: bool,
     pub timeout_ms: u64,
+    pub queue: Arc<str>,
+    /// This run's number, from 1.
+    pub attempt: u32,
+    pub parent: Option<Uuid>,
+    pub signature: Option<[u8; 32]>,
+}
+
+impl Claimed {
+    /// Whether the job carries R's serialization (code, or params that are
+    /// not JSON), which a shared store's host unserializes only when signed.
+    pub fn serialized(&self) -> bool {
+        !self.executor.is_empty() || !self.params_json
+    }
 }
 
 /// What a running job reported since the last write.
@@ -218,6 +327,12 @@ pub enum Submit {
     Full { limit: usize },
     /// `unique = TRUE` and this identical job is active.
     Duplicate(Uuid),
+    /// A job it depends on does not exist.
+    UnknownDependency(Uuid),
+    /// A handler job whose operation no host has a handler for.
+    UnknownOperation,
+    /// A job carrying R's serialization for a shared store, with no key to sign it.
+    NotSigned,
 }
 
 #[derive(Debug, PartialEq)]

@@ -10,8 +10,9 @@
 //! closes a circle):
 //!
 //! 1. Ground: [`job`] is plain job data (the record, its status, error and
-//!    outcome, what is submitted and claimed, the lease) and [`sys`] the
-//!    process-wide helpers (clock, signal masks, log lines, the I/O runtime).
+//!    outcome, what is submitted and claimed, the lease), [`schedule`] the
+//!    recurring jobs' definitions and slots, and [`sys`] the process-wide
+//!    helpers (clock, signal masks, log lines, the I/O runtime).
 //! 2. [`metrics`] counts, in atomics, what the layers above see happen
 //!    (submits, outcomes and durations by operation, worker restarts, failed
 //!    store calls) and writes them in the Prometheus text format.
@@ -67,6 +68,7 @@
 // Floors, from the ground up; a module imports only from floors below its
 // own (tests/rust/layers.rs checks it).
 pub mod job;
+pub mod schedule;
 pub mod sys;
 pub mod metrics;
 pub mod protocol;

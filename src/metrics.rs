@@ -98,6 +98,7 @@ struct Registry {
     cancelled: Counter,
     restarts: Counter,
     store_errors: Counter,
+    store_calls: Counter,
     durations: Histograms,
 }
 
@@ -109,6 +110,9 @@ pub fn submitted(operation: &str, r: &Submit) {
         Submit::Accepted => METRICS.submitted.add(&[operation], 1),
         Submit::Full { .. } => rejected("CAPACITY_EXCEEDED"),
         Submit::Duplicate(_) => rejected("DUPLICATE_JOB"),
+        Submit::UnknownDependency(_) => rejected("UNKNOWN_DEPENDENCY"),
+        // Counted where they are refused, before the store.
+        Submit::UnknownOperation | Submit::NotSigned => {}
     }
 }
 
@@ -128,7 +132,7 @@ pub struct JobEnd {
 impl JobEnd {
     pub fn of(operation: &Arc<str>, outcome: &Outcome, started: Instant) -> JobEnd {
         let code = match outcome {
-            Outcome::Completed(_) => None,
+            Outcome::Completed(_) | Outcome::CompletedJson(_) => None,
             Outcome::Failed(e) => Some(e.code.clone()),
             Outcome::Cancelled => Some("CANCELLED".to_string()),
         };
@@ -161,6 +165,12 @@ pub fn worker_restarted(reason: &str) {
 
 /// A store call failed (unreachable, timed out, refused); `operation` is
 /// what the call was for ("claim", "finish", ...).
+/// A call to a database store, by what it was for (each a round trip or a
+/// transaction): what a host costs its database.
+pub fn store_call(operation: &str) {
+    METRICS.store_calls.add(&[operation], 1);
+}
+
 pub fn store_error(operation: &str) {
     METRICS.store_errors.add(&[operation], 1);
 }
@@ -274,6 +284,7 @@ pub fn snapshot(g: &Gauges) -> Vec<Family> {
             &m.restarts,
         ),
         counter("asyncjobs_store_errors_total", "Store calls that failed, by what they were for.", &["operation"], &m.store_errors),
+        counter("asyncjobs_store_calls_total", "Calls to a database store, by what they were for.", &["operation"], &m.store_calls),
         gauge("asyncjobs_store_up", "1 when the store answered this read, else 0.", vec![(vec![], f64::from(u8::from(g.store_up)))]),
         gauge("asyncjobs_pool_size", "Worker slots of this process's pool (0 without a pool).", vec![(vec![], g.pool_size as f64)]),
         gauge(

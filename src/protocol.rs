@@ -35,12 +35,16 @@ pub enum Kind {
     Init = 1,
     Job = 2,
     Shutdown = 3,
+    /// The answer to a running job's `Submit`.
+    Submitted = 4,
     // worker -> core
     Ready = 11,
     SetupFailed = 12,
     Progress = 13,
     Result = 14,
     Failed = 15,
+    /// A running job submits a job of its own.
+    Submit = 16,
 }
 
 impl Kind {
@@ -49,11 +53,13 @@ impl Kind {
             1 => Kind::Init,
             2 => Kind::Job,
             3 => Kind::Shutdown,
+            4 => Kind::Submitted,
             11 => Kind::Ready,
             12 => Kind::SetupFailed,
             13 => Kind::Progress,
             14 => Kind::Result,
             15 => Kind::Failed,
+            16 => Kind::Submit,
             _ => return None,
         })
     }

@@ -35,7 +35,9 @@ pub mod worker;
 
 pub use shared::{Config, SlotInfo, SlotState};
 
-use crate::job::{Cancel, Lease, NewJob, Submit};
+use crate::job::{sha256, Cancel, Lease, NewJob, Slot, Submit};
+use crate::schedule::{self, Schedule, Timing};
+use crate::sys;
 use crate::store::{HostInfo, Signal, Store, StoreError, StoreResult};
 use crate::sys::{block_async_signals, log};
 use crate::job::JobError;
@@ -62,7 +64,7 @@ impl Pool {
         let size = config.size;
         let (stop, _) = watch::channel(false);
         let (draining, _) = watch::channel(false);
-        let host = HostInfo::this_process(size, config.queues.clone());
+        let host = HostInfo::this_process(size, config.queues.clone(), config.operations.clone());
         let shared = Arc::new(Shared {
             store,
             host,
@@ -90,6 +92,8 @@ impl Pool {
             draining,
             health: Mutex::new(Health::default()),
             containment: Containment::detect(),
+            hosts: Mutex::new(None),
+            schedules_changed: Notify::new(),
             config,
         });
         let sh = shared.clone();
@@ -119,18 +123,17 @@ impl Pool {
     }
 
     pub async fn submit(&self, job: NewJob) -> StoreResult<Submit> {
-        let operation = job.operation.clone(); // metrics
-        let r = self.shared.store.submit(job, self.capacity()).await?;
-        crate::metrics::submitted(&operation, &r);
-        if r == Submit::Accepted {
-            // A local store's jobs are taken by the slots themselves.
-            if self.shared.store.shared() {
-                self.shared.claim_signal.notify_one();
-            } else {
-                self.shared.ready_signal.notify_last();
-            }
-        }
-        Ok(r)
+        self.shared.submit(job, self.capacity()).await
+    }
+
+    /// Whether a handler job of `operation` from `queue` has somewhere to run.
+    pub async fn knows(&self, operation: &str, queue: &str) -> StoreResult<bool> {
+        self.shared.knows(operation, queue).await
+    }
+
+    /// The keeper looks at the schedules at once (one was added or changed).
+    pub fn schedules_changed(&self) {
+        self.shared.schedules_changed.notify_one();
     }
 
     /// Cancels a job; a worker running it here is stopped at once. A job
@@ -198,6 +201,7 @@ async fn run_pool(sh: Arc<Shared>) {
     let slots: Vec<_> = (0..sh.config.size).map(|slot| tokio::spawn(run_slot(sh.clone(), slot))).collect();
     let claimer = sh.store.shared().then(|| tokio::spawn(claimer(sh.clone())));
     let keeper = tokio::spawn(keeper(sh.clone()));
+    let scheduler = tokio::spawn(scheduler(sh.clone()));
     for t in slots {
         let _ = t.await;
     }
@@ -205,6 +209,7 @@ async fn run_pool(sh: Arc<Shared>) {
         let _ = c.await;
     }
     let _ = keeper.await;
+    let _ = scheduler.await;
     // Every worker is gone: what this pool still holds fails (or goes back
     // to the queue when attempts remain). Bounded: with the store away, the
     // leases expire and another host rescues the jobs.
@@ -372,5 +377,76 @@ async fn keeper(sh: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// Fires the store's recurring jobs whose slots are due. Every pool does,
+/// on every host; the store adds each slot's job once (see `schedule`).
+/// Idle, it reads the schedules every [`SCHEDULES_EVERY`] (a schedule
+/// another process adds is seen then), else when the next slot is due.
+async fn scheduler(sh: Arc<Shared>) {
+    let mut stop = sh.stop.subscribe();
+    let mut timings: HashMap<(String, String), Option<Arc<Timing>>> = HashMap::new();
+    while !stopping(&stop) {
+        let changed = sh.schedules_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let now = sys::now();
+        let mut wake = now + SCHEDULES_EVERY.as_secs_f64();
+        let schedules = sh.store.schedules().await;
+        match sh.store_result("reading schedules", schedules) {
+            Some(all) => {
+                if timings.len() > 1000 {
+                    timings.clear();
+                }
+                for s in all {
+                    let timing = timings
+                        .entry((s.cron.clone(), s.tz.clone()))
+                        .or_insert_with(|| Timing::parse(&s.cron, &s.tz).ok().map(Arc::new))
+                        .clone();
+                    let Some(timing) = timing else { continue };
+                    let (slots, next) = schedule::due(&s, &timing, now);
+                    if !slots.is_empty() || next != s.next_at {
+                        let jobs = slots.iter().map(|&at| slot_job(&s, at)).collect();
+                        let fired = sh.store.fire(&s.name, s.next_at, next, jobs).await;
+                        if sh.store_result("firing a schedule", fired).is_some_and(|n| n > 0) {
+                            if sh.store.shared() {
+                                sh.claim_signal.notify_one();
+                            } else {
+                                sh.ready_signal.notify_last();
+                            }
+                        }
+                    }
+                    wake = wake.min(next);
+                }
+            }
+            None => wake = now + 1.0,
+        }
+        let wait = Duration::from_secs_f64((wake - sys::now()).clamp(0.05, SCHEDULES_EVERY.as_secs_f64()));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = changed => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+}
+
+/// How often an idle scheduler reads the schedules.
+const SCHEDULES_EVERY: Duration = Duration::from_secs(5);
+
+/// The job a schedule fires for its slot `at`.
+fn slot_job(s: &Schedule, at: f64) -> NewJob {
+    NewJob {
+        id: Uuid::new_v4(),
+        operation: s.operation.clone(),
+        params_hash: Some(sha256(&s.params)),
+        params: Arc::new(s.params.clone()),
+        params_json: true,
+        timeout_ms: s.timeout_ms,
+        queue: s.queue.clone(),
+        priority: s.priority,
+        max_attempts: s.max_attempts,
+        slot: Some(Slot { schedule: s.name.clone(), at }),
+        ..NewJob::default()
     }
 }

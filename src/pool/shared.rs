@@ -6,7 +6,7 @@
 
 use super::reaper::{Containment, Mechanism};
 use super::worker::Spec;
-use crate::job::{Claimed, JobError, Lease};
+use crate::job::{sign, Claimed, JobError, Lease, NewJob, Submit};
 use crate::store::{HostInfo, Store, StoreResult};
 use crate::sys::log;
 use parking_lot::Mutex;
@@ -43,6 +43,11 @@ pub struct Config {
     pub verbose: bool,
     /// Longest wait between two polls of a shared store for work.
     pub max_poll: Duration,
+    /// The operations this pool's workers have handlers for.
+    pub operations: Vec<String>,
+    /// The key that signs jobs carrying R's serialization in a shared
+    /// store; a host runs such a job only when it signed right.
+    pub key: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +121,11 @@ pub(super) struct Shared {
     pub(super) draining: watch::Sender<bool>,
     pub(super) health: Mutex<Health>,
     pub(super) containment: Containment,
+    /// The store's hosts as last read, to tell whether an operation has
+    /// somewhere to run without a read per submit.
+    pub(super) hosts: Mutex<Option<(Instant, Vec<HostInfo>)>>,
+    /// Wakes the keeper to look at the schedules now (one was added here).
+    pub(super) schedules_changed: Notify,
 }
 
 impl Shared {
@@ -160,6 +170,60 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// Submits a job (from the API or from a running job): an unknown
+    /// operation is refused, a job carrying R's serialization is signed for
+    /// a shared store, and the slots or the claimer are told.
+    pub(super) async fn submit(&self, mut job: NewJob, limit: usize) -> StoreResult<Submit> {
+        if job.executor.is_empty() && !self.knows(&job.operation, &job.queue).await? {
+            crate::metrics::rejected("UNKNOWN_OPERATION");
+            return Ok(Submit::UnknownOperation);
+        }
+        let serialized = !job.executor.is_empty() || !job.params_json;
+        if self.store.shared() && serialized {
+            let Some(key) = &self.config.key else {
+                crate::metrics::rejected("NOT_SIGNED");
+                return Ok(Submit::NotSigned);
+            };
+            job.signature = Some(sign(key, &job.id, &job.operation, &job.executor, &job.params));
+        }
+        let operation = job.operation.clone(); // metrics
+        let r = self.store.submit(job, limit).await?;
+        crate::metrics::submitted(&operation, &r);
+        if r == Submit::Accepted {
+            // A local store's jobs are taken by the slots themselves.
+            if self.store.shared() {
+                self.claim_signal.notify_one();
+            } else {
+                self.ready_signal.notify_last();
+            }
+        }
+        Ok(r)
+    }
+
+    /// Whether a handler job of `operation` from `queue` has somewhere to
+    /// run: this pool's workers, or a host of the store that has a handler
+    /// for it (live or not: a host that is restarting still counts; the
+    /// store forgets hosts a day after their last heartbeat).
+    pub(super) async fn knows(&self, operation: &str, queue: &str) -> StoreResult<bool> {
+        if self.host.serves(operation, queue) {
+            return Ok(true);
+        }
+        if let Some((at, hosts)) = &*self.hosts.lock() {
+            let age = at.elapsed();
+            if age < Duration::from_secs(2) && hosts.iter().any(|h| h.serves(operation, queue)) {
+                return Ok(true);
+            }
+            // Misses read the store again, at most 4 times a second.
+            if age < Duration::from_millis(250) {
+                return Ok(false);
+            }
+        }
+        let hosts: Vec<HostInfo> = self.store.hosts().await?.into_iter().map(|h| h.info).collect();
+        let known = hosts.iter().any(|h| h.serves(operation, queue));
+        *self.hosts.lock() = Some((Instant::now(), hosts));
+        Ok(known)
     }
 
     /// Marks a job running here as lost and stops its worker.

@@ -11,7 +11,9 @@
 use super::reaper::Mechanism;
 use super::shared::{stopped, stopping, IdleGuard, Running, Shared, SlotState};
 use super::worker::{Event, ExitStatus, Process, Stream};
-use crate::job::{Claimed, JobError, Lease, Outcome, Progress, Report, OUTPUT_LIMIT};
+use crate::job::{
+    child_id, same_signature, sha256, sign, Claimed, JobError, Lease, NewJob, Outcome, Progress, Report, Submit, OUTPUT_LIMIT,
+};
 use crate::protocol::{Kind, ProtocolError, FIELD_SEP};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -215,8 +217,11 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
                 } else if let Some(c) = sh.store.claim(&sh.host.id, &sh.config.queues, 1).await.ok().and_then(|mut v| v.pop()) {
                     break c;
                 }
+                // A delayed job in the memory store wakes a slot when it is due.
+                let due = sh.store.next_due().map(|t| Duration::from_secs_f64((t - crate::sys::now()).max(0.0) + 0.001));
                 tokio::select! {
                     _ = notified => {}
+                    _ = tokio::time::sleep(due.unwrap_or(Duration::from_secs(3600))), if due.is_some() => {}
                     _ = draining.changed() => {}
                     ev = w.next_event() => match ev {
                         Event::Output(_, bytes) => sh.echo(None, &bytes),
@@ -228,6 +233,12 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
             }
         };
         let id = job.lease.id;
+        if let Some(err) = untrusted(sh, &job) {
+            // Nothing of it reached the worker, which stays ready.
+            let mut u = Unwritten { progress: None, output: Tail::new(0), pid: None, dirty: false };
+            write_outcome(sh, &job.lease, Outcome::Failed(err), &mut u, stop).await;
+            continue;
+        }
         sh.running.lock().insert(id, Running { slot, lease: job.lease, abandoned: false });
         sh.update_slot(slot, |s| s.state = SlotState::Busy(id));
         let end = run_job(sh, slot, w, stop, job).await;
@@ -327,7 +338,18 @@ async fn run_job(
     let id = lease.id;
     let mut u = Unwritten { progress: None, output: Tail::new(OUTPUT_LIMIT), pid: Some(w.pid), dirty: true };
     let interval = sh.store.report_interval();
-    let text = format!("{id}{FIELD_SEP}{}", job.executor.len());
+    let parent = job.parent.map(|p| p.to_string()).unwrap_or_default();
+    let format = if job.params_json { "json" } else { "r" };
+    let text = [
+        id.to_string(),
+        job.executor.len().to_string(),
+        job.operation.to_string(),
+        job.attempt.to_string(),
+        job.queue.to_string(),
+        parent,
+        format.to_string(),
+    ]
+    .join(&FIELD_SEP.to_string());
     let timeout_ms = job.timeout_ms;
     let (operation, started) = (job.operation.clone(), Instant::now()); // metrics
     let deadline = tokio::time::sleep(Duration::from_millis(job.timeout_ms));
@@ -365,7 +387,16 @@ async fn run_job(
                         u.dirty = true;
                         continue;
                     }
+                    Kind::Result if f.text == "json" => (Outcome::CompletedJson(f.blob), None),
                     Kind::Result => (Outcome::Completed(f.blob), None),
+                    Kind::Submit => {
+                        // The job submits a job of its own; the worker waits for the answer.
+                        let answer = child_submit(sh, &id, &f.text, &f.blob).await;
+                        if w.send(Kind::Submitted, id, tag, &answer, &[]).await.is_err() {
+                            // The worker is gone; its exit is the next event.
+                        }
+                        continue;
+                    }
                     Kind::Failed => {
                         let (code, message) = f.text.split_once(FIELD_SEP).unwrap_or(("EXECUTION_ERROR", &f.text));
                         let mut err = JobError::new(code, message);
@@ -415,7 +446,91 @@ async fn run_job(
             _ = stopped(stop) => return Some(End::Stop),
         };
         let ended = crate::metrics::JobEnd::of(&operation, &outcome, started);
-        if write_outcome(sh, &lease, outcome, &mut u, stop).await { ended.record() }
+        if write_outcome(sh, &lease, outcome, &mut u, stop).await {
+            ended.record()
+        }
+        // Jobs that waited for this one: idle slots take them.
+        for _ in 0..sh.store.take_readied() {
+            sh.ready_signal.notify_last();
+        }
         return end;
+    }
+}
+
+/// Why a job must not reach a worker, if it must not: in a shared store, a
+/// job carrying R's serialization (code, or params that are not JSON) runs
+/// only when it was signed with this host's key, so that write access to
+/// the database is not code execution on every host.
+fn untrusted(sh: &Shared, job: &Claimed) -> Option<JobError> {
+    if !sh.store.shared() || !job.serialized() {
+        return None;
+    }
+    let why = match (&sh.config.key, &job.signature) {
+        (None, _) => "this host has no key to check it with (ASYNCJOBS_KEY or the option asyncjobs.key)",
+        (Some(_), None) => "it carries no signature: the process that submitted it had no key",
+        (Some(key), Some(sig)) => {
+            if same_signature(sig, &sign(key, &job.lease.id, &job.operation, &job.executor, &job.params)) {
+                return None;
+            }
+            "its signature does not match this host's key: the key differs, or the job was changed in the store"
+        }
+    };
+    Some(JobError::new(
+        "CODE_NOT_TRUSTED",
+        format!("The job carries R code or R-serialized params and was not run: {why}. Nothing of it was unserialized."),
+    ))
+}
+
+/// Submits the job a running job asked for (a `Submit` frame): its answer,
+/// as the worker reads it. Fields: the call's number within the job, then
+/// operation, queue, priority, timeout, attempts, unique, delay, the ids it
+/// depends on (comma-separated), the params' format and the code's length;
+/// the blob is the code, then the params.
+async fn child_submit(sh: &Shared, parent: &Uuid, text: &str, blob: &[u8]) -> String {
+    let f: Vec<&str> = text.split(FIELD_SEP).collect();
+    let answer = |fields: &[&str]| fields.join(&FIELD_SEP.to_string());
+    if f.len() != 11 {
+        return answer(&["error", "PROTOCOL_ERROR", "a malformed submit frame"]);
+    }
+    let num = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite());
+    let exec_len = f[10].parse::<usize>().unwrap_or(usize::MAX).min(blob.len());
+    let mut depends_on = Vec::new();
+    for d in f[8].split(',').filter(|d| !d.is_empty()) {
+        match Uuid::try_parse(d) {
+            Ok(u) => depends_on.push(u),
+            Err(_) => return answer(&["unknown_dependency", d]),
+        }
+    }
+    let params = blob[exec_len..].to_vec();
+    let job = NewJob {
+        id: child_id(parent, f[0].parse().unwrap_or(0)),
+        operation: f[1].to_string(),
+        params_hash: Some(sha256(&params)),
+        executor: blob[..exec_len].to_vec(),
+        params: Arc::new(params),
+        params_json: f[9] == "json",
+        timeout_ms: num(f[4]).unwrap_or(1_800_000.0).max(1.0) as u64,
+        queue: f[2].to_string(),
+        priority: num(f[3]).unwrap_or(0.0) as i32,
+        max_attempts: num(f[5]).unwrap_or(1.0).max(1.0) as u32,
+        unique: f[6] == "1",
+        delay: num(f[7]).unwrap_or(0.0).max(0.0),
+        depends_on,
+        parent: Some(*parent),
+        ..NewJob::default()
+    };
+    let (id, operation) = (job.id, job.operation.clone());
+    // Children continue accepted work: the cap on new work does not apply.
+    match sh.submit(job, usize::MAX).await {
+        Ok(Submit::Accepted) => {
+            let typical = sh.store.typical_duration(&operation).await.ok().flatten();
+            answer(&["accepted", &id.to_string(), &typical.unwrap_or(30.0).round().to_string()])
+        }
+        Ok(Submit::Full { limit }) => answer(&["full", &limit.to_string()]),
+        Ok(Submit::Duplicate(other)) => answer(&["duplicate", &other.to_string()]),
+        Ok(Submit::UnknownDependency(dep)) => answer(&["unknown_dependency", &dep.to_string()]),
+        Ok(Submit::UnknownOperation) => answer(&["unknown_operation", &operation]),
+        Ok(Submit::NotSigned) => answer(&["not_signed"]),
+        Err(e) => answer(&["store_error", &e.0]),
     }
 }

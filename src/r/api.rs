@@ -15,7 +15,8 @@ use super::wire;
 use crate::job::{estimate_seconds, hex, Cancel, Job};
 use crate::pool::worker::Spec;
 use crate::pool::{Config, Pool, SlotInfo, SlotState};
-use crate::store::{memory::MemoryStore, HostView, Store, StoreError};
+use crate::schedule::{Missed, Schedule, Timing};
+use crate::store::{memory::MemoryStore, HostView, PutSchedule, Store, StoreError};
 use crate::sys::block_on;
 use extendr_api::prelude::*;
 use extendr_api::Result;
@@ -122,6 +123,8 @@ fn aj_start(
     retention_s: f64,
     verbose: bool,
     poll_ms: f64,
+    operations: Vec<String>,
+    key: Robj,
 ) -> Result<Vec<String>> {
     check_owner()?;
     let mut pool = POOL.lock();
@@ -153,6 +156,8 @@ fn aj_start(
         retention: (retention_s.is_finite() && retention_s >= 0.0).then(|| Duration::from_secs_f64(retention_s)),
         verbose,
         max_poll: ms(poll_ms).max(Duration::from_millis(10)),
+        operations,
+        key: key.as_raw_slice().filter(|k| !k.is_empty()).map(<[u8]>::to_vec),
     };
     let s = store();
     match block_on(crate::store::check_version(s.as_ref())) {
@@ -254,7 +259,7 @@ fn aj_pool_info() -> Result<Robj> {
     ))
 }
 
-const JOB_FIELDS: [&str; 23] = [
+const JOB_FIELDS: [&str; 30] = [
     "job_id",
     "operation",
     "status",
@@ -278,6 +283,13 @@ const JOB_FIELDS: [&str; 23] = [
     "priority",
     "attempts",
     "max_attempts",
+    "result_json",
+    "handler",
+    "parent_id",
+    "run_at",
+    "waiting",
+    "children",
+    "schedule",
 ];
 
 /// One job's record as a named list, or NULL when the id is unknown.
@@ -321,6 +333,13 @@ fn aj_job(id: &str) -> Result<Robj> {
             job.priority.into(),
             (job.attempts as i32).into(),
             (job.max_attempts as i32).into(),
+            job.result_json.into(),
+            job.handler.into(),
+            job.parent.map_or_else(null, |p| p.to_string().into()),
+            job.run_at.map_or_else(null, Robj::from),
+            (job.waiting as i32).into(),
+            view.children.iter().map(|c| c.to_string()).collect::<Vec<_>>().into(),
+            job.schedule.as_deref().map_or_else(null, Robj::from),
         ],
     ))
 }
@@ -367,7 +386,7 @@ fn aj_list() -> Result<Robj> {
         jobs.iter().map(f).collect::<Vec<Option<f64>>>().into()
     };
     Ok(named(
-        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code", "queue", "priority"],
+        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code", "queue", "priority", "parent_id", "schedule", "slot_at"],
         vec![
             strs(&|j| Some(j.id.to_string())),
             strs(&|j| Some(j.operation.to_string())),
@@ -378,6 +397,9 @@ fn aj_list() -> Result<Robj> {
             strs(&|j| j.error.as_ref().map(|e| e.code.clone())),
             strs(&|j| Some(j.queue.to_string())),
             nums(&|j| Some(j.priority as f64)),
+            strs(&|j| j.parent.map(|p| p.to_string())),
+            strs(&|j| j.schedule.as_deref().map(str::to_owned)),
+            nums(&|j| j.slot_at),
         ],
     ))
 }
@@ -451,13 +473,14 @@ fn aj_hosts() -> Result<Robj> {
         hosts.iter().map(f).collect::<Vec<Option<f64>>>().into()
     };
     Ok(named(
-        &["host_id", "hostname", "pid", "slots", "queues", "version", "state", "running", "started_at", "heartbeat_at", "stopped_at"],
+        &["host_id", "hostname", "pid", "slots", "queues", "operations", "version", "state", "running", "started_at", "heartbeat_at", "stopped_at"],
         vec![
             strs(&|h| h.info.id.clone()),
             strs(&|h| h.info.hostname.clone()),
             nums(&|h| Some(h.info.pid as f64)),
             nums(&|h| Some(h.info.slots as f64)),
             strs(&|h| h.info.queues.join(",")),
+            strs(&|h| h.info.operations.join(",")),
             strs(&|h| h.version.clone()),
             strs(&|h| h.state.to_owned()),
             nums(&|h| Some(h.running as f64)),
@@ -533,6 +556,134 @@ fn aj_metrics(text: bool) -> Result<Robj> {
     Ok(named(&names, cols))
 }
 
+/// Whether a handler job of `operation` from `queue` has somewhere to run
+/// (this pool's workers, or a host of the store): TRUE, FALSE, or a store
+/// error; NA when no pool runs.
+#[extendr]
+fn aj_knows(operation: &str, queue: &str) -> Result<Robj> {
+    check_owner()?;
+    let pool = POOL.lock();
+    let Some(p) = pool.as_ref() else { return Ok(Robj::from(Rbool::na())) };
+    or_store_error(block_on(p.knows(operation, queue)).map(Robj::from))
+}
+
+/// NULL when `cron` parses in the time zone `tz`, else why not.
+#[extendr]
+fn aj_cron_check(cron: &str, tz: &str) -> Robj {
+    match Timing::parse(cron, tz) {
+        Ok(_) => ().into(),
+        Err(why) => why.into(),
+    }
+}
+
+/// The next `n` slots of `cron` in `tz` after `from` (seconds since the epoch).
+#[extendr]
+fn aj_cron_next(cron: &str, tz: &str, from: f64, n: i32) -> Vec<f64> {
+    let Ok(t) = Timing::parse(cron, tz) else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut at = from;
+    for _ in 0..n.max(0) {
+        match t.next_after(at) {
+            Some(next) => {
+                out.push(next);
+                at = next;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+/// Adds (or with `replace`, replaces) a recurring job. c("created" |
+/// "unchanged" | "replaced" | "taken" | "bad_cron" | "store_error", detail).
+#[extendr]
+#[allow(clippy::too_many_arguments)]
+fn aj_schedule_put(
+    name: &str,
+    cron: &str,
+    tz: &str,
+    operation: &str,
+    params_json: &str,
+    queue: &str,
+    priority: i32,
+    timeout_ms: f64,
+    max_attempts: i32,
+    missed: &str,
+    replace: bool,
+) -> Result<Vec<String>> {
+    check_owner()?;
+    let timing = match Timing::parse(cron, tz) {
+        Ok(t) => t,
+        Err(why) => return Ok(vec!["bad_cron".into(), why]),
+    };
+    let now = crate::sys::now();
+    let schedule = Schedule {
+        name: name.to_owned(),
+        cron: cron.to_owned(),
+        tz: tz.to_owned(),
+        operation: operation.to_owned(),
+        params: params_json.as_bytes().to_vec(),
+        queue: queue.to_owned(),
+        priority,
+        timeout_ms: limit(timeout_ms),
+        max_attempts: max_attempts.max(1) as u32,
+        missed: Missed::parse(missed).unwrap_or_default(),
+        next_at: timing.next_after(now).unwrap_or(f64::INFINITY),
+        last_at: None,
+        created_at: now,
+    };
+    let r = block_on(store().put_schedule(&schedule, replace));
+    if matches!(r, Ok(PutSchedule::Created | PutSchedule::Replaced)) {
+        if let Some(p) = POOL.lock().as_ref() {
+            p.schedules_changed();
+        }
+    }
+    Ok(match r {
+        Ok(PutSchedule::Created) => vec!["created".into()],
+        Ok(PutSchedule::Unchanged) => vec!["unchanged".into()],
+        Ok(PutSchedule::Replaced) => vec!["replaced".into()],
+        Ok(PutSchedule::Taken(old)) => vec!["taken".into(), format!("{} {} ({})", old.operation, old.cron, old.tz)],
+        Err(e) => vec!["store_error".into(), e.0],
+    })
+}
+
+/// Removes a recurring job: TRUE, FALSE (no such name) or a store error.
+#[extendr]
+fn aj_schedule_drop(name: &str) -> Result<Robj> {
+    check_owner()?;
+    or_store_error(block_on(store().drop_schedule(name)).map(Robj::from))
+}
+
+/// Every recurring job, as columns, the next to fire first.
+#[extendr]
+fn aj_schedules() -> Result<Robj> {
+    check_owner()?;
+    let all = match block_on(store().schedules()) {
+        Ok(s) => s,
+        Err(e) => return Ok(store_error(e)),
+    };
+    let strs = |f: &dyn Fn(&Schedule) -> String| -> Robj { all.iter().map(f).collect::<Vec<String>>().into() };
+    let nums = |f: &dyn Fn(&Schedule) -> Option<f64>| -> Robj { all.iter().map(f).collect::<Vec<Option<f64>>>().into() };
+    Ok(named(
+        &["name", "cron", "tz", "operation", "params", "queue", "priority", "timeout_ms", "max_attempts", "missed", "next_at", "last_at", "created_at"],
+        vec![
+            strs(&|s| s.name.clone()),
+            strs(&|s| s.cron.clone()),
+            strs(&|s| s.tz.clone()),
+            strs(&|s| s.operation.clone()),
+            strs(&|s| String::from_utf8_lossy(&s.params).into_owned()),
+            strs(&|s| s.queue.clone()),
+            nums(&|s| Some(s.priority as f64)),
+            nums(&|s| Some(s.timeout_ms as f64)),
+            nums(&|s| Some(s.max_attempts as f64)),
+            strs(&|s| s.missed.as_str().to_owned()),
+            nums(&|s| s.next_at.is_finite().then_some(s.next_at)),
+            nums(&|s| s.last_at),
+            nums(&|s| Some(s.created_at)),
+        ],
+    ))
+}
+
 extendr_module! {
     mod asyncjobs;
     use wire;
@@ -556,4 +707,10 @@ extendr_module! {
     fn aj_hosts;
     fn aj_counts;
     fn aj_metrics;
+    fn aj_knows;
+    fn aj_cron_check;
+    fn aj_cron_next;
+    fn aj_schedule_put;
+    fn aj_schedule_drop;
+    fn aj_schedules;
 }

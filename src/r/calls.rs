@@ -78,12 +78,22 @@ pub(super) unsafe extern "C" fn c_submit(
     priority: SEXP,
     max_attempts: SEXP,
     unique: SEXP,
+    extra: SEXP,
 ) -> SEXP {
     if !ready() || !rf::plain_utf8(operation) || !rf::as_f64(timeout_ms).is_some_and(|t| t.is_finite() && t >= 1.0 && rf::plain_number(timeout_ms)) {
         return check_first();
     }
-    let mut params = rf::serialize_params(params);
-    let executor = rf::serialize_executor(executor, &mut params);
+    let extra = match Extra::of(extra) {
+        Ok(e) => e,
+        Err(bad) => return strings(&["unknown_dependency", &bad]),
+    };
+    // A handler job (no executor) has JSON params, given as text, or R's.
+    let handler = executor == nil();
+    let mut params = match (extra.json, rf::as_str(params)) {
+        (true, Some(text)) => text.as_bytes().to_vec(),
+        _ => rf::serialize_params(params),
+    };
+    let executor = if handler { Vec::new() } else { rf::serialize_executor(executor, &mut params) };
     let operation = rf::as_str(operation).unwrap_or("").to_owned();
     let queue = rf::as_str(queue).unwrap_or("default").to_owned();
     let timeout_ms = rf::as_f64(timeout_ms).unwrap_or(1_800_000.0);
@@ -96,7 +106,21 @@ pub(super) unsafe extern "C" fn c_submit(
     let executor_len = executor.len();
     let big = warn.is_some_and(|w| executor_len as f64 > w);
     let out = guarded(move || {
-        let out = submit_job(operation, params, executor, timeout_ms, queue, priority, max_attempts, unique);
+        let job = NewJob {
+            operation,
+            params: Arc::new(params),
+            params_json: extra.json,
+            executor,
+            timeout_ms: limit(timeout_ms),
+            queue,
+            priority,
+            max_attempts: max_attempts.max(1) as u32,
+            unique,
+            delay: extra.delay,
+            depends_on: extra.depends_on,
+            ..NewJob::default()
+        };
+        let out = submit_job(job);
         match out {
             Submitted::Accepted(id, estimate) => {
                 if bind {
@@ -124,17 +148,31 @@ pub(super) unsafe extern "C" fn c_submit(
     rf::set_class(l, "asyncjobs_big_executor")
 }
 
-#[allow(clippy::too_many_arguments)]
-fn submit_job(
-    operation: String,
-    params: Vec<u8>,
-    executor: Vec<u8>,
-    timeout_ms: f64,
-    queue: String,
-    priority: i32,
-    max_attempts: i32,
-    unique: bool,
-) -> Submitted {
+/// What `create_job()` passes beyond the contract's arguments: NULL, or
+/// `list(json, delay, depends_on)`.
+#[derive(Default)]
+struct Extra {
+    json: bool,
+    delay: f64,
+    depends_on: Vec<Uuid>,
+}
+
+impl Extra {
+    /// Err: an id in `depends_on` that is no job id.
+    unsafe fn of(x: SEXP) -> Result<Extra, String> {
+        if x == nil() {
+            return Ok(Extra::default());
+        }
+        let mut e = Extra { json: rf::as_bool(rf::list_get(x, "json")), ..Extra::default() };
+        e.delay = rf::as_f64(rf::list_get(x, "delay")).filter(|d| d.is_finite()).unwrap_or(0.0).max(0.0);
+        for id in rf::strings_of(rf::list_get(x, "depends_on")) {
+            e.depends_on.push(parse_id(&id).ok_or(id)?);
+        }
+        Ok(e)
+    }
+}
+
+fn submit_job(mut job: NewJob) -> Submitted {
     let pool = POOL.lock();
     let Some(pool) = pool.as_ref() else { return Submitted::Other(vec!["stopped".into(), String::new()]) };
     if let Some(why) = pool.unavailable() {
@@ -142,23 +180,13 @@ fn submit_job(
         return Submitted::Other(vec!["unavailable".into(), why]);
     }
     let s = pool.store().clone();
-    let params = Arc::new(params);
+    let params = job.params.clone();
     // The memory store hashes big params off this thread; a shared store
     // needs the hash in the insert.
-    let lazy = !unique && !s.shared() && params.len() > INLINE_HASH_BYTES;
+    let lazy = !job.unique && !s.shared() && params.len() > INLINE_HASH_BYTES;
     let id = Uuid::new_v4();
-    let job = NewJob {
-        id,
-        params_hash: (!lazy).then(|| sha256(&params)),
-        operation,
-        executor,
-        params: params.clone(),
-        timeout_ms: limit(timeout_ms),
-        queue,
-        priority,
-        max_attempts: max_attempts.max(1) as u32,
-        unique,
-    };
+    job.id = id;
+    job.params_hash = (!lazy).then(|| sha256(&params));
     let op = job.operation.clone();
     let submitted = block_on(async {
         let r = pool.submit(job).await?;
@@ -177,10 +205,22 @@ fn submit_job(
         }
         Ok((Submit::Full { limit }, _)) => Submitted::Other(vec!["full".into(), limit.to_string()]),
         Ok((Submit::Duplicate(existing), _)) => Submitted::Other(vec!["duplicate".into(), existing.to_string()]),
+        Ok((Submit::UnknownDependency(dep), _)) => Submitted::Other(vec!["unknown_dependency".into(), dep.to_string()]),
+        Ok((Submit::UnknownOperation, _)) => Submitted::Other(vec!["unknown_operation".into(), op]),
+        Ok((Submit::NotSigned, _)) => Submitted::Other(vec!["not_signed".into(), String::new()]),
         Err(e) => {
             crate::metrics::rejected("STORE_UNAVAILABLE");
             Submitted::Other(vec!["store_error".into(), e.0])
         }
+    }
+}
+
+/// `to_json()`'s fast path: `x` as JSON text, or NULL when jsonlite must
+/// write it (see `fast::to_json`).
+pub(super) unsafe extern "C" fn c_json(x: SEXP) -> SEXP {
+    match rf::to_json(x) {
+        Some(bytes) => rf::string(std::str::from_utf8(&bytes).unwrap_or("null")),
+        None => nil(),
     }
 }
 
@@ -234,12 +274,28 @@ unsafe fn job_error(err: Option<&JobError>) -> SEXP {
     list
 }
 
-/// The unserialized `list(value, warnings)` a completed job sent, or NULL.
+/// The `list(value, warnings)` a completed job sent (unserialized, or read
+/// from its JSON), or NULL.
 unsafe fn job_result(view: &JobView) -> SEXP {
     match view.job.result.as_deref() {
+        Some(b) if view.job.result_json => rf::json_result(b),
         Some(b) => rf::unserialize(b),
         None => nil(),
     }
+}
+
+/// Job ids as a character vector.
+unsafe fn ids(v: &[Uuid]) -> SEXP {
+    let out = Rf_protect(rf::Rf_allocVector(rf::STRSXP, v.len() as isize));
+    for (i, id) in v.iter().enumerate() {
+        rf::SET_STRING_ELT(out, i as isize, rf::mkchar(&id.to_string()));
+    }
+    Rf_unprotect(1);
+    out
+}
+
+unsafe fn id_or_null(id: Option<Uuid>) -> SEXP {
+    id.map_or_else(|| nil(), |p| rf::string(&p.to_string()))
 }
 
 /// get_job_status()'s list for a job in the store.
@@ -249,7 +305,19 @@ unsafe fn status_list(view: &JobView) -> SEXP {
     match job.status {
         Status::Pending => rf::named_list(
             "pending",
-            &["job_id", "status", "step", "estimated_seconds", "retry_after", "position", "submitted_at"],
+            &[
+                "job_id",
+                "status",
+                "step",
+                "estimated_seconds",
+                "retry_after",
+                "position",
+                "submitted_at",
+                "scheduled_at",
+                "waiting_for",
+                "parent_id",
+                "children",
+            ],
             |l| {
                 SET_VECTOR_ELT(l, 0, rf::string(&job.id.to_string()));
                 SET_VECTOR_ELT(l, 1, rf::string("pending"));
@@ -258,11 +326,26 @@ unsafe fn status_list(view: &JobView) -> SEXP {
                 SET_VECTOR_ELT(l, 4, rf::real(5.0));
                 SET_VECTOR_ELT(l, 5, view.position.map_or_else(|| nil(), |p| rf::Rf_ScalarInteger(p as i32)));
                 SET_VECTOR_ELT(l, 6, rf::posix(Some(job.submitted_at)));
+                SET_VECTOR_ELT(l, 7, job.run_at.map_or_else(|| nil(), |t| rf::posix(Some(t))));
+                SET_VECTOR_ELT(l, 8, ids(&view.waiting_for));
+                SET_VECTOR_ELT(l, 9, id_or_null(job.parent));
+                SET_VECTOR_ELT(l, 10, ids(&view.children));
             },
         ),
         Status::Running => rf::named_list(
             "running",
-            &["job_id", "status", "step", "estimated_seconds", "retry_after", "progress", "started_at", "elapsed_seconds"],
+            &[
+                "job_id",
+                "status",
+                "step",
+                "estimated_seconds",
+                "retry_after",
+                "progress",
+                "started_at",
+                "elapsed_seconds",
+                "parent_id",
+                "children",
+            ],
             |l| {
                 let progress = job.progress.as_deref();
                 SET_VECTOR_ELT(l, 0, rf::string(&job.id.to_string()));
@@ -288,6 +371,8 @@ unsafe fn status_list(view: &JobView) -> SEXP {
                 SET_VECTOR_ELT(l, 6, rf::posix(job.started_at));
                 let elapsed = job.started_at.map_or(na, |s| round_even((view.now - s) * 1000.0) / 1000.0);
                 SET_VECTOR_ELT(l, 7, rf::real(elapsed));
+                SET_VECTOR_ELT(l, 8, id_or_null(job.parent));
+                SET_VECTOR_ELT(l, 9, ids(&view.children));
             },
         ),
         _ => {
@@ -305,6 +390,8 @@ unsafe fn status_list(view: &JobView) -> SEXP {
                     "submitted_at",
                     "started_at",
                     "duration_seconds",
+                    "parent_id",
+                    "children",
                 ],
                 |l| {
                     SET_VECTOR_ELT(l, 0, rf::string(&job.id.to_string()));
@@ -321,6 +408,8 @@ unsafe fn status_list(view: &JobView) -> SEXP {
                         None => nil(),
                     };
                     SET_VECTOR_ELT(l, 9, duration);
+                    SET_VECTOR_ELT(l, 10, id_or_null(job.parent));
+                    SET_VECTOR_ELT(l, 11, ids(&view.children));
                 },
             );
             Rf_unprotect(1);
@@ -442,11 +531,16 @@ pub(super) unsafe fn job_record(id: &Uuid) -> SEXP {
 /// operation that is not a single UTF-8 string), NULL of class
 /// asyncjobs_check. `params` is evaluated after these checks, as it was
 /// after R's.
-pub(super) unsafe extern "C" fn c_duplicate(operation: SEXP, frame: SEXP) -> SEXP {
+pub(super) unsafe extern "C" fn c_duplicate(operation: SEXP, frame: SEXP, json: SEXP) -> SEXP {
     let Some(operation) = rf::as_str(operation).filter(|_| ready() && rf::plain_utf8(operation)) else {
         return check_first();
     };
-    let params = rf::serialize_params(rf::value_of(frame, c"params"));
+    let value = rf::value_of(frame, c"params");
+    // A registered job type's params: the JSON text R made.
+    let params = match (rf::as_bool(json), rf::as_str(value)) {
+        (true, Some(text)) => text.as_bytes().to_vec(),
+        _ => rf::serialize_params(value),
+    };
     let found = guarded_value(move || {
         let hash = sha256(&params);
         block_on(store().find_active(operation, &hash))

@@ -346,6 +346,14 @@ pub unsafe fn list_from(names: &[String], values: &[SEXP]) -> SEXP {
     out
 }
 
+/// The strings of a character vector (NA and non-UTF-8 ones as they read).
+pub unsafe fn strings_of(x: SEXP) -> Vec<String> {
+    if TYPEOF(x) != STRSXP {
+        return Vec::new();
+    }
+    (0..Rf_xlength(x)).map(|i| CStr::from_ptr(R_CHAR(STRING_ELT(x, i))).to_string_lossy().into_owned()).collect()
+}
+
 /// The package's `.state` environment, for the progress messages.
 pub unsafe fn set_state_env(env: SEXP) {
     R_PreserveObject(env);
@@ -362,6 +370,19 @@ pub unsafe fn progress_message(operation: &str) -> SEXP {
         }
     }
     string("Processing request...")
+}
+
+/// A JSON result as R reads it: `.state$from_json(text)`, which gives
+/// `list(value, warnings)` as R's serialized results do. The text came from
+/// the worker's JSON writer, so it parses.
+pub unsafe fn json_result(text: &[u8]) -> SEXP {
+    let f = STATE_ENV.with(|s| *s.borrow()).map(|env| Rf_findVarInFrame(env, Rf_install(c"from_json".as_ptr())));
+    let Some(f) = f.filter(|f| TYPEOF(*f) == CLOSXP) else { return R_NilValue };
+    let arg = Rf_protect(string(&String::from_utf8_lossy(text)));
+    let call = Rf_protect(Rf_lang2(f, arg));
+    let v = Rf_eval(call, R_GlobalEnv);
+    Rf_unprotect(2);
+    v
 }
 
 // ---------------------------------------------------------------- serialization
@@ -791,4 +812,164 @@ pub unsafe fn init_jobs_env(env: SEXP, record: unsafe fn(&Uuid) -> SEXP) {
         e.record = Some(record);
     });
     Rf_unprotect(2);
+}
+
+// ---------------------------------------------------------------- JSON
+
+/// `x` as JSON, written as jsonlite's `toJSON(x, auto_unbox = TRUE, digits
+/// = NA, na = "null", null = "null")` writes it, for the values whose
+/// writing is plain: NULL, logical, integer, double and character vectors
+/// without attributes (length one as a scalar), and lists without
+/// attributes but unique, non-empty names (an object) or none (an array).
+/// None for anything else (factors, data frames, dates, named vectors,
+/// strings not in UTF-8...): R then asks jsonlite, which knows them.
+pub unsafe fn to_json(x: SEXP) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(64);
+    json_value(x, &mut out, 0).then_some(out)
+}
+
+/// Lists nested deeper than this go to jsonlite.
+const JSON_DEPTH: usize = 64;
+
+unsafe fn json_value(x: SEXP, out: &mut Vec<u8>, depth: usize) -> bool {
+    let t = TYPEOF(x);
+    if t == NILSXP {
+        out.extend_from_slice(b"null");
+        return true;
+    }
+    if depth > JSON_DEPTH {
+        return false;
+    }
+    let n = Rf_xlength(x);
+    if t == VECSXP {
+        let names = match ATTRIB(x) {
+            a if a == R_NilValue => None,
+            a if CDR(a) == R_NilValue && TAG(a) == R_NamesSymbol => Some(CAR(a)),
+            _ => return false,
+        };
+        let Some(names) = names else {
+            out.push(b'[');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                if !json_value(VECTOR_ELT(x, i), out, depth + 1) {
+                    return false;
+                }
+            }
+            out.push(b']');
+            return true;
+        };
+        let mut seen = std::collections::HashSet::new();
+        out.push(b'{');
+        for i in 0..n {
+            let Some(name) = utf8_elt(names, i).filter(|s| !s.is_empty() && seen.insert(*s)) else { return false };
+            if i > 0 {
+                out.push(b',');
+            }
+            json_string(name, out);
+            out.push(b':');
+            if !json_value(VECTOR_ELT(x, i), out, depth + 1) {
+                return false;
+            }
+        }
+        out.push(b'}');
+        return true;
+    }
+    if !matches!(t, LGLSXP | INTSXP | REALSXP | STRSXP) || ATTRIB(x) != R_NilValue {
+        return false;
+    }
+    let scalar = n == 1;
+    if !scalar {
+        out.push(b'[');
+    }
+    for i in 0..n {
+        if i > 0 {
+            out.push(b',');
+        }
+        match t {
+            LGLSXP => out.extend_from_slice(match *LOGICAL(x).offset(i) {
+                NA_INTEGER => b"null".as_slice(),
+                0 => b"false",
+                _ => b"true",
+            }),
+            INTSXP => match *INTEGER(x).offset(i) {
+                NA_INTEGER => out.extend_from_slice(b"null"),
+                v => out.extend_from_slice(v.to_string().as_bytes()),
+            },
+            REALSXP => json_number(*REAL(x).offset(i), out),
+            _ => {
+                if STRING_ELT(x, i) == R_NaString {
+                    out.extend_from_slice(b"null");
+                } else {
+                    let Some(s) = utf8_elt(x, i) else { return false };
+                    json_string(s, out);
+                }
+            }
+        }
+    }
+    if !scalar {
+        out.push(b']');
+    }
+    true
+}
+
+const NILSXP: c_int = 0;
+const NA_INTEGER: c_int = i32::MIN;
+
+/// The `i`th string of a character vector, when it is UTF-8 as it stands
+/// (not NA, not marked latin1 or bytes).
+unsafe fn utf8_elt<'a>(x: SEXP, i: isize) -> Option<&'a str> {
+    let c = STRING_ELT(x, i);
+    if c == R_NaString || matches!(Rf_getCharCE(c), CE_LATIN1 | CE_BYTES) {
+        return None;
+    }
+    CStr::from_ptr(R_CHAR(c)).to_str().ok()
+}
+
+fn json_string(s: &str, out: &mut Vec<u8>) {
+    out.push(b'"');
+    for b in s.bytes() {
+        match b {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b if b < 0x20 => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+            b => out.push(b),
+        }
+    }
+    out.push(b'"');
+}
+
+/// A double as C's `%.15g` writes it (what jsonlite writes with `digits =
+/// NA`); NA, NaN and the infinities as null.
+pub fn json_number(x: f64, out: &mut Vec<u8>) {
+    if !x.is_finite() {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    if x == 0.0 {
+        out.extend_from_slice(if x.is_sign_negative() { b"-0" } else { b"0" });
+        return;
+    }
+    let sci = format!("{x:.14e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let trim = |s: &str| -> String {
+        if s.contains('.') {
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let text = if !(-4..15).contains(&exp) {
+        format!("{}e{}{:02}", trim(mantissa), if exp < 0 { '-' } else { '+' }, exp.abs())
+    } else {
+        trim(&format!("{:.*}", (14 - exp) as usize, x))
+    };
+    out.extend_from_slice(text.as_bytes());
 }

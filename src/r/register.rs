@@ -29,12 +29,14 @@ extern "C" {
 }
 
 /// The routines that are not extendr's: name, address, number of arguments.
-fn native_routines() -> [(&'static str, *const (), usize); 9] {
+fn native_routines() -> [(&'static str, *const (), usize); 11] {
     [
-        ("c_submit", calls::c_submit as *const (), 8),
+        ("c_submit", calls::c_submit as *const (), 9),
+        ("c_json", calls::c_json as *const (), 1),
+        ("w_result_json", wire::w_result_json as *const (), 3),
         ("c_status", calls::c_status as *const (), 1),
         ("c_wait", calls::c_wait as *const (), 2),
-        ("c_duplicate", calls::c_duplicate as *const (), 2),
+        ("c_duplicate", calls::c_duplicate as *const (), 3),
         ("c_cleanup", calls::c_cleanup as *const (), 2),
         ("c_cleanup_written", calls::c_cleanup_written as *const (), 1),
         ("w_unserialize", wire::w_unserialize as *const (), 1),

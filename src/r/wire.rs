@@ -78,16 +78,27 @@ struct JobBytes {
     buf: Vec<u8>,
     used: usize,
     fn_len: usize,
+    /// The params are JSON text, not R's serialization.
+    json: bool,
+    /// The rest of the job frame's text: id, operation, attempt, queue, parent.
+    info: [String; 5],
 }
 
-static JOB_BYTES: Mutex<JobBytes> = Mutex::new(JobBytes { buf: Vec::new(), used: 0, fn_len: 0 });
+static JOB_BYTES: Mutex<JobBytes> = Mutex::new(JobBytes {
+    buf: Vec::new(),
+    used: 0,
+    fn_len: 0,
+    json: false,
+    info: [String::new(), String::new(), String::new(), String::new(), String::new()],
+});
 
 /// A buffer larger than this is given back after its job.
 const KEEP_BYTES: usize = 16 << 20;
 
 /// The next frame from the pool, or NULL when the pool closed the pipe.
-/// A job frame is its kind alone (2L), its parts read into the job buffer,
-/// after noting the processes already there; any other is
+/// A job frame is `c(2L, handler, json)` (whether it runs a registered
+/// handler, and whether its params are JSON), its parts read into the job
+/// buffer, after noting the processes already there; any other is
 /// list(kind, text, blob).
 #[extendr]
 fn aj_w_read() -> Result<Robj> {
@@ -108,12 +119,16 @@ fn aj_w_read() -> Result<Robj> {
         read_part(fd, blob.as_raw_slice_mut().unwrap_or(&mut []))?;
         return Ok(list!(kind = kind, text = text, blob = blob).into());
     }
-    // A job's text is "<id><SEP><length of the executor's bytes>".
-    let (_, fn_len) = text.split_once(protocol::FIELD_SEP).unwrap_or((&text, ""));
-    let fn_len = fn_len.parse::<usize>().ok().filter(|n| *n <= h.blob_len);
+    // A job's text: id, length of the executor's bytes (0: a handler job),
+    // operation, attempt, queue, parent and the params' format.
+    let f: Vec<&str> = text.split(protocol::FIELD_SEP).collect();
+    let fn_len = f.get(1).and_then(|n| n.parse::<usize>().ok()).filter(|n| *n <= h.blob_len && f.len() == 7);
     let fn_len = fn_len.ok_or_else(|| Error::Other("asyncjobs worker: malformed job frame".into()))?;
+    let json = f[6] == "json";
     {
         let mut jb = JOB_BYTES.lock();
+        jb.json = json;
+        jb.info = [f[0], f[2], f[3], f[4], f[5]].map(str::to_owned);
         if jb.buf.len() > KEEP_BYTES && h.blob_len <= KEEP_BYTES {
             jb.buf = Vec::new();
         }
@@ -130,7 +145,48 @@ fn aj_w_read() -> Result<Robj> {
         w.tag = h.tag;
     }
     crate::pool::reaper::job_begin(); // [tree] the processes already here (setup's) stay
-    Ok(kind.into())
+    Ok(vec![kind, (fn_len == 0) as i32, json as i32].into())
+}
+
+/// The running job as `current_job()` shows it: list(job_id, operation,
+/// attempt, queue, parent_id), or NULL between jobs.
+#[extendr]
+fn aj_w_job() -> Robj {
+    if WIRE.lock().tag == 0 {
+        return ().into();
+    }
+    let jb = JOB_BYTES.lock();
+    let [id, operation, attempt, queue, parent] = &jb.info;
+    let parent: Robj = if parent.is_empty() { ().into() } else { parent.as_str().into() };
+    list!(
+        job_id = id.as_str(),
+        operation = operation.as_str(),
+        attempt = attempt.parse::<i32>().unwrap_or(1),
+        queue = queue.as_str(),
+        parent_id = parent
+    )
+    .into()
+}
+
+/// A running job submits a job of its own: the `Submit` frame (see the
+/// pool's `child_submit` for its fields), then the pool's answer, as its
+/// fields.
+#[extendr]
+fn aj_w_submit(text: &str, blob: Robj) -> Result<Vec<String>> {
+    if !send(Kind::Submit, text.as_bytes(), blob.as_raw_slice().unwrap_or(&[])).map_err(|e| fail("writing a frame", e))? {
+        return Err(Error::Other("create_job() inside a job: there is no job running".into()));
+    }
+    let fd = WIRE.lock().input;
+    let mut head = [0u8; HEADER_LEN];
+    read_part(fd, &mut head)?;
+    let h = Header::decode(&head, 1 << 20).map_err(|e| Error::Other(format!("asyncjobs worker: {e}")))?;
+    let mut body = vec![0u8; h.text_len + h.blob_len];
+    read_part(fd, &mut body)?;
+    if h.kind != Kind::Submitted {
+        return Err(Error::Other(format!("asyncjobs worker: a {:?} frame came instead of the submit's answer", h.kind)));
+    }
+    let text = String::from_utf8_lossy(&body[..h.text_len]).into_owned();
+    Ok(text.split(protocol::FIELD_SEP).map(str::to_owned).collect())
 }
 
 /// `.Call(w_unserialize, 1L)`: the job's executor; `2L`: its params. A
@@ -139,6 +195,12 @@ fn aj_w_read() -> Result<Robj> {
 pub(super) unsafe extern "C" fn w_unserialize(which: SEXP) -> SEXP {
     let (ptr, len) = {
         let jb = JOB_BYTES.lock();
+        if jb.json && Rf_asInteger(which) == 2 {
+            // JSON params are read by jsonlite, in R.
+            let text = String::from_utf8_lossy(&jb.buf[jb.fn_len..jb.used]).into_owned();
+            drop(jb);
+            return super::fast::string(&text);
+        }
         if Rf_asInteger(which) == 1 {
             (jb.buf.as_ptr(), jb.fn_len)
         } else {
@@ -193,6 +255,39 @@ pub(super) unsafe extern "C" fn w_result(outcome: SEXP, limit: SEXP) -> SEXP {
     SET_STRING_ELT(out, 1, mkchar(&message));
     Rf_unprotect(1);
     out
+}
+
+/// `.Call(w_result_json, value, warnings, max_result_bytes)`: a handler
+/// job's result as JSON, `{"value": <value>, "warnings": [...]}` with
+/// `value` JSON text already; as [`w_result`], NULL once it is sent, else
+/// c(code, message).
+pub(super) unsafe extern "C" fn w_result_json(value: SEXP, warnings: SEXP, limit: SEXP) -> SEXP {
+    let mut out = b"{\"value\":".to_vec();
+    out.extend_from_slice(super::fast::as_str(value).unwrap_or("null").as_bytes());
+    out.extend_from_slice(b",\"warnings\":[");
+    for (i, w) in super::fast::strings_of(warnings).iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut one = super::fast::to_json(super::fast::string(w)).unwrap_or_else(|| b"null".to_vec());
+        out.append(&mut one);
+    }
+    out.extend_from_slice(b"]}");
+    let limit = Rf_asReal(limit);
+    let (code, message) = if out.len() as f64 > limit {
+        ("RESULT_TOO_LARGE", format!("The job's result is {} bytes; the limit (max_result_bytes) is {limit:.0} bytes", out.len()))
+    } else {
+        crate::pool::reaper::job_end(); // [tree] those the job started go, before its result
+        match send(Kind::Result, b"json", &out) {
+            Ok(_) => return R_NilValue,
+            Err(e) => ("WRITE_FAILED", e.to_string()),
+        }
+    };
+    let v = Rf_protect(Rf_allocVector(STRSXP, 2));
+    SET_STRING_ELT(v, 0, mkchar(code));
+    SET_STRING_ELT(v, 1, mkchar(&message));
+    Rf_unprotect(1);
+    v
 }
 
 /// Random seeds for the worker's jobs, drawn from the kernel 1024 at a time.
@@ -254,12 +349,12 @@ pub(super) unsafe extern "C" fn w_seed(code: SEXP) -> SEXP {
 /// lands on the job the pool has sent next.
 fn send(kind: Kind, text: &[u8], blob: &[u8]) -> std::io::Result<bool> {
     let mut w = WIRE.lock();
-    let about_job = matches!(kind, Kind::Progress | Kind::Result | Kind::Failed);
+    let about_job = matches!(kind, Kind::Progress | Kind::Result | Kind::Failed | Kind::Submit);
     if about_job && w.tag == 0 {
         return Ok(false);
     }
     let (job, tag) = if about_job { (w.job, w.tag) } else { (Uuid::nil(), 0) };
-    if !matches!(kind, Kind::Progress) {
+    if !matches!(kind, Kind::Progress | Kind::Submit) {
         // What the job printed goes out before its outcome.
         unsafe { libc::fflush(std::ptr::null_mut()) };
     }
@@ -407,6 +502,8 @@ extendr_module! {
     mod wire;
     fn aj_w_open;
     fn aj_w_read;
+    fn aj_w_job;
+    fn aj_w_submit;
     fn aj_w_write;
     fn aj_w_baseline;
     fn aj_w_unchanged;

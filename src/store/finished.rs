@@ -59,9 +59,11 @@ const D_STATUS: usize = 104;
 const D_FLAGS: usize = 105;
 /// The side maps that hold an entry for the job: `S_*`.
 const D_SIDE: usize = 106;
-/// Then, each when its `F_*` flag says: error code, message and detail;
+const D_FLAGS2: usize = 107;
+/// Then, each when its `G_*` or `F_*` flag says: parent, run-at time,
+/// schedule (name id) and children count; error code, message and detail;
 /// progress current, total and step; the result, to the end.
-const D_TAIL: usize = 107;
+const D_TAIL: usize = 108;
 
 const F_PID: u8 = 1;
 const F_ERROR: u8 = 2;
@@ -72,8 +74,17 @@ const F_STEP: u8 = 32;
 const F_RESULT: u8 = 64;
 const F_PROGRESS: u8 = 128;
 
+const G_JSON: u8 = 1;
+const G_HANDLER: u8 = 2;
+const G_PARENT: u8 = 4;
+const G_RUN_AT: u8 = 8;
+const G_SCHEDULE: u8 = 16;
+const G_CHILDREN: u8 = 32;
+const G_SLOT: u8 = 64;
+
 pub(super) const S_UNHASHED: u8 = 1;
 pub(super) const S_OUTPUT: u8 = 2;
+pub(super) const S_CHILDREN: u8 = 4;
 
 /// A finished job's record and its result (no payload, output or lease),
 /// as bytes: `Done<Vec<u8>>` when it is made, a view into the log's blocks
@@ -96,6 +107,10 @@ impl<'a> Reader<'a> {
         &self.buf[self.at - n..self.at]
     }
 
+    pub(super) fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take(4).try_into().unwrap())
+    }
+
     pub(super) fn f64(&mut self) -> f64 {
         f64::from_le_bytes(self.take(8).try_into().unwrap())
     }
@@ -112,11 +127,24 @@ impl<'a> Reader<'a> {
 
 impl Done<Vec<u8>> {
     /// `job` has ended; `result` is what it completed with.
-    pub(super) fn new(job: &Job, operation: u32, queue: u32, side: u8, result: Option<&[u8]>) -> Done<Vec<u8>> {
+    pub(super) fn new(job: &Job, names: &mut Names, side: u8, result: Option<&[u8]>) -> Done<Vec<u8>> {
+        let (operation, queue) = (names.id(&job.operation), names.id(&job.queue));
+        let schedule = job.schedule.as_deref().map(|n| names.id(n));
+        let flags2 = [
+            (G_JSON, job.result_json),
+            (G_HANDLER, job.handler),
+            (G_PARENT, job.parent.is_some()),
+            (G_RUN_AT, job.run_at.is_some()),
+            (G_SCHEDULE, schedule.is_some()),
+            (G_CHILDREN, job.children > 0),
+            (G_SLOT, job.slot_at.is_some()),
+        ]
+        .iter()
+        .fold(0u8, |f, (g, on)| if *on { f | g } else { f });
         let err = job.error.as_deref();
         let progress = job.progress.as_deref();
         let mut flags = 0;
-        let mut len = D_TAIL;
+        let mut len = D_TAIL + 32;
         let mut flag = |f: u8, on: bool, n: usize| {
             if on {
                 flags |= f;
@@ -143,7 +171,16 @@ impl Done<Vec<u8>> {
         for v in [operation, queue, job.priority as u32, job.attempts, job.max_attempts, job.worker_pid.unwrap_or(0)] {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        b.extend_from_slice(&[job.status as u8, flags, side]);
+        b.extend_from_slice(&[job.status as u8, flags, side, flags2]);
+        if let Some(p) = job.parent {
+            b.extend_from_slice(p.as_bytes());
+        }
+        for t in [job.run_at, job.slot_at].into_iter().flatten() {
+            b.extend_from_slice(&t.to_le_bytes());
+        }
+        for v in [schedule, (job.children > 0).then_some(job.children)].into_iter().flatten() {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
         if let Some(e) = err {
             put_bytes(&mut b, e.code.as_bytes());
             put_bytes(&mut b, e.message.as_bytes());
@@ -202,7 +239,14 @@ impl<B: AsRef<[u8]>> Done<B> {
     pub(super) fn job(&self, names: &Names, with_result: bool) -> Job {
         let flags = self.bytes()[D_FLAGS];
         let has = |f: u8| flags & f != 0;
+        let flags2 = self.bytes()[D_FLAGS2];
+        let has2 = |f: u8| flags2 & f != 0;
         let mut r = Reader { buf: self.bytes(), at: D_TAIL };
+        let parent = has2(G_PARENT).then(|| Uuid::from_bytes(r.take(16).try_into().unwrap()));
+        let run_at = has2(G_RUN_AT).then(|| r.f64());
+        let slot_at = has2(G_SLOT).then(|| r.f64());
+        let schedule = has2(G_SCHEDULE).then(|| names.name(r.u32()));
+        let children = if has2(G_CHILDREN) { r.u32() } else { 0 };
         let error = has(F_ERROR).then(|| {
             let (code, message) = (r.string(), r.string());
             let detail = has(F_DETAIL).then(|| Arc::from(r.bytes()));
@@ -231,6 +275,14 @@ impl<B: AsRef<[u8]>> Done<B> {
             progress,
             worker_pid: has(F_PID).then(|| self.u32_at(D_PID)),
             host: None,
+            result_json: has2(G_JSON),
+            handler: has2(G_HANDLER),
+            parent,
+            run_at,
+            waiting: 0,
+            children,
+            schedule,
+            slot_at,
         }
     }
 }

@@ -8,16 +8,17 @@
 //!
 //! May import: `job`, `sys`, `store`.
 
-use super::finished::{Done, Finished, Names, S_OUTPUT, S_UNHASHED};
-use super::{HostInfo, HostView, Store, StoreResult};
+use super::finished::{Done, Finished, Names, S_CHILDREN, S_OUTPUT, S_UNHASHED};
+use super::{HostInfo, HostView, PutSchedule, Store, StoreResult};
 use crate::job::{
     duplicate_key, median, sha256, Cancel, Claimed, Counts, IdHash, Job, JobError, JobView, Lease, NewJob, Outcome,
     Report, Status, Submit,
 };
+use crate::schedule::Schedule;
 use crate::sys::{now, runtime};
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -59,6 +60,12 @@ impl Recent {
 struct Payload {
     executor: Vec<u8>,
     params: Arc<Vec<u8>>,
+    params_json: bool,
+}
+
+/// A time as whole microseconds, for ordered keys.
+fn micros(t: f64) -> i64 {
+    (t * 1e6) as i64
 }
 
 /// Order among pending jobs of one queue: higher priority, then submit order.
@@ -87,6 +94,19 @@ struct Memory {
     pending: usize,
     running: usize,
     hosts: Vec<HostView>,
+    /// Pending jobs that may not run yet (delayed): run time, id.
+    delayed: BTreeSet<(i64, Uuid)>,
+    /// A pending job's dependencies not completed yet.
+    deps: HashMap<Uuid, Vec<Uuid>, IdHash>,
+    /// The pending jobs waiting on a job.
+    dependents: HashMap<Uuid, Vec<Uuid>, IdHash>,
+    /// The jobs a job submitted while running.
+    children: HashMap<Uuid, Vec<Uuid>, IdHash>,
+    schedules: BTreeMap<String, Schedule>,
+    /// The slots each schedule fired (a day of them).
+    fired: HashMap<String, BTreeSet<i64>>,
+    /// Jobs whose dependencies completed since the pool last asked.
+    readied: usize,
 }
 
 /// Jobs in this process's memory: the default store.
@@ -95,6 +115,7 @@ pub struct MemoryStore {
     inner: Mutex<Memory>,
     finished: Notify,
 }
+
 
 impl MemoryStore {
     pub fn new() -> MemoryStore {
@@ -149,6 +170,14 @@ impl Memory {
                 q.remove(&place);
             }
         }
+        if let Some(t) = job.run_at {
+            self.delayed.remove(&(micros(t), *id));
+        }
+        for dep in self.deps.remove(id).unwrap_or_default() {
+            if let Some(d) = self.dependents.get_mut(&dep) {
+                d.retain(|j| j != id);
+            }
+        }
         self.payloads.remove(id);
         self.tokens.remove(id);
         if let Some(out) = self.outputs.get_mut(id) {
@@ -157,8 +186,9 @@ impl Memory {
         job.completed_at = Some(now);
         let mut result = None;
         match outcome {
-            Outcome::Completed(bytes) => {
+            Outcome::Completed(bytes) | Outcome::CompletedJson(bytes) => {
                 job.status = Status::Completed;
+                job.result_json = matches!(outcome, Outcome::CompletedJson(_));
                 result = Some(bytes.as_slice());
                 if let Some(d) = job.duration() {
                     if !self.durations.contains_key(&*job.operation) {
@@ -176,11 +206,124 @@ impl Memory {
                 job.error = Some(Box::new(JobError::new("CANCELLED", "Job was cancelled")));
             }
         }
-        let (operation, queue) = (self.names.id(&job.operation), self.names.id(&job.queue));
         let side = if self.unhashed.contains_key(id) { S_UNHASHED } else { 0 }
-            | if self.outputs.contains_key(id) { S_OUTPUT } else { 0 };
-        self.done.push(Done::new(&job, operation, queue, side, result));
+            | if self.outputs.contains_key(id) { S_OUTPUT } else { 0 }
+            | if self.children.contains_key(id) { S_CHILDREN } else { 0 };
+        self.done.push(Done::new(&job, &mut self.names, side, result));
+        self.settle_dependents(id, outcome, now);
         true
+    }
+
+    /// A job ended: the jobs waiting on it go on (it completed) or fail.
+    fn settle_dependents(&mut self, id: &Uuid, outcome: &Outcome, now: f64) {
+        let Some(waiting) = self.dependents.remove(id) else { return };
+        for d in waiting {
+            if outcome.completed() {
+                let Some(job) = self.jobs.get_mut(&d) else { continue };
+                job.waiting = job.waiting.saturating_sub(1);
+                if let Some(deps) = self.deps.get_mut(&d) {
+                    deps.retain(|j| j != id);
+                }
+                if job.waiting == 0 {
+                    self.deps.remove(&d);
+                    self.make_ready(&d, now);
+                    self.readied += 1;
+                }
+            } else {
+                let why = match outcome {
+                    Outcome::Cancelled => "was cancelled",
+                    _ => "failed",
+                };
+                let err = JobError::new("DEPENDENCY_FAILED", format!("Job {id}, which this job depends on, {why}"));
+                self.end(&d, &Outcome::Failed(err), now);
+            }
+        }
+    }
+
+    /// Puts a pending job whose dependencies are done where claims find
+    /// it: its queue, or the delayed set until its time.
+    fn make_ready(&mut self, id: &Uuid, now: f64) {
+        let Some(job) = self.jobs.get(id) else { return };
+        match job.run_at {
+            Some(t) if t > now => {
+                self.delayed.insert((micros(t), *id));
+            }
+            _ => self.enqueue(id),
+        }
+    }
+
+    /// Moves the delayed jobs that are due into their queues.
+    fn promote(&mut self, now: f64) {
+        while let Some(&(t, id)) = self.delayed.first() {
+            if t > micros(now) {
+                break;
+            }
+            self.delayed.pop_first();
+            self.enqueue(&id);
+        }
+    }
+
+    fn enqueue(&mut self, id: &Uuid) {
+        let Some(job) = self.jobs.get(id) else { return };
+        let (priority, queue) = (job.priority, job.queue.clone());
+        self.seq += 1;
+        let place = (-(priority as i64), self.seq, *id);
+        self.queues.entry(queue).or_default().insert(place);
+        self.places.insert(*id, place);
+    }
+
+    /// Adds an accepted job (its checks passed).
+    fn insert(&mut self, job: NewJob, hash: Option<[u8; 32]>, waiting: Vec<Uuid>, now: f64) {
+        let (operation, queue) = (self.names.intern(&job.operation), self.names.intern(&job.queue));
+        match hash {
+            Some(h) => {
+                self.active.entry(duplicate_key(&job.operation, &h)).or_insert(job.id);
+            }
+            None => {
+                self.unhashed.insert(job.id, job.params.clone());
+            }
+        }
+        let run_at = (job.delay > 0.0).then(|| now + job.delay);
+        let schedule = job.slot.as_ref().map(|s| self.names.intern(&s.schedule));
+        let slot_at = job.slot.as_ref().map(|s| s.at);
+        if let Some(p) = job.parent {
+            self.children.entry(p).or_default().push(job.id);
+            if let Some(parent) = self.jobs.get_mut(&p) {
+                parent.children += 1;
+            }
+        }
+        for dep in &waiting {
+            self.dependents.entry(*dep).or_default().push(job.id);
+        }
+        let id = job.id;
+        self.payloads.insert(id, Payload { executor: job.executor, params: job.params, params_json: job.params_json });
+        self.pending += 1;
+        self.jobs.insert(
+            id,
+            Job {
+                id,
+                operation,
+                params_hash: hash.unwrap_or_default(),
+                status: Status::Pending,
+                queue,
+                priority: job.priority,
+                submitted_at: now,
+                timeout_ms: job.timeout_ms,
+                max_attempts: job.max_attempts,
+                handler: self.payloads[&id].executor.is_empty(),
+                parent: job.parent,
+                run_at,
+                waiting: waiting.len() as u32,
+                schedule,
+                slot_at,
+                ..Job::default()
+            },
+        );
+        if waiting.is_empty() {
+            self.make_ready(&id, now);
+        } else {
+            self.deps.insert(id, waiting);
+        }
     }
 
     fn position(&self, id: &Uuid) -> Option<usize> {
@@ -209,55 +352,58 @@ impl Store for MemoryStore {
     }
 
     async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit> {
-        let mut m = self.inner.lock();
-        let hash = if job.unique { Some(job.hash()) } else { job.params_hash };
-        if job.unique {
-            m.hash_all();
-            let key = duplicate_key(&job.operation, hash.as_ref().unwrap());
-            if let Some(id) = m.active.get(&key) {
-                return Ok(Submit::Duplicate(*id));
+        let r = {
+            let mut m = self.inner.lock();
+            if m.contains(&job.id) {
+                // A retried parent's child: made by its first run.
+                return Ok(Submit::Accepted);
             }
-        }
-        if m.pending + m.running >= limit {
-            return Ok(Submit::Full { limit });
-        }
-        let (operation, queue) = (m.names.intern(&job.operation), m.names.intern(&job.queue));
-        match hash {
-            Some(h) => {
-                m.active.entry(duplicate_key(&job.operation, &h)).or_insert(job.id);
+            let hash = if job.unique { Some(job.hash()) } else { job.params_hash };
+            if job.unique {
+                m.hash_all();
+                let key = duplicate_key(&job.operation, hash.as_ref().unwrap());
+                if let Some(id) = m.active.get(&key) {
+                    return Ok(Submit::Duplicate(*id));
+                }
             }
-            None => {
-                m.unhashed.insert(job.id, job.params.clone());
+            if m.pending + m.running >= limit {
+                return Ok(Submit::Full { limit });
             }
+            // Dependencies: each must exist; those not completed yet are waited for.
+            let mut waiting = Vec::new();
+            let mut failed = None;
+            for dep in &job.depends_on {
+                let status = match m.jobs.get(dep) {
+                    Some(j) => j.status,
+                    None => match m.done.get(dep) {
+                        Some(d) => d.status(),
+                        None => return Ok(Submit::UnknownDependency(*dep)),
+                    },
+                };
+                match status {
+                    Status::Completed => {}
+                    Status::Pending | Status::Running => {
+                        if !waiting.contains(dep) {
+                            waiting.push(*dep);
+                        }
+                    }
+                    _ => failed = failed.or(Some((*dep, status))),
+                }
+            }
+            let (id, t) = (job.id, now());
+            m.insert(job, hash, if failed.is_some() { Vec::new() } else { waiting }, t);
+            if let Some((dep, status)) = failed {
+                let why = if status == Status::Cancelled { "was cancelled" } else { "failed" };
+                let err = JobError::new("DEPENDENCY_FAILED", format!("Job {dep}, which this job depends on, {why}"));
+                m.end(&id, &Outcome::Failed(err), t);
+                true
+            } else {
+                false
+            }
+        };
+        if r {
+            self.finished.notify_waiters();
         }
-        m.seq += 1;
-        let place = (-(job.priority as i64), m.seq, job.id);
-        m.queues.entry(queue.clone()).or_default().insert(place);
-        m.places.insert(job.id, place);
-        m.payloads.insert(job.id, Payload { executor: job.executor, params: job.params });
-        m.pending += 1;
-        m.jobs.insert(
-            job.id,
-            Job {
-                id: job.id,
-                operation,
-                params_hash: hash.unwrap_or_default(),
-                status: Status::Pending,
-                queue,
-                priority: job.priority,
-                submitted_at: now(),
-                started_at: None,
-                completed_at: None,
-                timeout_ms: job.timeout_ms,
-                attempts: 0,
-                max_attempts: job.max_attempts,
-                result: None,
-                error: None,
-                progress: None,
-                worker_pid: None,
-                host: None,
-            },
-        );
         Ok(Submit::Accepted)
     }
 
@@ -292,7 +438,9 @@ impl Store for MemoryStore {
         }
         let position = if job.status == Status::Pending { m.position(id) } else { None };
         let typical = m.typical(&job.operation);
-        Ok(Some(JobView { job, position, typical, now: now() }))
+        let waiting_for = m.deps.get(id).cloned().unwrap_or_default();
+        let children = m.children.get(id).cloned().unwrap_or_default();
+        Ok(Some(JobView { job, position, typical, now: now(), waiting_for, children }))
     }
 
     async fn find_active(&self, operation: &str, params_hash: &[u8; 32]) -> StoreResult<Option<Uuid>> {
@@ -314,6 +462,8 @@ impl Store for MemoryStore {
         let mut m = self.inner.lock();
         let host: Arc<str> = Arc::from(host);
         let mut out = Vec::new();
+        let t = now();
+        m.promote(t);
         while out.len() < k {
             let best = queues.iter().filter_map(|q| m.queues.get(q.as_str())?.first().copied()).min();
             let Some(place) = best else { break };
@@ -328,14 +478,26 @@ impl Store for MemoryStore {
             };
             let job = m.jobs.get_mut(&id).unwrap();
             job.status = Status::Running;
-            job.started_at = Some(now());
+            job.started_at = Some(t);
             job.attempts += 1;
             job.host = Some(host.clone());
-            let (timeout_ms, operation) = (job.timeout_ms, job.operation.clone());
+            let (timeout_ms, operation, queue, attempt, parent) =
+                (job.timeout_ms, job.operation.clone(), job.queue.clone(), job.attempts, job.parent);
             m.pending -= 1;
             m.running += 1;
-            let p = m.payloads.remove(&id).unwrap_or(Payload { executor: Vec::new(), params: Arc::default() });
-            out.push(Claimed { lease: Lease { id, token }, operation, executor: p.executor, params: p.params, timeout_ms });
+            let p = m.payloads.remove(&id).unwrap_or(Payload { executor: Vec::new(), params: Arc::default(), params_json: false });
+            out.push(Claimed {
+                lease: Lease { id, token },
+                operation,
+                executor: p.executor,
+                params: p.params,
+                params_json: p.params_json,
+                timeout_ms,
+                queue,
+                attempt,
+                parent,
+                signature: None,
+            });
         }
         Ok(out)
     }
@@ -460,6 +622,9 @@ impl Store for MemoryStore {
             if side & S_UNHASHED != 0 {
                 params.extend(m.unhashed.remove(&id));
             }
+            if side & S_CHILDREN != 0 {
+                m.children.remove(&id);
+            }
             old.push(id);
         }
         // Many records are freed on the blocking pool, not on the caller's thread.
@@ -488,6 +653,71 @@ impl Store for MemoryStore {
         all.extend(m.done.iter().map(|d| d.job(&m.names, false)));
         all.sort_by(|a, b| a.submitted_at.total_cmp(&b.submitted_at));
         Ok(all)
+    }
+
+    async fn put_schedule(&self, schedule: &Schedule, replace: bool) -> StoreResult<PutSchedule> {
+        let mut m = self.inner.lock();
+        let r = match m.schedules.get(&schedule.name) {
+            None => PutSchedule::Created,
+            Some(old) if old.same_definition(schedule) => return Ok(PutSchedule::Unchanged),
+            Some(_) if replace => PutSchedule::Replaced,
+            Some(old) => return Ok(PutSchedule::Taken(Box::new(old.clone()))),
+        };
+        m.schedules.insert(schedule.name.clone(), schedule.clone());
+        Ok(r)
+    }
+
+    async fn drop_schedule(&self, name: &str) -> StoreResult<bool> {
+        let mut m = self.inner.lock();
+        m.fired.remove(name);
+        Ok(m.schedules.remove(name).is_some())
+    }
+
+    async fn schedules(&self) -> StoreResult<Vec<Schedule>> {
+        let mut all: Vec<Schedule> = self.inner.lock().schedules.values().cloned().collect();
+        all.sort_by(|a, b| a.next_at.total_cmp(&b.next_at));
+        Ok(all)
+    }
+
+    async fn fire(&self, schedule: &str, next_at: f64, next: f64, jobs: Vec<NewJob>) -> StoreResult<usize> {
+        let mut m = self.inner.lock();
+        let t = now();
+        let mut added = 0;
+        let mut last = None;
+        for job in jobs {
+            let Some(slot) = job.slot.as_ref().map(|s| s.at) else { continue };
+            last = Some(slot);
+            if !m.fired.entry(schedule.to_owned()).or_default().insert(micros(slot)) {
+                continue;
+            }
+            let hash = Some(job.hash());
+            m.insert(job, hash, Vec::new(), t);
+            added += 1;
+        }
+        if let Some(fired) = m.fired.get_mut(schedule) {
+            // A day of slots is enough to know what fired: hosts fire no later.
+            let old = micros(t - 86400.0);
+            while fired.first().is_some_and(|&f| f < old) {
+                fired.pop_first();
+            }
+        }
+        if let Some(s) = m.schedules.get_mut(schedule) {
+            if s.next_at == next_at {
+                s.next_at = next;
+                if last.is_some() {
+                    s.last_at = last;
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    fn next_due(&self) -> Option<f64> {
+        self.inner.lock().delayed.first().map(|&(t, _)| t as f64 / 1e6)
+    }
+
+    fn take_readied(&self) -> usize {
+        std::mem::take(&mut self.inner.lock().readied)
     }
 
     async fn register_host(&self, host: &HostInfo) -> StoreResult<()> {

@@ -20,6 +20,7 @@ pub mod memory;
 pub mod sql;
 
 use crate::job::{Cancel, Claimed, Counts, Job, JobError, JobView, Lease, NewJob, Outcome, Report, Submit};
+use crate::schedule::Schedule;
 use async_trait::async_trait;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -47,15 +48,33 @@ pub struct HostInfo {
     pub pid: u32,
     pub slots: usize,
     pub queues: Vec<String>,
+    /// The operations it has handlers for (`register_job()`).
+    pub operations: Vec<String>,
 }
 
 impl HostInfo {
-    pub fn this_process(slots: usize, queues: Vec<String>) -> HostInfo {
+    pub fn this_process(slots: usize, queues: Vec<String>, operations: Vec<String>) -> HostInfo {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "unknown".into());
-        HostInfo { id: Uuid::new_v4().to_string(), hostname, pid: std::process::id(), slots, queues }
+        HostInfo { id: Uuid::new_v4().to_string(), hostname, pid: std::process::id(), slots, queues, operations }
     }
+
+    /// Whether it runs handler jobs of `operation` from `queue`.
+    pub fn serves(&self, operation: &str, queue: &str) -> bool {
+        self.slots > 0 && self.queues.iter().any(|q| q == queue) && self.operations.iter().any(|o| o == operation)
+    }
+}
+
+/// What [`Store::put_schedule`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PutSchedule {
+    Created,
+    /// The same definition was there already: nothing changed.
+    Unchanged,
+    Replaced,
+    /// Another definition has the name (and `replace` was not asked).
+    Taken(Box<Schedule>),
 }
 
 /// A pool as the host registry shows it.
@@ -159,6 +178,27 @@ pub trait Store: Send + Sync {
     async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>>;
     /// Every job, oldest first.
     async fn list(&self) -> StoreResult<Vec<Job>>;
+    /// Adds a recurring job, or replaces the one of that name when `replace`.
+    async fn put_schedule(&self, schedule: &Schedule, replace: bool) -> StoreResult<PutSchedule>;
+    /// Removes a recurring job; false if there was none of that name.
+    async fn drop_schedule(&self, name: &str) -> StoreResult<bool>;
+    /// Every recurring job, the next to fire first.
+    async fn schedules(&self) -> StoreResult<Vec<Schedule>>;
+    /// Fires `jobs` for slots of `schedule` (each a job with its `slot`),
+    /// each slot once however many hosts fire it, and moves its next slot
+    /// from `next_at` to `next`. Returns how many jobs this call added.
+    async fn fire(&self, schedule: &str, next_at: f64, next: f64, jobs: Vec<NewJob>) -> StoreResult<usize>;
+    /// When the next delayed job of this store becomes due, if it knows
+    /// (the memory store, whose pool then needs no poll).
+    fn next_due(&self) -> Option<f64> {
+        None
+    }
+    /// How many jobs became ready to run since the last call because the
+    /// jobs they waited for completed (the memory store, whose idle slots
+    /// are then woken; a shared store's claimer polls).
+    fn take_readied(&self) -> usize {
+        0
+    }
     async fn register_host(&self, host: &HostInfo) -> StoreResult<()>;
     async fn deregister_host(&self, host: &str) -> StoreResult<()>;
     /// Every pool registered in the store, oldest first.

@@ -51,8 +51,8 @@ fn main() {
         if frame.kind == Kind::Shutdown {
             break;
         }
-        let (_, fn_len) = frame.text.split_once('\u{1f}').unwrap();
-        let fn_len: usize = fn_len.parse().unwrap();
+        // The job's text: id, the executor's length, then more fields.
+        let fn_len: usize = frame.text.split('\u{1f}').nth(1).unwrap().parse().unwrap();
         job = (frame.job, frame.tag);
         let cmd = String::from_utf8_lossy(&frame.blob[fn_len..]).to_string();
         let (verb, arg) = cmd.split_once(':').unwrap_or((cmd.as_str(), ""));

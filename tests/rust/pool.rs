@@ -249,3 +249,34 @@ fn pools_on_one_sqlite_file_share_jobs_and_hosts() {
     assert_eq!(states, vec!["stopped", "stopped"]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A job two others wait on: when it completes, both start at once on the
+/// two idle workers (the memory store wakes its idle slots); a delayed job
+/// starts when due, not at the next submit.
+#[test]
+fn dependents_and_delayed_jobs_wake_idle_workers() {
+    let pool = start(common::config(3, b""));
+    wait_until("workers ready", || pool.workers().iter().all(|w| w.state == SlotState::Idle));
+    let first = submit(&pool, "sleep:300", 60_000);
+    let mut then = Vec::new();
+    for _ in 0..2 {
+        let mut j = new_job("test", "sleep:500", 60_000);
+        j.depends_on = vec![first];
+        then.push(j.id);
+        assert_eq!(block_on(pool.submit(j)).unwrap(), Submit::Accepted);
+    }
+    let jobs: Vec<Job> = then.iter().map(|id| finished(&pool, *id)).collect();
+    let (a, b) = (&jobs[0], &jobs[1]);
+    assert!(a.started_at.unwrap() < b.completed_at.unwrap() && b.started_at.unwrap() < a.completed_at.unwrap(),
+            "both dependents ran at once: {a:?} {b:?}");
+    assert!(a.started_at.unwrap() >= get(pool.store().as_ref(), first).completed_at.unwrap());
+    let mut later = new_job("test", "ok:late", 60_000);
+    later.delay = 0.4;
+    let id = later.id;
+    let t0 = now();
+    assert_eq!(block_on(pool.submit(later)).unwrap(), Submit::Accepted);
+    let done = finished(&pool, id);
+    let started = done.started_at.unwrap() - t0;
+    assert!((0.39..3.0).contains(&started), "started {started} s after its submit");
+    stop(pool, &[]);
+}

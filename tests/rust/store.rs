@@ -27,6 +27,7 @@ fn job(op: &str, params: &[u8]) -> NewJob {
         priority: 0,
         max_attempts: 1,
         unique: false,
+        ..NewJob::default()
     }
 }
 
@@ -61,7 +62,7 @@ fn sql(url: &str, lease: Duration) -> SqlStore {
 }
 
 fn host(id: &str) -> HostInfo {
-    HostInfo { id: id.into(), hostname: "test-host".into(), pid: 4242, slots: 1, queues: q("default") }
+    HostInfo { id: id.into(), hostname: "test-host".into(), pid: 4242, slots: 1, queues: q("default"), operations: vec![] }
 }
 
 /// The scenarios every store must pass. Each uses queues of its own.

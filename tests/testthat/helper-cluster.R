@@ -63,13 +63,14 @@ marked_sleeper <- function(p) {
 # once its "serving" line is logged. Killed (kill -9) when the test ends if
 # still alive; every pid it and its workers had must be dead by then.
 start_worker_host <- function(url, n = 1L, queues = "default", grace_ms = 60000, lease = 3,
-                              netns = NULL, timeout_ms = 5000, env = parent.frame()) {
+                              netns = NULL, timeout_ms = 5000, handlers = NULL, env = parent.frame()) {
   log <- tempfile("worker-host-", fileext = ".log")
   expr <- sprintf(paste0(".libPaths(%s); options(asyncjobs.lease_seconds = %s, asyncjobs.store_timeout_ms = %s, ",
                          "asyncjobs.warn_payload_bytes = Inf); ",
-                         "asyncjobs::run_workers(store = %s, n = %dL, queues = %s, grace_ms = %s)"),
+                         "asyncjobs::run_workers(store = %s, n = %dL, queues = %s, grace_ms = %s, handlers = %s)"),
                   paste(deparse(.libPaths()), collapse = ""), lease, timeout_ms, deparse(url), as.integer(n),
-                  paste(deparse(queues), collapse = ""), grace_ms)
+                  paste(deparse(queues), collapse = ""), grace_ms,
+                  paste(deparse(if (!is.null(handlers)) normalizePath(handlers)), collapse = ""))
   rscript <- file.path(R.home("bin"), "Rscript")
   cmd <- if (is.null(netns)) c(rscript, "-e", expr) else c("ip", "netns", "exec", netns, rscript, "-e", expr)
   proc <- processx::process$new(cmd[[1L]], cmd[-1L], stdout = log, stderr = "2>&1",

@@ -1,6 +1,10 @@
 # Helpers for the durable store suites: which stores to test, other R
 # processes (replicas and worker hosts) on the same store, and cleanup.
 
+# Closure jobs in a shared store are signed with a key every process shares;
+# the processes the tests start inherit it.
+Sys.setenv(ASYNCJOBS_KEY = "asyncjobs tests: the key every replica and host shares")
+
 # SQLite always; PostgreSQL and MySQL/MariaDB when tools/test.sh found them.
 store_urls <- function() {
   urls <- c(sqlite = paste0("sqlite://", tempfile("jobs-", fileext = ".db")))
@@ -32,17 +36,18 @@ cancel_active <- function() {
 # Another R process running `start_workers(n, store = url, ...)`, then
 # `then()` (its value is read with host$value()); `ready` once both are done.
 # Killed, with every process it started, when the test ends.
-start_host <- function(url, n = 1L, ..., then = NULL, lease = 3, env = parent.frame()) {
+start_host <- function(url, n = 1L, ..., then = NULL, lease = 3, options = list(), env = parent.frame()) {
   log <- tempfile("host-", fileext = ".log")
   out <- tempfile("host-", fileext = ".rds")
-  proc <- callr::r_bg(function(url, n, args, then, lease, out) {
+  proc <- callr::r_bg(function(url, n, args, then, lease, out, opts) {
     options(asyncjobs.lease_seconds = lease, asyncjobs.warn_payload_bytes = Inf)
+    do.call(options, opts)
     library(asyncjobs)
     do.call(start_workers, c(list(n = n, store = url, wait = TRUE), args))
     saveRDS(if (is.function(then)) then(), out)
     cat("ready\n")
     repeat Sys.sleep(0.05)
-  }, list(url, n, list(...), then, lease, out), stdout = log, stderr = "2>&1")
+  }, list(url, n, list(...), then, lease, out, options), stdout = log, stderr = "2>&1")
   ok <- wait_until(function() !proc$is_alive() || any(grepl("^ready", readLines(log, warn = FALSE))),
                    timeout = 60, interval = 0.05)
   if (!ok || !proc$is_alive()) stop("host did not start:\n", paste(readLines(log), collapse = "\n"))

@@ -116,20 +116,22 @@ test_that("operation names are valid UTF-8: latin1 is converted, invalid bytes a
   expect_true(is.logical(check_duplicate_job(latin, 1)$duplicate))
 })
 
-test_that("a job cannot start a pool or submit jobs from inside its worker", {
+test_that("a job cannot start a pool from inside its worker; create_job() there submits a child", {
   local_pool(1)
   j <- create_job("nested", 1, function(p) {
     tried <- list(
-      create = tryCatch(asyncjobs::create_job("child", 1, function(q) q), error = function(e) class(e)[[1L]]),
+      create = tryCatch(asyncjobs::create_job("child", 1, function(q) q)$status, error = function(e) class(e)[[1L]]),
       start = tryCatch(asyncjobs::start_workers(1), error = function(e) class(e)[[1L]]),
       run = tryCatch(asyncjobs::run_workers("sqlite:///tmp/x.db", 1), error = function(e) class(e)[[1L]]))
     tried
   })
   st <- finish(j)
   expect_identical(st$status, "completed")
-  expect_identical(unlist(st$result), c(create = "asyncjobs_error_in_worker", start = "asyncjobs_error_in_worker",
+  expect_identical(unlist(st$result), c(create = "accepted", start = "asyncjobs_error_in_worker",
                                         run = "asyncjobs_error_in_worker"))
-  expect_identical(nrow(list_jobs(operation = "child")), 0L)
+  child <- list_jobs(operation = "child")
+  expect_identical(child$parent_id, j$job_id)
+  expect_identical(get_job_status(j$job_id)$children, child$job_id)
 })
 
 test_that("create_job without params gives one classed error and no warning", {

@@ -8,8 +8,10 @@ use sqlx::error::BoxDynError;
 use sqlx::{Any, AnyPool, Arguments, Column, ColumnIndex, Encode, Executor, Row, Type};
 
 
-/// The schema this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The schema this build writes and reads. Version 2 (asyncjobs 0.2) adds
+/// the job model: handler jobs with JSON params and results, parents and
+/// children, dependencies, delays and schedules.
+pub const SCHEMA_VERSION: i64 = 2;
 
 pub(super) const ACTIVE: &str = "status IN ('pending', 'running')";
 pub(super) const FINISHED: &str = "status IN ('completed', 'failed', 'cancelled')";
@@ -51,6 +53,46 @@ impl Dialect {
         out
     }
 
+    /// A placeholder whose text goes into a JSON column.
+    pub(super) fn json_in(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "CAST(? AS JSON)",
+            _ => "?",
+        }
+    }
+
+    /// A JSON column's type. The text is kept as written (PostgreSQL's
+    /// `json`, not `jsonb`; on MySQL/MariaDB text checked by `JSON_VALID`,
+    /// which is what MariaDB's `JSON` is), because `jsonb` and MySQL's
+    /// binary `JSON` reorder an object's keys: R would read back a list
+    /// or data frame with its names in another order. SQL's JSON operators
+    /// and functions read these columns all the same.
+    fn json_column(self, column: &str) -> String {
+        match self {
+            Dialect::Sqlite => "TEXT NULL".into(),
+            Dialect::Postgres => "JSON NULL".into(),
+            Dialect::MySql => format!("LONGTEXT NULL CHECK (JSON_VALID({column}))"),
+        }
+    }
+
+    /// A JSON column read as text.
+    pub(super) fn json_out(self, column: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("CAST({column} AS TEXT)"),
+            Dialect::MySql => format!("CAST({column} AS CHAR)"),
+            Dialect::Sqlite => column.to_string(),
+        }
+    }
+
+    /// Locks the rows a read returns until the transaction ends (SQLite
+    /// locks the whole database at `BEGIN IMMEDIATE`).
+    pub(super) fn for_update(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            _ => " FOR UPDATE",
+        }
+    }
+
     pub(super) fn skip_locked(self) -> &'static str {
         match self {
             Dialect::Sqlite => "",
@@ -67,7 +109,9 @@ impl Dialect {
         }
     }
 
-    pub(super) fn schema(self) -> Vec<String> {
+    /// Version 1 of the schema (asyncjobs 0.1), which [`migrate`] creates
+    /// and then upgrades step by step; public for the upgrade's tests.
+    pub fn schema(self) -> Vec<String> {
         let (blob, double, text, id_cols) = match self {
             Dialect::Sqlite => ("BLOB", "REAL", "TEXT", "seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE"),
             Dialect::Postgres => ("BYTEA", "DOUBLE PRECISION", "TEXT", "id VARCHAR(36) PRIMARY KEY, seq BIGSERIAL"),
@@ -116,6 +160,72 @@ impl Dialect {
             ));
         }
         out
+    }
+
+    /// Version 2's additions to version 1: columns (table, name, type), then
+    /// tables and indexes (name, statement). Each is applied only when it is
+    /// missing, so an upgrade cut short (MySQL's DDL is not transactional)
+    /// picks up where it stopped.
+    fn upgrade_to_2(self) -> (Vec<(&'static str, &'static str, String)>, Vec<(&'static str, String)>) {
+        let (double, text) = match self {
+            Dialect::Sqlite => ("REAL", "TEXT"),
+            Dialect::Postgres => ("DOUBLE PRECISION", "TEXT"),
+            Dialect::MySql => ("DOUBLE", "TEXT"),
+        };
+        let engine = if self == Dialect::MySql { " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin" } else { "" };
+        let jobs = "asyncjobs_jobs";
+        let columns = vec![
+            (jobs, "handler", "SMALLINT NOT NULL DEFAULT 0".to_string()),
+            (jobs, "params_json", self.json_column("params_json")),
+            (jobs, "result_json", self.json_column("result_json")),
+            (jobs, "parent_id", "VARCHAR(36) NULL".to_string()),
+            (jobs, "children", "INTEGER NOT NULL DEFAULT 0".to_string()),
+            (jobs, "waiting", "INTEGER NOT NULL DEFAULT 0".to_string()),
+            (jobs, "schedule_name", "VARCHAR(255) NULL".to_string()),
+            (jobs, "slot_at", format!("{double} NULL")),
+            (jobs, "signature", "VARCHAR(64) NULL".to_string()),
+            ("asyncjobs_hosts", "operations", format!("{text} NULL")),
+        ];
+        let others = vec![
+            (
+                "asyncjobs_deps",
+                format!(
+                    "CREATE TABLE IF NOT EXISTS asyncjobs_deps (job_id VARCHAR(36) NOT NULL, dep_id VARCHAR(36) NOT NULL, \
+                     PRIMARY KEY (job_id, dep_id)){engine}"
+                ),
+            ),
+            ("asyncjobs_deps_dep", "CREATE INDEX asyncjobs_deps_dep ON asyncjobs_deps (dep_id)".to_string()),
+            (
+                "asyncjobs_schedules",
+                format!(
+                    "CREATE TABLE IF NOT EXISTS asyncjobs_schedules (name VARCHAR(255) NOT NULL PRIMARY KEY, \
+                     cron VARCHAR(255) NOT NULL, tz VARCHAR(64) NOT NULL, operation VARCHAR(255) NOT NULL, \
+                     params {}, queue VARCHAR(255) NOT NULL, priority INTEGER NOT NULL, \
+                     timeout_ms BIGINT NOT NULL, max_attempts INTEGER NOT NULL, missed VARCHAR(8) NOT NULL, \
+                     next_at {double} NOT NULL, last_at {double} NULL, created_at {double} NOT NULL){engine}",
+                    self.json_column("params")
+                ),
+            ),
+            ("asyncjobs_schedules_next", "CREATE INDEX asyncjobs_schedules_next ON asyncjobs_schedules (next_at)".to_string()),
+            ("asyncjobs_jobs_parent", "CREATE INDEX asyncjobs_jobs_parent ON asyncjobs_jobs (parent_id)".to_string()),
+            (
+                "asyncjobs_jobs_slot",
+                "CREATE UNIQUE INDEX asyncjobs_jobs_slot ON asyncjobs_jobs (schedule_name, slot_at)".to_string(),
+            ),
+        ];
+        (columns, others)
+    }
+}
+
+/// `?` for a double that is there, a literal NULL for one that is not:
+/// sqlx 0.9's Any driver binds a NULL double as a float4 NULL, and
+/// PostgreSQL keeps that parameter type for the statement it caches, so a
+/// later double would be refused. No statement binds a NULL double.
+pub(super) fn double_or_null(v: Option<f64>) -> &'static str {
+    if v.is_some() {
+        "?"
+    } else {
+        "NULL"
     }
 }
 
@@ -259,20 +369,32 @@ pub(super) async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx
                 for stmt in dialect.schema() {
                     conn.execute(stmt.as_str()).await?;
                 }
-                q(dialect.sql("INSERT INTO asyncjobs_schema (id, version) VALUES (1, ?)"))
-                    .bind(SCHEMA_VERSION)
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
+                q(dialect.sql("INSERT INTO asyncjobs_schema (id, version) VALUES (1, 1)")).execute(&mut *conn).await?;
             }
-            Some(v) if v > SCHEMA_VERSION => Err(sqlx::Error::Protocol(format!(
-                "the store's schema is version {v}, newer than the version {SCHEMA_VERSION} asyncjobs {} understands; \
-                 upgrade asyncjobs on this host",
-                env!("CARGO_PKG_VERSION")
-            ))),
-            // Version 1 is the first; later versions add their upgrade steps here.
-            Some(_) => Ok(()),
-        }?;
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "the store's schema is version {v}, newer than the version {SCHEMA_VERSION} asyncjobs {} understands; \
+                     upgrade asyncjobs on this host",
+                    env!("CARGO_PKG_VERSION")
+                )))
+            }
+            Some(_) => {}
+        }
+        // Each version's steps, in order; a new store takes them all.
+        if version.unwrap_or(1) < 2 {
+            let (columns, others) = dialect.upgrade_to_2();
+            for (table, column, def) in columns {
+                if !column_exists(&mut conn, dialect, table, column).await? {
+                    conn.execute(format!("ALTER TABLE {table} ADD COLUMN {column} {def}").as_str()).await?;
+                }
+            }
+            for (name, stmt) in others {
+                if !object_exists(&mut conn, dialect, name).await? {
+                    conn.execute(stmt.as_str()).await?;
+                }
+            }
+            q(dialect.sql("UPDATE asyncjobs_schema SET version = ? WHERE id = 1")).bind(SCHEMA_VERSION).execute(&mut *conn).await?;
+        }
         if dialect == Dialect::MySql {
             // Row 2 is the rescuers' lock.
             conn.execute("INSERT IGNORE INTO asyncjobs_schema (id, version) VALUES (2, 0)").await?;
@@ -286,4 +408,42 @@ pub(super) async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx
         conn.execute(unlock).await?;
     }
     result
+}
+
+type Conn = sqlx::pool::PoolConnection<sqlx::Any>;
+
+async fn column_exists(conn: &mut Conn, dialect: Dialect, table: &str, column: &str) -> Result<bool, sqlx::Error> {
+    let sql = match dialect {
+        Dialect::Sqlite => "SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?",
+        Dialect::Postgres => {
+            "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema() \
+             AND table_name = ? AND column_name = ?"
+        }
+        Dialect::MySql => {
+            "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE() \
+             AND table_name = ? AND column_name = ?"
+        }
+    };
+    let sql = dialect.sql(sql);
+    let n: i64 = sqlx::query_scalar(&sql).bind(table.to_owned()).bind(column.to_owned()).fetch_one(&mut **conn).await?;
+    Ok(n > 0)
+}
+
+/// Whether a table or an index of this name exists.
+async fn object_exists(conn: &mut Conn, dialect: Dialect, name: &str) -> Result<bool, sqlx::Error> {
+    let sql = match dialect {
+        Dialect::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE name = ?",
+        Dialect::Postgres => "SELECT COUNT(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = current_schema() AND c.relname = ?",
+        Dialect::MySql => "SELECT (SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = DATABASE() \
+             AND table_name = ?) + (SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() \
+             AND index_name = ?)",
+    };
+    let sql = dialect.sql(sql);
+    let mut query = sqlx::query_scalar(&sql).bind(name.to_owned());
+    if dialect == Dialect::MySql {
+        query = query.bind(name.to_owned());
+    }
+    let n: i64 = query.fetch_one(&mut **conn).await?;
+    Ok(n > 0)
 }

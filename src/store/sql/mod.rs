@@ -34,7 +34,9 @@ use crate::job::{hex, Cancel, Claimed, Counts, Job, JobError, JobView, Lease, Ne
 use crate::store::{HostInfo, HostView, Signal, Store, StoreError, StoreResult};
 use crate::sys;
 use async_trait::async_trait;
-use db::{job_from_row, placeholders, status_of, uuid, Db, COLUMNS};
+use crate::schedule::Schedule;
+use crate::store::PutSchedule;
+use db::{job_from_row, json_strings, parse_json_strings, placeholders, status_of, uuid, Db, COLUMNS};
 use dialect::{migrate, password, q, session_setup, text, FINISHED};
 use parking_lot::Mutex;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -133,6 +135,7 @@ impl SqlStore {
         F: FnOnce(Arc<Db>) -> Fut,
         Fut: Future<Output = Result<T, sqlx::Error>> + Send + 'static,
     {
+        crate::metrics::store_call(what);
         let fut = f(self.db.clone());
         let task = sys::runtime().spawn(tokio::time::timeout(self.timeout, fut));
         let msg = match task.await {
@@ -149,11 +152,12 @@ impl SqlStore {
         Err(StoreError(msg))
     }
 
-    /// Deletes every job and host (for tests and benchmarks).
+    /// Deletes every job, host and schedule (for tests and benchmarks).
     pub async fn truncate(&self) -> StoreResult<()> {
         self.run("truncate", |db| async move {
-            db.pool.execute("DELETE FROM asyncjobs_jobs").await?;
-            db.pool.execute("DELETE FROM asyncjobs_hosts").await?;
+            for table in ["asyncjobs_jobs", "asyncjobs_hosts", "asyncjobs_deps", "asyncjobs_schedules"] {
+                db.pool.execute(format!("DELETE FROM {table}").as_str()).await?;
+            }
             Ok(())
         })
         .await
@@ -277,8 +281,10 @@ impl Store for SqlStore {
         if report.pid.is_some() {
             sets.push("worker_pid = ?");
         }
-        if report.progress.is_some() {
-            sets.push("step = ?, progress_current = ?, progress_total = ?");
+        if let Some(p) = report.progress {
+            sets.push("step = ?");
+            sets.push(if p.current.is_some() { "progress_current = ?" } else { "progress_current = NULL" });
+            sets.push(if p.total.is_some() { "progress_total = ?" } else { "progress_total = NULL" });
         }
         if report.output.is_some() {
             sets.push("output = ?");
@@ -299,7 +305,10 @@ impl Store for SqlStore {
                 query = query.bind(pid);
             }
             if let Some(p) = progress {
-                query = query.bind(p.step).bind(p.current).bind(p.total);
+                query = query.bind(p.step);
+                for v in [p.current, p.total].into_iter().flatten() {
+                    query = query.bind(v);
+                }
             }
             if let Some(out) = output {
                 query = query.bind(out);
@@ -380,6 +389,12 @@ impl Store for SqlStore {
                     del = del.bind(id.clone());
                 }
                 del.execute(&db.pool).await?;
+                let sql = db.sql(&format!("DELETE FROM asyncjobs_deps WHERE job_id IN ({})", placeholders(ids.len())));
+                let mut del = q(sql);
+                for id in &ids {
+                    del = del.bind(id.clone());
+                }
+                del.execute(&db.pool).await?;
             }
             Ok(ids.iter().map(|s| uuid(s)).collect())
         })
@@ -394,12 +409,31 @@ impl Store for SqlStore {
         .await
     }
 
+    async fn put_schedule(&self, schedule: &Schedule, replace: bool) -> StoreResult<PutSchedule> {
+        let s = schedule.clone();
+        self.run("schedule", move |db| async move { db.put_schedule(s, replace).await }).await
+    }
+
+    async fn drop_schedule(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        self.run("schedule", move |db| async move { db.drop_schedule(name).await }).await
+    }
+
+    async fn schedules(&self) -> StoreResult<Vec<Schedule>> {
+        self.run("schedules", |db| async move { db.schedules().await }).await
+    }
+
+    async fn fire(&self, schedule: &str, next_at: f64, next: f64, jobs: Vec<NewJob>) -> StoreResult<usize> {
+        let name = schedule.to_owned();
+        self.run("schedule firing", move |db| async move { db.fire(name, next_at, next, jobs).await }).await
+    }
+
     async fn register_host(&self, host: &HostInfo) -> StoreResult<()> {
         let host = host.clone();
         self.run("host registration", move |db| async move {
             let sql = db.sql(
-                "INSERT INTO asyncjobs_hosts (host_id, hostname, pid, slots, queues, version, started_at, heartbeat_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, NOW, NOW)",
+                "INSERT INTO asyncjobs_hosts (host_id, hostname, pid, slots, queues, version, started_at, heartbeat_at, \
+                 operations) VALUES (?, ?, ?, ?, ?, ?, NOW, NOW, ?)",
             );
             q(sql)
                 .bind(host.id)
@@ -408,6 +442,7 @@ impl Store for SqlStore {
                 .bind(host.slots as i64)
                 .bind(host.queues.join(","))
                 .bind(env!("CARGO_PKG_VERSION"))
+                .bind(json_strings(&host.operations))
                 .execute(&db.pool)
                 .await?;
             Ok(())
@@ -420,7 +455,7 @@ impl Store for SqlStore {
         self.run("hosts", move |db| async move {
             let sql = db.sql(
                 "SELECT h.host_id, h.hostname, h.pid, h.slots, h.queues, h.version, h.started_at, h.heartbeat_at, \
-                 h.stopped_at, NOW AS now_, (SELECT COUNT(*) FROM asyncjobs_jobs j WHERE j.lease_owner = h.host_id \
+                 h.stopped_at, h.operations, NOW AS now_, (SELECT COUNT(*) FROM asyncjobs_jobs j WHERE j.lease_owner = h.host_id \
                  AND j.status = 'running') AS running FROM asyncjobs_hosts h ORDER BY h.started_at",
             );
             let rows = q(sql).fetch_all(&db.pool).await?;
@@ -437,6 +472,7 @@ impl Store for SqlStore {
                             pid: r.try_get::<i64, _>("pid")? as u32,
                             slots: r.try_get::<i64, _>("slots")? as usize,
                             queues: queues.split(',').filter(|q| !q.is_empty()).map(str::to_owned).collect(),
+                            operations: text(r, "operations")?.map(|o| parse_json_strings(&o)).unwrap_or_default(),
                         },
                         version: r.try_get("version")?,
                         started_at: r.try_get("started_at")?,

@@ -37,6 +37,8 @@ pub fn config(size: usize, init: &[u8]) -> Config {
         retention: None,
         verbose: false,
         max_poll: Duration::from_secs(1),
+        operations: vec![],
+        key: Some(b"test key".to_vec()),
     }
 }
 
@@ -46,13 +48,14 @@ pub fn new_job(operation: &str, cmd: &str, timeout_ms: u64) -> NewJob {
         id: Uuid::new_v4(),
         operation: operation.into(),
         params_hash: Some(sha256(cmd.as_bytes())),
-        executor: Vec::new(),
+        executor: b"fn".to_vec(),
         params: Arc::new(cmd.as_bytes().to_vec()),
         timeout_ms,
         queue: "default".into(),
         priority: 0,
         max_attempts: 1,
         unique: false,
+        ..NewJob::default()
     }
 }
 
