@@ -20,8 +20,16 @@ suite=trixie
 root=${ASYNCJOBS_MSRV_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/asyncjobs/msrv-root}
 mirror=${ASYNCJOBS_MSRV_MIRROR:-http://deb.debian.org/debian}
 # What the root needs beyond minbase (inst/deploy/Dockerfile installs the
-# same toolchain).
+# same toolchain), and Debian's r-cran-* of each package DESCRIPTION imports
+# (R's own packages come with r-base-dev).
 pkgs=(rustc cargo r-base-dev ca-certificates xz-utils)
+for p in $(awk '/^Imports:/ { on = 1; sub(/^Imports:/, "") } on && /^[A-Za-z]/ && !/^Imports:/ { on = 0 } on' DESCRIPTION |
+  tr ',' '\n' | sed 's/(.*)//; s/[[:space:]]//g'); do
+  case " base compiler datasets grDevices graphics grid methods parallel splines stats stats4 tcltk tools utils " in
+    *" $p "*) ;;
+    *) pkgs+=("r-cran-$(echo "$p" | tr '[:upper:]' '[:lower:]')") ;;
+  esac
+done
 started=$SECONDS
 
 say() { echo "check-msrv: $*"; }
@@ -173,19 +181,23 @@ grep -h '^asyncjobs: using' "$log" | tail -n 1 | sed 's/^/check-msrv: configure 
 say "smoke test: a job on the memory store, then one on a SQLite store"
 cat >"$root/build/smoke.R" <<'R'
 library(asyncjobs, lib.loc = "/build/lib")
-run <- function(store) {
+register_job("smoke", function(p) p$x * 7)
+run <- function(store, submit) {
+  where <- if (is.null(store)) "memory" else "SQLite"
   start_workers(n = 1, wait = TRUE, store = store)
   on.exit(stop_workers())
-  job <- create_job("smoke", 6, function(x) x * 7)
+  job <- submit()
+  if (is.null(job$job_id)) stop("the job on the ", where, " store was refused: ", job$message)
   status <- wait_for_job(job$job_id, timeout_ms = 60000)
-  if (!identical(status$status, "completed") || !identical(status$result, 42))
-    stop("the job on the ", if (is.null(store)) "memory" else "SQLite", " store ended ", status$status)
-  cat("check-msrv: job", job$job_id, "on the", if (is.null(store)) "memory" else "SQLite",
-      "store: completed, result", status$result, "\n")
+  if (!identical(status$status, "completed") || !isTRUE(status$result == 42))
+    stop("the job on the ", where, " store ended ", status$status, ": ", format(status$error$message))
+  cat("check-msrv: job", job$job_id, "on the", where, "store: completed, result", status$result, "\n")
 }
-run(NULL)
+# A closure, as an API submits it; then a registered job by name, which a
+# shared store takes without a key.
+run(NULL, function() create_job("closure", 6, function(x) x * 7))
 db <- tempfile(fileext = ".db")
-run(paste0("sqlite://", db))
+run(paste0("sqlite://", db), function() create_job("smoke", list(x = 6)))
 unlink(paste0(db, c("", "-wal", "-shm")))
 R
 in_root Rscript /build/smoke.R 2>&1 || fail "the smoke test failed (above)."
