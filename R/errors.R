@@ -4,10 +4,10 @@
 # `code` is what job_response() answers over HTTP for it: the bad requests a
 # client can make (an unknown operation, params that are not JSON, ...) say
 # which; any other misuse is BAD_REQUEST.
-abort <- function(kind, message, arg = NULL, call = sys.call(-1L), code = "BAD_REQUEST") {
+abort <- function(kind, message, arg = NULL, call = sys.call(-1L), code = "BAD_REQUEST", ...) {
   cnd <- structure(
     class = c(paste0("asyncjobs_error_", kind), "asyncjobs_error", "error", "condition"),
-    list(message = message, call = call, arg = arg, code = code))
+    list(message = message, call = call, arg = arg, code = code, ...))
   stop(cnd)
 }
 

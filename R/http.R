@@ -7,7 +7,8 @@
   JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, DUPLICATE_JOB = 409L,
   BAD_REQUEST = 400L, INVALID_INPUT = 400L, PAYLOAD_TOO_LARGE = 413L, FORBIDDEN = 403L, NOT_FOUND = 404L,
   AUTHORIZE_FAILED = 500L, INTERNAL_ERROR = 500L,
-  UNKNOWN_OPERATION = 400L, PARAMS_NOT_JSON = 400L, UNKNOWN_DEPENDENCY = 400L, NOT_SIGNED = 500L
+  UNKNOWN_OPERATION = 400L, PARAMS_NOT_JSON = 400L, UNKNOWN_DEPENDENCY = 400L, NOT_SIGNED = 500L,
+  RATE_LIMITED = 429L, JOB_NOT_FAILED = 409L, JOB_NOT_RETRYABLE = 409L
 )
 
 #' Turn an asyncjobs result into an HTTP response
@@ -27,6 +28,8 @@
 #' | `UNKNOWN_OPERATION`, `PARAMS_NOT_JSON`, `UNKNOWN_DEPENDENCY` (bad requests [create_job()] throws) | 400 |  |
 #' | `PAYLOAD_TOO_LARGE` (the job is larger than the store takes, [create_job()]) | 413 |  |
 #' | `NOT_SIGNED` (no key for code in a shared store) | 500 |                     |
+#' | `RATE_LIMITED` (a submit rate limit, [create_job()] throws) | 429 | Retry-After |
+#' | `JOB_NOT_FAILED`, `JOB_NOT_RETRYABLE` ([retry_job()]) | 409 |            |
 #' | `FORBIDDEN` (`authorize` refused)        | 403    |                       |
 #' | `AUTHORIZE_FAILED`, `INTERNAL_ERROR`     | 500    |                       |
 #' | `JOB_FINISHED`, `JOB_NOT_FINISHED`, `JOB_FAILED` | 409 | Retry-After when not finished |
@@ -65,7 +68,10 @@
 #' res$headers$Location
 #' @export
 job_response <- function(x, res, prefix = "/jobs", store_detail = FALSE) {
-  if (inherits(x, "asyncjobs_error")) x <- list(error = x$code %||% "BAD_REQUEST", message = conditionMessage(x))
+  if (inherits(x, "asyncjobs_error")) {
+    x <- c(list(error = x$code %||% "BAD_REQUEST", message = conditionMessage(x)),
+           x[intersect(names(x), c("retry_after", "limit"))])
+  }
   if (!is.list(x)) abort("argument", sprintf("`x` must be a list asyncjobs returned, not %s.", describe(x)), "x")
   if (!is.environment(res) || !is.function(res$setHeader)) {
     abort("argument", sprintf("`res` must be a plumber response (with `setHeader()`), not %s.", describe(res)), "res")
@@ -272,7 +278,7 @@ pr_job_routes <- function(pr, prefix = "/jobs", authorize = NULL, admin = FALSE,
                           serializer = plumber::serializer_unboxed_json(na = "null"))
   }
   # Also plumber's entry for the list under the mount ("/jobs/"), described at "/jobs".
-  hidden <- c(if (!admin) c("/workers", "/hosts", "/schedules"), if (!metrics) "/metrics", if (!dashboard) "/dashboard",
+  hidden <- c(if (!admin) c("/workers", "/hosts", "/schedules", "/queues"), if (!metrics) "/metrics", if (!dashboard) "/dashboard",
               if (nzchar(path)) "/")
   add_job_openapi(pr, job_openapi(prefix, admin, metrics, dashboard, submit_paths), paste0(path, hidden))
 }
@@ -304,6 +310,19 @@ job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE,
         if (is.character(out)) list(job_id = id, output = out) else out
       })
     }),
+    list("GET", "/<id>/events", function(req, res) {
+      id <- path_id(req)
+      run(req, res, "events", id, {
+        ev <- get_job_events(id)
+        if (is.data.frame(ev)) {
+          # As public as the job's status: first lines, no paths or pids.
+          ev$detail <- vapply(ev$detail, function(d) if (is.na(d)) NA_character_ else public_text(d), "", USE.NAMES = FALSE)
+          list(job_id = id, events = ev)
+        } else {
+          ev
+        }
+      })
+    }),
     list("DELETE", "/<id>", function(req, res) {
       id <- path_id(req)
       run(req, res, "cancel", id, cancel_job(id))
@@ -316,18 +335,38 @@ job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE,
         run(req, res, "workers", NULL, list(size = MAX_CONCURRENT_JOBS, workers = get_worker_status()))
       }),
       list("GET", "/hosts", function(req, res) run(req, res, "hosts", NULL, list(hosts = get_hosts()))),
-      list("GET", "/schedules", function(req, res) run(req, res, "schedules", NULL, list(schedules = list_schedules())))
+      list("GET", "/schedules", function(req, res) run(req, res, "schedules", NULL, list(schedules = list_schedules()))),
+      list("GET", "/queues", function(req, res) run(req, res, "queues", NULL, list(queues = list_queues()))),
+      list("POST", "/queues/<queue>/pause", function(req, res) queue_route(req, res, run, TRUE)),
+      list("POST", "/queues/<queue>/resume", function(req, res) queue_route(req, res, run, FALSE)),
+      list("POST", "/<id>/retry", function(req, res) {
+        id <- path_id(req)
+        run(req, res, "retry", id, retry_job(id))
+      })
     ), routes)
   } else {
     # Unmounted, /workers is still no job id.
     hidden <- function(res) job_response(list(error = "NOT_FOUND", message = "Not found."), res, prefix)
-    routes <- c(list(list("GET", "/workers", hidden), list("GET", "/hosts", hidden), list("GET", "/schedules", hidden)), routes)
+    routes <- c(lapply(c("/workers", "/hosts", "/schedules", "/queues"), function(p) list("GET", p, hidden)), routes)
   }
   routes <- c(page_routes(prefix, run, metrics, dashboard, allow_cancel), routes)
   json <- plumber::serializer_unboxed_json(na = "null")
   pr <- plumber::pr()
   for (r in routes) pr <- plumber::pr_handle(pr, r[[1L]], r[[2L]], r[[3L]], serializer = json)
   pr
+}
+
+# POST /queues/<queue>/pause and /resume: the queue is the path's.
+queue_route <- function(req, res, run, paused) {
+  queue <- req$argsPath$queue
+  run(req, res, if (paused) "pause" else "resume", NULL, {
+    if (!is.character(queue) || length(queue) != 1L || is.na(queue) || !nzchar(queue) || !validUTF8(queue)) {
+      list(error = "BAD_REQUEST", message = "The queue's name is missing.")
+    } else {
+      tryCatch(set_queue(queue, paused = paused),
+               asyncjobs_error_argument = function(e) list(error = "BAD_REQUEST", message = conditionMessage(e)))
+    }
+  })
 }
 
 # The job id in a route's path (plumber has decoded it).
@@ -402,17 +441,19 @@ public_text <- function(text) {
 
 # GET /: a page of jobs, newest first, filtered, sorted and limited by the store.
 list_route <- function(run) {
-  function(req, res, status = "", operation = "", limit = "1000", cursor = "") {
+  function(req, res, status = "", operation = "", limit = "1000", cursor = "", submitted_by = "", tags = "") {
     run(req, res, "list", NULL, {
       n <- suppressWarnings(as.numeric(limit))
       if (length(n) != 1L || is.na(n) || n < 0 || n > 10000) {
         list(error = "BAD_REQUEST", message = "`limit` must be a number from 0 to 10000.")
-      } else if (!all(validUTF8(c(status, operation, cursor)))) {
-        list(error = "BAD_REQUEST", message = "`status`, `operation` and `cursor` must be valid UTF-8.")
+      } else if (!all(validUTF8(c(status, operation, cursor, submitted_by, tags)))) {
+        list(error = "BAD_REQUEST", message = "The query's values must be valid UTF-8.")
       } else {
         jobs <- tryCatch(
           list_jobs(status = split_query(status), operation = split_query(operation), limit = floor(n),
-                    cursor = if (length(cursor) == 1L && nzchar(cursor)) cursor, newest_first = TRUE),
+                    cursor = if (length(cursor) == 1L && nzchar(cursor)) cursor, newest_first = TRUE,
+                    submitted_by = if (length(submitted_by) == 1L && nzchar(submitted_by)) submitted_by,
+                    tags = split_query(tags)),
           asyncjobs_error_argument = function(e) list(error = "BAD_REQUEST", message = conditionMessage(e)),
           asyncjobs_error_store_unavailable = function(e) store_unavailable(conditionMessage(e)))
         if (is.data.frame(jobs)) {

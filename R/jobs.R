@@ -58,6 +58,28 @@
 #'   in the past: at once; more than a year ahead is refused).
 #' @param delay (number or NULL) the job runs no earlier than this many
 #'   seconds from now (instead of `run_at`).
+#' @param submitted_by (string or NULL) who submits the job (the API's
+#'   caller): kept with the job, shown by [list_jobs()] (which filters on it)
+#'   and counted by the per-caller submit rate limit of [start_workers()]
+#'   (`rate_limits`). Above that limit `create_job()` throws a condition of
+#'   class `asyncjobs_error_rate_limited` with `code = "RATE_LIMITED"` and
+#'   `retry_after` (seconds), which [job_response()] answers with 429.
+#' @param tags (character or NULL) labels to find the job by
+#'   (`list_jobs(tags = )`): at most 32, each 1 to 64 characters without a comma.
+#' @param concurrency_key (string or NULL) at most `concurrency_limit` jobs of
+#'   this key run at once across every host of the store; the others wait
+#'   their turn in their queue while jobs of other keys pass them.
+#' @param concurrency_limit (integer) see `concurrency_key`.
+#' @param unique_key (string or NULL) what the duplicate check compares
+#'   instead of the params, within the operation. Giving it (or `unique_for`,
+#'   `replace` or `force`) makes the job `unique`.
+#' @param unique_for (number) seconds: a twin submitted that long ago or
+#'   less that has completed still counts (its cached result is the answer);
+#'   0 for pending and running twins only.
+#' @param replace (logical) a pending twin is cancelled (its error says by
+#'   which job) and this job takes its place; a running twin is the answer.
+#' @param force (logical) submit even when a twin exists (a rerun); later
+#'   unique submits meet this job.
 #' @return (list) `list(job_id, status = "accepted", estimated_seconds)`, or
 #'   `list(error = "CAPACITY_EXCEEDED", message, retry_after = 60)` when the
 #'   store holds its cap of active jobs, `list(error = "DUPLICATE_JOB",
@@ -86,7 +108,9 @@
 #' @export
 create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, unique = FALSE,
                        queue = "default", priority = 0L, max_attempts = 1L, seed = NULL,
-                       depends_on = NULL, run_at = NULL, delay = NULL) {
+                       depends_on = NULL, run_at = NULL, delay = NULL, submitted_by = NULL, tags = NULL,
+                       concurrency_key = NULL, concurrency_limit = 1L, unique_key = NULL, unique_for = 0,
+                       replace = FALSE, force = FALSE) {
   if (.state$in_worker) return(create_child(sys.call(), environment())) # inside a job: a child
   if (missing(params)) abort("argument", "`params` is missing: pass what the executor needs (NULL for nothing).", "params")
   json <- FALSE
@@ -118,6 +142,12 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
     executor_fn <- with_seed(executor_fn, seed)
   }
   extra <- if (!is.null(depends_on) || !is.null(run_at) || !is.null(delay)) job_extra(depends_on, run_at, delay)
+  if (!is.null(submitted_by) || !is.null(tags) || !is.null(concurrency_key) || !is.null(unique_key) ||
+      !identical(unique_for, 0) || !identical(replace, FALSE) || !identical(force, FALSE)) {
+    policy <- job_policy(submitted_by, tags, concurrency_key, concurrency_limit, unique_key, unique_for, replace, force)
+    extra <- c(extra %||% job_extra(NULL, NULL, NULL), policy)
+    unique <- unique || policy$unique
+  }
   if (json) {
     if (is.null(extra)) extra <- .json_extra else extra$json <- TRUE
     # The params as JSON: plain values are written in Rust, the rest by jsonlite.
@@ -131,6 +161,46 @@ create_job <- function(operation, params, executor_fn, timeout_ms = 1800000, uni
                                max_attempts, unique, extra))
   if (is.list(r) && is.null(oldClass(r))) return(r) # accepted: list(job_id, status, estimated_seconds)
   submit_answer(r, sys.call(), operation, params, executor_fn, timeout_ms, queue, priority, max_attempts, unique, extra)
+}
+
+# The limits, labels and uniqueness create_job() passes on, checked: a
+# list for `extra`, with `unique` TRUE when an option of it asks for it.
+job_policy <- function(submitted_by, tags, concurrency_key, concurrency_limit, unique_key, unique_for,
+                       replace, force, call = sys.call(-1L)) {
+  short <- function(x, arg, max = 255L) {
+    if (!is.null(x)) {
+      check_string(x, arg, call)
+      if (nchar(x, "chars") > max || grepl("[[:cntrl:]]", x) || !validUTF8(x)) {
+        abort("argument", sprintf("`%s` must be at most %d characters of UTF-8, without control characters.", arg, max),
+              arg, call)
+      }
+    }
+  }
+  short(submitted_by, "submitted_by")
+  short(concurrency_key, "concurrency_key")
+  short(unique_key, "unique_key")
+  if (!is.null(tags)) {
+    ok <- is.character(tags) && !anyNA(tags) && length(tags) <= 32L && all(nzchar(tags)) && all(validUTF8(tags)) &&
+      all(nchar(tags, "chars") <= 64L) && !any(grepl("[,[:cntrl:]]", tags))
+    if (!ok) {
+      abort("argument", sprintf(
+        "`tags` must be NULL or at most 32 strings of 1 to 64 characters without a comma or control character, not %s.",
+        describe(tags)),
+        "tags", call)
+    }
+  }
+  if (!identical(concurrency_limit, 1L)) {
+    check_number(concurrency_limit, "concurrency_limit", min = 1, integer = TRUE, call = call)
+    if (concurrency_limit > 1e6) abort("argument", "`concurrency_limit` must be at most 1e6.", "concurrency_limit", call)
+  }
+  check_number(unique_for, "unique_for", min = 0, call = call)
+  check_flag(replace, "replace", call)
+  check_flag(force, "force", call)
+  if (replace && force) abort("argument", "Give `replace = TRUE` or `force = TRUE`, not both.", "force", call)
+  list(submitted_by = submitted_by, tags = unique(tags), concurrency_key = concurrency_key,
+       concurrency_limit = as.numeric(concurrency_limit), unique_key = unique_key, unique_for = as.numeric(unique_for),
+       replace = replace, force = force,
+       unique = !is.null(unique_key) || unique_for > 0 || replace || force)
 }
 
 # What a job of a registered type with JSON params and no other option passes.
@@ -193,19 +263,28 @@ submit_answer <- function(r, call, operation, params, executor_fn, timeout_ms, q
     r <- settle(submit())
     if (is.list(r)) return(r)
   }
-  submit_refused(r, call, operation, queue)
+  submit_refused(r, call, operation, queue, extra$unique_for %||% 0)
 }
 
 # A submit's answer other than an accepted job (from this process's pool or,
 # inside a job, from the worker's): the contract's values for what a caller
 # meets in operation, a classed condition for a bad request.
-submit_refused <- function(r, call, operation, queue = "default") {
+submit_refused <- function(r, call, operation, queue = "default", unique_for = 0) {
   switch(r[[1L]],
     full = list(error = "CAPACITY_EXCEEDED",
                 message = sprintf("Maximum %s concurrent jobs reached. Try again later.", r[[2L]]),
                 retry_after = 60),
-    duplicate = list(error = "DUPLICATE_JOB", message = "An identical job is already pending or running.",
+    duplicate = list(error = "DUPLICATE_JOB",
+                     message = if (unique_for > 0) {
+                       sprintf("An identical job is pending or running, or completed within %s s.", format(unique_for))
+                     } else {
+                       "An identical job is already pending or running."
+                     },
                      existing_job_id = r[[2L]]),
+    rate_limited = abort("rate_limited", sprintf(
+      "Too many jobs submitted by this %s: the next may be submitted in %.0f s.",
+      if (r[[3L]] == "submitted_by") "caller (`submitted_by`)" else "operation", ceiling(as.numeric(r[[2L]]))),
+      r[[3L]], call, code = "RATE_LIMITED", retry_after = ceiling(as.numeric(r[[2L]])), limit = r[[3L]]),
     unavailable = list(error = "POOL_UNAVAILABLE",
                        message = sprintf("No worker is available: %s", r[[2L]]),
                        retry_after = 60),
@@ -253,6 +332,8 @@ create_child <- function(call, env) {
   check_attempts(a$max_attempts, call)
   check_number(a$timeout_ms, "timeout_ms", min = 1, call = call)
   extra <- job_extra(a$depends_on, a$run_at, a$delay, call)
+  p <- job_policy(a$submitted_by, a$tags, a$concurrency_key, a$concurrency_limit, a$unique_key, a$unique_for,
+                  a$replace, a$force, call)
   json <- handler && (is.null(h) || identical(h$params, "json"))
   if (handler) {
     params <- handler_params(a$params, json, a$operation, call = call)
@@ -268,9 +349,13 @@ create_child <- function(call, env) {
   }
   .worker$children <- .worker$children + 1L
   fields <- c(.worker$children, a$operation, a$queue, format(a$priority, scientific = FALSE),
-              format(a$timeout_ms, scientific = FALSE), a$max_attempts, as.integer(isTRUE(a$unique)),
+              format(a$timeout_ms, scientific = FALSE), a$max_attempts, as.integer(isTRUE(a$unique) || p$unique),
               format(extra$delay, digits = 17), paste(extra$depends_on, collapse = ","),
-              if (json) "json" else "r", length(code))
+              if (json) "json" else "r", length(code),
+              # The policy's strings hold no control character (job_policy()).
+              p$submitted_by %||% "", paste(p$tags, collapse = ","), p$concurrency_key %||% "",
+              format(p$concurrency_limit, scientific = FALSE), p$unique_key %||% "",
+              format(p$unique_for, digits = 17), as.integer(p$replace), as.integer(p$force))
   r <- .Call(wrap__aj_w_submit, paste(fields, collapse = "\x1f"), c(code, params))
   if (identical(r[[1L]], "accepted")) {
     return(list(job_id = r[[2L]], status = "accepted", estimated_seconds = as.numeric(r[[3L]])))
@@ -512,6 +597,8 @@ wait_for_job <- function(job_id, timeout_ms = 60000) {
 #' the store at once and its host stops the worker within about a second.
 #'
 #' @param job_id (string) the job's id.
+#' @param by (string or NULL) who cancels it: its error message and its
+#'   event ([get_job_events()]) name them.
 #' @return (list) `list(job_id, status = "cancelled")`, or
 #'   `list(error = "JOB_NOT_FOUND", message)`, or
 #'   `list(error = "JOB_FINISHED", message, status)` for a finished job, or
@@ -524,10 +611,11 @@ wait_for_job <- function(job_id, timeout_ms = 60000) {
 #' cancel_job(job$job_id)$error # "JOB_FINISHED"
 #' stop_workers()
 #' @export
-cancel_job <- function(job_id) {
+cancel_job <- function(job_id, by = NULL) {
   check_process()
   check_job_id(job_id)
-  r <- .Call(wrap__aj_cancel, job_id)
+  if (!is.null(by)) check_string(by, "by")
+  r <- .Call(wrap__aj_cancel, job_id, by)
   switch(r[[1L]],
     store_error = store_unavailable(r[[2L]]),
     cancelled = list(job_id = job_id, status = "cancelled"),
@@ -570,10 +658,14 @@ get_job_output <- function(job_id) {
 #'   `operation` and `newest_first`. NULL for the first page.
 #' @param newest_first (logical) order by submit time, newest first; `FALSE`
 #'   (the default) for oldest first.
+#' @param submitted_by (string or NULL) keep jobs this caller submitted
+#'   (`create_job(submitted_by = )`).
+#' @param tags (character or NULL) keep jobs carrying every one of these tags.
 #' @return (data.frame) `job_id`, `operation`, `status`, `submitted_at`,
 #'   `started_at`, `completed_at`, `duration_seconds`, `error_code`, `queue`,
 #'   `priority`, `parent_id` (the job that submitted it), `schedule` and
-#'   `slot_at` (the schedule that fired it, and for which slot), in submit
+#'   `slot_at` (the schedule that fired it, and for which slot),
+#'   `submitted_by`, `tags` (comma-separated) and `concurrency_key`, in submit
 #'   order. `attr(, "next_cursor")` is where the next page starts (a string),
 #'   or NULL when this page is the last.
 #' @examples
@@ -587,9 +679,11 @@ get_job_output <- function(job_id) {
 #' list_jobs(limit = 1, newest_first = TRUE, cursor = attr(first, "next_cursor"))$operation
 #' stop_workers()
 #' @export
-list_jobs <- function(status = NULL, operation = NULL, limit = Inf, cursor = NULL, newest_first = FALSE) {
+list_jobs <- function(status = NULL, operation = NULL, limit = Inf, cursor = NULL, newest_first = FALSE,
+                      submitted_by = NULL, tags = NULL) {
   check_process()
-  for (arg in c("status", "operation")) {
+  if (!is.null(submitted_by)) check_string(submitted_by, "submitted_by")
+  for (arg in c("status", "operation", "tags")) {
     v <- get(arg)
     if (!is.null(v) && (!is.character(v) || anyNA(v))) {
       abort("argument", sprintf("`%s` must be NULL or a character vector, not %s.", arg, describe(v)), arg)
@@ -598,7 +692,7 @@ list_jobs <- function(status = NULL, operation = NULL, limit = Inf, cursor = NUL
   check_number(limit, "limit", min = 0, allow_inf = TRUE, integer = TRUE)
   if (!is.null(cursor)) check_string(cursor, "cursor")
   check_flag(newest_first, "newest_first")
-  cols <- .Call(wrap__aj_list, status, operation, as.numeric(limit), cursor, newest_first)
+  cols <- .Call(wrap__aj_list, status, operation, as.numeric(limit), cursor, newest_first, submitted_by, tags)
   if (inherits(cols, "asyncjobs_store_refused")) {
     abort("argument", sprintf("`cursor` cannot be used: %s.", cols), "cursor")
   }
@@ -609,7 +703,8 @@ list_jobs <- function(status = NULL, operation = NULL, limit = Inf, cursor = NUL
                    duration_seconds = cols$completed_at - cols$started_at,
                    error_code = cols$error_code, queue = cols$queue,
                    priority = as.integer(cols$priority), parent_id = cols$parent_id,
-                   schedule = cols$schedule, slot_at = .POSIXct(cols$slot_at), stringsAsFactors = FALSE)
+                   schedule = cols$schedule, slot_at = .POSIXct(cols$slot_at), submitted_by = cols$submitted_by,
+                   tags = cols$tags, concurrency_key = cols$concurrency_key, stringsAsFactors = FALSE)
   attr(df, "next_cursor") <- cols$next_cursor
   df
 }

@@ -62,13 +62,24 @@ job_openapi <- function(prefix = "/jobs", admin = FALSE, metrics = admin, dashbo
   paths[[paste0(base, "/{id}/output")]] <- list(get = op("What a job printed (the last 64 KiB)", list(
     `200` = json("The output.", list(type = "object", properties = list(job_id = list(type = "string"), output = list(type = "string")))),
     `404` = ref("NotFound"))))
+  event <- list(type = "object", properties = list(
+    at = list(type = "string", format = "date-time"), event = list(type = "string"),
+    host = list(type = "string", nullable = TRUE), attempt = list(type = "integer"),
+    detail = list(type = "string", nullable = TRUE)))
+  paths[[paste0(base, "/{id}/events")]] <- list(get = op("A job's events, oldest first", list(
+    `200` = json("Submitted, scheduled, claimed, progress, rescued, retried, cancelled, completed, failed: each with its time, host and attempt.",
+                 list(type = "object", properties = list(job_id = list(type = "string"),
+                                                         events = list(type = "array", items = event)))),
+    `404` = ref("NotFound"))))
   if (admin) {
     list_params <- list(
       list(name = "status", `in` = "query", description = "Comma-separated statuses.", schema = list(type = "string")),
       list(name = "operation", `in` = "query", description = "Comma-separated operations.", schema = list(type = "string")),
       list(name = "limit", `in` = "query", description = "Jobs in the page, at most (default 1000, at most 10000).",
            schema = list(type = "integer")),
-      list(name = "cursor", `in` = "query", description = "`next_cursor` of the page before.", schema = list(type = "string")))
+      list(name = "cursor", `in` = "query", description = "`next_cursor` of the page before.", schema = list(type = "string")),
+      list(name = "submitted_by", `in` = "query", description = "Jobs this caller submitted.", schema = list(type = "string")),
+      list(name = "tags", `in` = "query", description = "Comma-separated tags a job carries all of.", schema = list(type = "string")))
     paths[[if (nzchar(base)) base else "/"]] <- list(get = op("A page of jobs, newest first", list(
       `200` = json("The page: `count` jobs, and `next_cursor` (null on the last page).", list(type = "object", properties = list(
         count = list(type = "integer"), jobs = list(type = "array", items = list(type = "object")),
@@ -76,6 +87,16 @@ job_openapi <- function(prefix = "/jobs", admin = FALSE, metrics = admin, dashbo
       `400` = ref("BadRequest")), tag = "operator", parameters = list_params))
     paths[[paste0(base, "/workers")]] <- list(get = op("The worker pool", list(
       `200` = json("Pool size and one row per worker.", list(type = "object"))), tag = "operator", parameters = NULL))
+    queue <- list(list(name = "queue", `in` = "path", required = TRUE, description = "The queue's name.", schema = list(type = "string")))
+    paths[[paste0(base, "/queues")]] <- list(get = op("Queues: paused or not, caps, pending and running jobs", list(
+      `200` = json("One row per queue.", list(type = "object"))), tag = "operator", parameters = NULL))
+    paths[[paste0(base, "/queues/{queue}/pause")]] <- list(post = op("Pause a queue: no host starts its jobs", list(
+      `200` = json("Paused.", list(type = "object")), `400` = ref("BadRequest")), tag = "operator", parameters = queue))
+    paths[[paste0(base, "/queues/{queue}/resume")]] <- list(post = op("Resume a paused queue", list(
+      `200` = json("Resumed.", list(type = "object")), `400` = ref("BadRequest")), tag = "operator", parameters = queue))
+    paths[[paste0(base, "/{id}/retry")]] <- list(post = op("Run a failed job again, under its id", list(
+      `200` = json("Pending again.", list(type = "object")), `404` = ref("NotFound"),
+      `409` = json("JOB_NOT_FAILED or JOB_NOT_RETRYABLE.", schema("Error"))), tag = "operator"))
     paths[[paste0(base, "/hosts")]] <- list(get = op("Pools registered in the store", list(
       `200` = json("One row per host.", list(type = "object"))), tag = "operator", parameters = NULL))
     paths[[paste0(base, "/schedules")]] <- list(get = op("Recurring jobs, the next to fire first", list(
@@ -96,6 +117,8 @@ job_openapi <- function(prefix = "/jobs", admin = FALSE, metrics = admin, dashbo
       `202` = json("Accepted: poll the Location (status_url) after Retry-After seconds.", schema("Accepted"), c(location, retry)),
       `400` = ref("BadRequest"),
       `409` = json("DUPLICATE_JOB: an identical job is pending or running; Location is its status URL.", schema("Error"), location),
+      `429` = json("RATE_LIMITED: too many submits by this caller or of this operation; retry after Retry-After seconds.",
+                   schema("Error"), retry),
       `503` = ref("Unavailable"),
       `500` = ref("InternalError"))))
   }

@@ -34,13 +34,27 @@
 #'   appears in a message.
 #' @param queues (character) the queues this pool's workers take jobs from;
 #'   names without a comma.
-#' @param max_active (number or NULL) the cap on active (pending + running)
-#'   jobs, counted over the whole store and enforced atomically at submit.
-#'   NULL: `n + max_queued` with the memory store; no cap with a shared store
-#'   (where this process's `n` says nothing of the other hosts).
-#' @param retention (number or NULL) seconds after which finished jobs are
-#'   deleted by a timer in the pool (as [cleanup_old_jobs()] does); NULL keeps
-#'   them until [cleanup_old_jobs()] is called.
+#' @param max_active (number, list or NULL) the cap on active (pending +
+#'   running) jobs, counted over the whole store and enforced atomically at
+#'   submit. NULL: `n + max_queued` with the memory store; no cap with a
+#'   shared store (where this process's `n` says nothing of the other hosts).
+#'   A list (or named vector) also caps queues: `list(default = 8,
+#'   maintenance = 2)` lets at most 8 jobs of the queue "default" and 2 of
+#'   "maintenance" run at once across every host of the store (the rest wait
+#'   their turn; see [set_queue_cap()]); an unnamed element is the cap on
+#'   active jobs. Names must be among `queues`.
+#' @param retention (number, list or NULL) seconds after which finished jobs
+#'   are deleted with their events, by a timer in the pool and in batches
+#'   (as [cleanup_old_jobs()] does); per state as `list(completed = 7 * 86400,
+#'   failed = 30 * 86400, cancelled = 86400)` (a state not named is kept).
+#'   NULL keeps them until [cleanup_old_jobs()] is called.
+#' @param rate_limits (list or NULL) submit rate limits of [create_job()]
+#'   calls in this process, counted over the whole store:
+#'   `list(submitted_by = c(n = 5, window = 60))` allows each caller
+#'   (`create_job(submitted_by = )`) 5 submits per 60 s, `operation = c(n,
+#'   window)` each operation. Above it, `create_job()` throws
+#'   `RATE_LIMITED` (429 through [job_response()]). Jobs submitted by running
+#'   jobs or schedules are not limited nor counted.
 #' @param log (logical) write a line on stderr, with a UTC timestamp, for
 #'   every claim (store outages, rescues and drains are always logged).
 #' @param handlers (character or NULL) R files that register job types
@@ -59,7 +73,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
                           max_worker_memory_mb = Inf, max_result_bytes = 256 * 1024^2,
                           echo_output = FALSE, setup_timeout_ms = 600000, wait = FALSE, nice = 10L,
                           store = NULL, queues = "default", max_active = NULL, retention = NULL,
-                          log = FALSE, handlers = NULL) {
+                          log = FALSE, handlers = NULL, rate_limits = NULL) {
   check_process(open_store = FALSE)
   check_not_worker("start_workers()")
   check_number(n, "n", min = 0, integer = TRUE)
@@ -79,8 +93,10 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   check_flag(wait, "wait")
   check_flag(log, "log")
   check_queues(queues)
-  if (!is.null(max_active)) check_number(max_active, "max_active", min = 1, allow_inf = TRUE, integer = TRUE)
-  if (!is.null(retention)) check_number(retention, "retention", min = 0)
+  caps <- queue_caps(max_active, queues)
+  max_active <- caps$total
+  retention <- retention_ages(retention)
+  rates <- rate_limit_values(rate_limits)
   if (!is.null(setup) && !is.language(setup) && !is.expression(setup) && !is.function(setup)) {
     abort("argument", sprintf("`setup` must be NULL, a quoted expression or a function, not %s.",
                               describe(setup)), "setup")
@@ -92,6 +108,10 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
     abort("pool_running", "A worker pool is already running; call stop_workers() first.")
   }
   use_store(store)
+  for (q in names(caps$queues)) {
+    r <- .Call(wrap__aj_queue_set, q, NA, as.numeric(caps$queues[[q]]))
+    if (store_failed(r)) abort("store_unavailable", paste("The queue caps could not be written:", r), "max_active")
+  }
   handlers <- if (length(handlers)) normalizePath(handlers)
   for (f in handlers) sys.source(f, envir = globalenv(), keep.source = FALSE)
   key <- shared_key()
@@ -107,7 +127,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   refused <- .Call(wrap__aj_start, file.path(R.home("bin"), "R"), args, getwd(), init, as.integer(n),
         as.numeric(max_jobs_per_worker), as.numeric(max_worker_memory_mb),
         as.numeric(max_result_bytes), echo_output, as.numeric(setup_timeout_ms), 1000, as.integer(nice),
-        as.numeric(capacity), unique(queues), if (is.null(retention)) -1 else as.numeric(retention), log,
+        as.numeric(capacity), unique(queues), retention, rates, log,
         as.numeric(poll_ms), handler_names(), key)
   if (length(refused)) abort(refused[[1L]], refused[[2L]], "store")
   .state$size <- as.integer(n)
@@ -120,6 +140,91 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
     }
   }
   invisible(get_worker_status())
+}
+
+# start_workers(max_active = ): list(total = the cap on active jobs or NULL,
+# queues = the queues' caps by name).
+queue_caps <- function(max_active, queues, call = sys.call(-1L)) {
+  if (is.null(max_active)) return(list())
+  nm <- names(max_active)
+  if (is.null(nm) && !is.list(max_active)) {
+    check_number(max_active, "max_active", min = 1, allow_inf = TRUE, integer = TRUE, call = call)
+    return(list(total = max_active))
+  }
+  if (!(is.list(max_active) || is.numeric(max_active)) || !length(max_active)) {
+    abort("argument", sprintf("`max_active` must be a number, or a list of caps by queue, not %s.", describe(max_active)),
+          "max_active", call)
+  }
+  nm <- nm %||% rep("", length(max_active))
+  out <- list(queues = list())
+  for (i in seq_along(max_active)) {
+    v <- max_active[[i]]
+    if (is.na(nm[[i]]) || !nzchar(nm[[i]])) {
+      if (!is.null(out$total)) abort("argument", "`max_active` has more than one unnamed cap.", "max_active", call)
+      check_number(v, "max_active", min = 1, allow_inf = TRUE, integer = TRUE, call = call)
+      out$total <- v
+      next
+    }
+    if (!nm[[i]] %in% queues) {
+      abort("argument", sprintf("`max_active` caps the queue \"%s\", which is not among `queues` (%s).",
+                                nm[[i]], paste0("\"", queues, "\"", collapse = ", ")), "max_active", call)
+    }
+    check_number(v, sprintf("max_active$%s", nm[[i]]), min = 1, allow_inf = TRUE, integer = TRUE, call = call)
+    out$queues[[nm[[i]]]] <- v
+  }
+  out
+}
+
+# start_workers(retention = ): ages in seconds of completed, failed and
+# cancelled jobs, -1 for kept.
+retention_ages <- function(retention, call = sys.call(-1L)) {
+  if (is.null(retention)) return(rep(-1, 3))
+  states <- c("completed", "failed", "cancelled")
+  if (is.null(names(retention)) && !is.list(retention)) {
+    check_number(retention, "retention", min = 0, call = call)
+    return(rep(as.numeric(retention), 3))
+  }
+  nm <- names(retention)
+  if (!(is.list(retention) || is.numeric(retention)) || is.null(nm) || !all(nm %in% states) || anyDuplicated(nm)) {
+    abort("argument", sprintf(
+      "`retention` must be a number of seconds, or a list of them named completed, failed or cancelled, not %s.",
+      describe(retention)), "retention", call)
+  }
+  out <- rep(-1, 3)
+  for (n in nm) {
+    check_number(retention[[n]], sprintf("retention$%s", n), min = 0, call = call)
+    out[match(n, states)] <- as.numeric(retention[[n]])
+  }
+  out
+}
+
+# start_workers(rate_limits = ): c(n, window) for the caller, then for the
+# operation; NaN where there is no limit.
+rate_limit_values <- function(rate_limits, call = sys.call(-1L)) {
+  out <- rep(NaN, 4)
+  if (is.null(rate_limits)) return(out)
+  kinds <- c("submitted_by", "operation")
+  nm <- names(rate_limits)
+  if (!is.list(rate_limits) || is.null(nm) || !all(nm %in% kinds) || anyDuplicated(nm)) {
+    abort("argument", sprintf(
+      "`rate_limits` must be a list of limits named submitted_by or operation, each c(n = , window = ), not %s.",
+      describe(rate_limits)), "rate_limits", call)
+  }
+  for (k in nm) {
+    v <- rate_limits[[k]]
+    arg <- sprintf("rate_limits$%s", k)
+    if (!is.numeric(v) || length(v) != 2L || anyNA(v)) {
+      abort("argument", sprintf("`%s` must be c(n = , window = ): submits and seconds, not %s.", arg, describe(v)),
+            arg, call)
+    }
+    if (!is.null(names(v))) v <- v[c("n", "window")]
+    if (anyNA(v)) abort("argument", sprintf("`%s` must be named n and window.", arg), arg, call)
+    check_number(v[[1L]], paste0(arg, "[\"n\"]"), min = 1, integer = TRUE, call = call)
+    check_number(v[[2L]], paste0(arg, "[\"window\"]"), min = 1e-3, call = call)
+    i <- 2L * match(k, kinds) - 1L
+    out[i:(i + 1L)] <- as.numeric(v)
+  }
+  out
 }
 
 check_queues <- function(queues, call = sys.call(-1L)) {

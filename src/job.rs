@@ -211,6 +211,95 @@ pub struct NewJob {
     /// HMAC-SHA256 of the job's code and params under the shared key
     /// ([`sign`]), for a shared store.
     pub signature: Option<[u8; 32]>,
+    /// Who submitted it (the API's caller), and labels to find it by.
+    pub submitted_by: Option<String>,
+    pub tags: Vec<String>,
+    /// At most `concurrency_limit` jobs of this key run at once (anywhere).
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: u32,
+    /// What `unique` compares: this key instead of operation and params.
+    pub unique_key: Option<String>,
+    /// With `unique`: a twin submitted this many seconds ago or less counts
+    /// even when it has finished (a cached result); 0 for active twins only.
+    pub unique_for: f64,
+    /// With `unique`: a pending twin is cancelled and this job takes its place.
+    pub replace: bool,
+    /// With `unique`: no twin is looked for, but the job is the newest twin
+    /// of its key (a rerun that later submits find).
+    pub force: bool,
+    /// Submit rate limits it is checked against, atomically with its insert.
+    pub rates: Vec<Rate>,
+    /// The pool that submitted it, for the event log.
+    pub host: Option<String>,
+}
+
+/// At most `n` submits per `window` seconds for one caller or one operation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rate {
+    pub by: RateBy,
+    pub n: u32,
+    pub window: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RateBy {
+    /// Per `submitted_by` (jobs without one are not limited by it).
+    Caller,
+    Operation,
+}
+
+impl RateBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateBy::Caller => "submitted_by",
+            RateBy::Operation => "operation",
+        }
+    }
+}
+
+/// A transition of a job, as its event log keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// Seconds since the epoch, on the store's clock.
+    pub at: f64,
+    /// submitted, scheduled, claimed, progress, retried, rescued,
+    /// cancelled, completed, failed.
+    pub kind: String,
+    /// The pool that made it (its host id), when one did.
+    pub host: Option<String>,
+    pub attempt: u32,
+    pub detail: Option<String>,
+}
+
+/// A cancelled job's error message, naming who cancelled it when known.
+pub fn cancelled_message(by: Option<&str>) -> String {
+    match by {
+        Some(b) => format!("Job was cancelled by {b}"),
+        None => "Job was cancelled".into(),
+    }
+}
+
+/// A progress event's detail: the step, and "current/total" when known.
+pub fn progress_detail(p: &Progress) -> Option<String> {
+    let count = match (p.current, p.total) {
+        (Some(c), Some(t)) => Some(format!("{c}/{t}")),
+        (Some(c), None) => Some(format!("{c}")),
+        _ => None,
+    };
+    match (p.step.as_deref(), count) {
+        (Some(s), Some(c)) => Some(format!("{s} ({c})")),
+        (Some(s), None) => Some(s.to_owned()),
+        (None, c) => c,
+    }
+}
+
+/// The key under which `unique` jobs meet their twins: the caller's
+/// `unique_key` when given, else the operation and the params' hash.
+pub fn twin_key(job: &NewJob) -> [u8; 32] {
+    match &job.unique_key {
+        Some(k) => duplicate_key(&job.operation, &sha256(k.as_bytes())),
+        None => duplicate_key(&job.operation, &job.hash()),
+    }
 }
 
 impl NewJob {
@@ -256,6 +345,12 @@ pub struct Job {
     /// The schedule that fired it, and the slot it fired it for.
     pub schedule: Option<Arc<str>>,
     pub slot_at: Option<f64>,
+    /// Who submitted it, and its labels.
+    pub submitted_by: Option<Arc<str>>,
+    pub tags: Vec<Arc<str>>,
+    /// At most `concurrency_limit` jobs of this key run at once.
+    pub concurrency_key: Option<Arc<str>>,
+    pub concurrency_limit: u32,
 }
 
 impl Job {
@@ -292,7 +387,7 @@ pub struct Lease {
 pub struct Claimed {
     pub lease: Lease,
     pub operation: Arc<str>,
-    pub executor: Vec<u8>,
+    pub executor: Arc<Vec<u8>>,
     pub params: Arc<Vec<u8>>,
     pub params_json: bool,
     pub timeout_ms: u64,
@@ -318,6 +413,8 @@ pub struct Report<'a> {
     pub progress: Option<&'a Progress>,
     /// The whole captured tail, replacing what was stored.
     pub output: Option<&'a [u8]>,
+    /// Also log the progress as an event (the pool samples which reports do).
+    pub event: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -331,6 +428,9 @@ pub enum Submit {
     UnknownDependency(Uuid),
     /// A handler job whose operation no host has a handler for.
     UnknownOperation,
+    /// A submit rate limit is reached: the next submit may pass in this
+    /// many seconds; which limit.
+    RateLimited { retry_after: f64, by: RateBy },
     /// A job carrying R's serialization for a shared store, with no key to sign it.
     NotSigned,
 }
@@ -342,6 +442,18 @@ pub enum Cancel {
     WasPending,
     /// The job was running under this lease: its host must stop the worker.
     WasRunning(Lease),
+}
+
+/// What an admin's retry of a job did.
+#[derive(Debug, PartialEq)]
+pub enum Retry {
+    /// The job is pending again, under its id, with its attempts counted anew.
+    Retried,
+    NotFound,
+    /// Only failed jobs are retried.
+    NotFailed(Status),
+    /// Its code and params are no longer stored (a job of an older release).
+    NoPayload,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -40,8 +40,17 @@
 //!   supervises one worker: dispatch, deadline, cancel, crash, recycle and
 //!   shutdown are branches of a single `select!` loop ([`pool`]'s `slot`).
 //!   A claimer task takes jobs from the store for idle slots; a keeper task
-//!   renews leases, notices lost ones and rescues the jobs of hosts that
-//!   stopped renewing theirs.
+//!   renews leases, notices lost ones, rescues the jobs of hosts that
+//!   stopped renewing theirs and applies retention; a scheduler task fires
+//!   recurring jobs' due slots.
+//! * Policies live in the store, so every replica and host sees the same:
+//!   a submit checks its unique twin, the cap on active jobs and the rate
+//!   limits atomically with its insert; a claim honours paused queues,
+//!   queue caps and concurrency keys by counting what runs. In a database,
+//!   checks that count rows serialize on a lock (advisory on PostgreSQL, a
+//!   row of the schema table on MySQL, the write lock on SQLite); the rest
+//!   do not take it. Every transition writes its event in the transaction
+//!   that makes it (the memory store derives most events from the record).
 //! * [`pool::worker`] spawns and stops one R process: private pipes on fds 3
 //!   and 4 for [`protocol`] frames, stdout/stderr captured as job output,
 //!   stdin at /dev/null, a process group, a pidfd to see it exit.

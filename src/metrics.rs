@@ -111,6 +111,7 @@ pub fn submitted(operation: &str, r: &Submit) {
         Submit::Full { .. } => rejected("CAPACITY_EXCEEDED"),
         Submit::Duplicate(_) => rejected("DUPLICATE_JOB"),
         Submit::UnknownDependency(_) => rejected("UNKNOWN_DEPENDENCY"),
+        Submit::RateLimited { .. } => rejected("RATE_LIMITED"),
         // Counted where they are refused, before the store.
         Submit::UnknownOperation | Submit::NotSigned => {}
     }

@@ -35,7 +35,7 @@ pub mod worker;
 
 pub use shared::{Config, SlotInfo, SlotState};
 
-use crate::job::{sha256, Cancel, Lease, NewJob, Slot, Submit};
+use crate::job::{sha256, Cancel, Lease, NewJob, Slot, Status, Submit};
 use crate::schedule::{self, Schedule, Timing};
 use crate::sys;
 use crate::store::{HostInfo, Signal, Store, StoreError, StoreResult};
@@ -122,13 +122,26 @@ impl Pool {
         &self.shared.host
     }
 
-    pub async fn submit(&self, job: NewJob) -> StoreResult<Submit> {
+    /// Submits a job from the API: the cap on active jobs and the submit
+    /// rate limits apply.
+    pub async fn submit(&self, mut job: NewJob) -> StoreResult<Submit> {
+        job.rates = self.shared.config.rates.clone();
         self.shared.submit(job, self.capacity()).await
     }
 
     /// Whether a handler job of `operation` from `queue` has somewhere to run.
     pub async fn knows(&self, operation: &str, queue: &str) -> StoreResult<bool> {
         self.shared.knows(operation, queue).await
+    }
+
+    /// Idle slots (or the claimer) look for work now: a job became ready
+    /// by other means than a submit here (a retry, a queue resumed).
+    pub fn wake(&self) {
+        if self.shared.store.shared() {
+            self.shared.claim_signal.notify_one();
+        } else {
+            self.shared.ready_signal.notify_last();
+        }
     }
 
     /// The keeper looks at the schedules at once (one was added or changed).
@@ -138,8 +151,8 @@ impl Pool {
 
     /// Cancels a job; a worker running it here is stopped at once. A job
     /// running on another host is stopped by that host's keeper.
-    pub async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
-        let r = self.shared.store.cancel(id).await?;
+    pub async fn cancel(&self, id: &Uuid, by: Option<&str>) -> StoreResult<Cancel> {
+        let r = self.shared.store.cancel(id, by).await?;
         if let Cancel::WasRunning(_) = r {
             self.shared.abandon(id);
         }
@@ -368,14 +381,27 @@ async fn keeper(sh: Arc<Shared>) {
                 }
             }
         }
-        if let Some(age) = sh.config.retention {
-            let every = (age / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let retention = sh.config.retention;
+        if let Some(shortest) = retention.iter().flatten().min().copied() {
+            let every = (shortest / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
             if last_cleanup.elapsed() >= every {
                 last_cleanup = Instant::now();
-                for _ in 0..20 {
-                    match sh.store.cleanup(age.as_secs_f64(), 1000).await {
-                        Ok(ids) if ids.len() == 1000 => continue,
-                        _ => break,
+                // One age for every state: the oldest first, whatever their state.
+                let rules: Vec<(Option<Status>, Duration)> = match retention {
+                    [Some(a), Some(b), Some(c)] if a == b && b == c => vec![(None, a)],
+                    _ => [Status::Completed, Status::Failed, Status::Cancelled]
+                        .into_iter()
+                        .zip(retention)
+                        .filter_map(|(st, age)| Some((Some(st), age?)))
+                        .collect(),
+                };
+                // In batches, each its own store call: submits go on between them.
+                for (status, age) in rules {
+                    for _ in 0..20 {
+                        match sh.store.prune(status, age.as_secs_f64(), 1000).await {
+                            Ok(ids) if ids.len() == 1000 => tokio::task::yield_now().await,
+                            _ => break,
+                        }
                     }
                 }
             }

@@ -6,7 +6,7 @@
 
 use super::reaper::{Containment, Mechanism};
 use super::worker::Spec;
-use crate::job::{sign, Claimed, JobError, Lease, NewJob, Submit};
+use crate::job::{sign, Claimed, JobError, Lease, NewJob, Rate, Submit};
 use crate::store::{HostInfo, Store, StoreResult};
 use crate::sys::log;
 use parking_lot::Mutex;
@@ -37,8 +37,11 @@ pub struct Config {
     pub max_setup_failures: u32,
     /// Queues this pool's workers take jobs from.
     pub queues: Vec<String>,
-    /// Finished jobs older than this are deleted on a timer.
-    pub retention: Option<Duration>,
+    /// Finished jobs older than this are deleted on a timer: completed,
+    /// failed and cancelled ones, each by its own age.
+    pub retention: [Option<Duration>; 3],
+    /// Submit rate limits of the API's submits.
+    pub rates: Vec<Rate>,
     /// Log claims on stderr (worker-only hosts).
     pub verbose: bool,
     /// Longest wait between two polls of a shared store for work.
@@ -188,6 +191,7 @@ impl Shared {
             };
             job.signature = Some(sign(key, &job.id, &job.operation, &job.executor, &job.params));
         }
+        job.host.get_or_insert_with(|| self.host.id.clone());
         let operation = job.operation.clone(); // metrics
         let r = self.store.submit(job, limit).await?;
         crate::metrics::submitted(&operation, &r);

@@ -237,7 +237,7 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
         let id = job.lease.id;
         if let Some(err) = untrusted(sh, &job) {
             // Nothing of it reached the worker, which stays ready.
-            let mut u = Unwritten { progress: None, output: Tail::new(0), pid: None, dirty: false };
+            let mut u = Unwritten { progress: None, output: Tail::new(0), pid: None, dirty: false, logged: None };
             write_outcome(sh, slot, &job.lease, &mut Outcome::Failed(err), &mut u, stop).await;
             continue;
         }
@@ -297,7 +297,12 @@ struct Unwritten {
     output: Tail,
     pid: Option<u32>,
     dirty: bool,
+    /// The step last logged as an event, and when.
+    logged: Option<(Option<String>, Instant)>,
 }
+
+/// At most one progress event per job in this time, and only for a new step.
+const PROGRESS_EVENT_EVERY: Duration = Duration::from_secs(5);
 
 /// Writes what a job reported; false once its lease is lost.
 async fn write_report(sh: &Shared, lease: &Lease, u: &mut Unwritten) -> bool {
@@ -305,7 +310,15 @@ async fn write_report(sh: &Shared, lease: &Lease, u: &mut Unwritten) -> bool {
     let pid = u.pid.take();
     let progress = u.progress.take();
     let out = u.output.bytes();
-    let report = Report { pid, progress: progress.as_ref(), output: (!out.is_empty()).then_some(&*out) };
+    // Progress events are sampled: a new step, no sooner than the last one's interval.
+    let event = progress.as_ref().is_some_and(|p| match &u.logged {
+        None => true,
+        Some((step, at)) => *step != p.step && at.elapsed() >= PROGRESS_EVENT_EVERY,
+    });
+    if event {
+        u.logged = progress.as_ref().map(|p| (p.step.clone(), Instant::now()));
+    }
+    let report = Report { pid, progress: progress.as_ref(), output: (!out.is_empty()).then_some(&*out), event };
     // A failed write is retried with the next report; the outcome is what must land.
     sh.store.report(lease, report).await.unwrap_or(true)
 }
@@ -421,7 +434,7 @@ async fn run_job(
 ) -> Option<End> {
     let lease = job.lease;
     let id = lease.id;
-    let mut u = Unwritten { progress: None, output: Tail::new(OUTPUT_LIMIT), pid: Some(w.pid), dirty: true };
+    let mut u = Unwritten { progress: None, output: Tail::new(OUTPUT_LIMIT), pid: Some(w.pid), dirty: true, logged: None };
     let interval = sh.store.report_interval();
     let parent = job.parent.map(|p| p.to_string()).unwrap_or_default();
     let format = if job.params_json { "json" } else { "r" };
@@ -439,7 +452,7 @@ async fn run_job(
     let (operation, started) = (job.operation.clone(), Instant::now()); // metrics
     let deadline = tokio::time::sleep(Duration::from_millis(job.timeout_ms));
     tokio::pin!(deadline);
-    let blobs: [&[u8]; 2] = [&job.executor, &job.params];
+    let blobs: [&[u8]; 2] = [&job.executor[..], &job.params[..]];
     // Frames about this job must carry this tag: the job's code never sees it.
     let tag = Uuid::new_v4().as_u64_pair().0 | 1; // never 0, which means "no job"
     let sent = tokio::select! {
@@ -570,14 +583,17 @@ fn untrusted(sh: &Shared, job: &Claimed) -> Option<JobError> {
 /// as the worker reads it. Fields: the call's number within the job, then
 /// operation, queue, priority, timeout, attempts, unique, delay, the ids it
 /// depends on (comma-separated), the params' format and the code's length;
-/// the blob is the code, then the params.
+/// then submitted_by, tags (comma-separated), concurrency key and limit,
+/// unique key and window, replace and force (empty strings for none). The
+/// blob is the code, then the params.
 async fn child_submit(sh: &Shared, parent: &Uuid, text: &str, blob: &[u8]) -> String {
     let f: Vec<&str> = text.split(FIELD_SEP).collect();
     let answer = |fields: &[&str]| fields.join(&FIELD_SEP.to_string());
-    if f.len() != 11 {
+    if f.len() != 19 {
         return answer(&["error", "PROTOCOL_ERROR", "a malformed submit frame"]);
     }
     let num = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite());
+    let given = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     let exec_len = f[10].parse::<usize>().unwrap_or(usize::MAX).min(blob.len());
     let mut depends_on = Vec::new();
     for d in f[8].split(',').filter(|d| !d.is_empty()) {
@@ -602,6 +618,14 @@ async fn child_submit(sh: &Shared, parent: &Uuid, text: &str, blob: &[u8]) -> St
         delay: num(f[7]).unwrap_or(0.0).max(0.0),
         depends_on,
         parent: Some(*parent),
+        submitted_by: given(f[11]),
+        tags: f[12].split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect(),
+        concurrency_key: given(f[13]),
+        concurrency_limit: num(f[14]).unwrap_or(1.0).clamp(1.0, u32::MAX as f64) as u32,
+        unique_key: given(f[15]),
+        unique_for: num(f[16]).unwrap_or(0.0).max(0.0),
+        replace: f[17] == "1",
+        force: f[18] == "1",
         ..NewJob::default()
     };
     let (id, operation) = (job.id, job.operation.clone());
@@ -616,6 +640,7 @@ async fn child_submit(sh: &Shared, parent: &Uuid, text: &str, blob: &[u8]) -> St
         Ok(Submit::UnknownDependency(dep)) => answer(&["unknown_dependency", &dep.to_string()]),
         Ok(Submit::UnknownOperation) => answer(&["unknown_operation", &operation]),
         Ok(Submit::NotSigned) => answer(&["not_signed"]),
+        Ok(Submit::RateLimited { retry_after, by }) => answer(&["rate_limited", &format!("{retry_after:.0}"), by.as_str()]),
         Err(e) => answer(&["store_error", &e.message]),
     }
 }

@@ -12,11 +12,11 @@ use super::calls::job_record;
 use super::fast as rf;
 use super::session::{limit, ms, parse_id, store, OWNER, POOL, STORE, STORE_CHOSEN};
 use super::wire;
-use crate::job::{estimate_seconds, hex, Cancel, Job, Status};
+use crate::job::{estimate_seconds, hex, Cancel, Event, Job, Rate, RateBy, Retry, Status};
 use crate::pool::worker::Spec;
 use crate::pool::{Config, Pool, SlotInfo, SlotState};
 use crate::schedule::{Missed, Schedule, Timing};
-use crate::store::{memory::MemoryStore, HostView, JobFilter, ListQuery, PutSchedule, Store, StoreError};
+use crate::store::{memory::MemoryStore, HostView, JobFilter, ListQuery, PutSchedule, QueueChange, QueueView, Store, StoreError};
 use crate::sys::block_on;
 use extendr_api::prelude::*;
 use extendr_api::Result;
@@ -126,7 +126,8 @@ fn aj_start(
     nice: i32,
     capacity: f64,
     queues: Vec<String>,
-    retention_s: f64,
+    retention_s: Vec<f64>,
+    rates: Vec<f64>,
     verbose: bool,
     poll_ms: f64,
     operations: Vec<String>,
@@ -159,7 +160,18 @@ fn aj_start(
         stop_grace: ms(stop_grace_ms),
         max_setup_failures: 5,
         queues,
-        retention: (retention_s.is_finite() && retention_s >= 0.0).then(|| Duration::from_secs_f64(retention_s)),
+        retention: std::array::from_fn(|i| {
+            retention_s.get(i).copied().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64)
+        }),
+        // c(n, window) for the caller, then for the operation; NaN when not limited.
+        rates: [RateBy::Caller, RateBy::Operation]
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, by)| {
+                let (n, window) = (*rates.get(2 * i)?, *rates.get(2 * i + 1)?);
+                (n.is_finite() && window > 0.0).then(|| Rate { by, n: n.max(1.0) as u32, window })
+            })
+            .collect(),
         verbose,
         max_poll: ms(poll_ms).max(Duration::from_millis(10)),
         operations,
@@ -265,7 +277,7 @@ fn aj_pool_info() -> Result<Robj> {
     ))
 }
 
-const JOB_FIELDS: [&str; 30] = [
+const JOB_FIELDS: [&str; 33] = [
     "job_id",
     "operation",
     "status",
@@ -296,6 +308,9 @@ const JOB_FIELDS: [&str; 30] = [
     "waiting",
     "children",
     "schedule",
+    "submitted_by",
+    "tags",
+    "concurrency_key",
 ];
 
 /// One job's record as a named list, or NULL when the id is unknown.
@@ -346,6 +361,100 @@ fn aj_job(id: &str) -> Result<Robj> {
             (job.waiting as i32).into(),
             view.children.iter().map(|c| c.to_string()).collect::<Vec<_>>().into(),
             job.schedule.as_deref().map_or_else(null, Robj::from),
+            job.submitted_by.as_deref().map_or_else(null, Robj::from),
+            job.tags.iter().map(|t| t.to_string()).collect::<Vec<_>>().into(),
+            job.concurrency_key.as_deref().map_or_else(null, Robj::from),
+        ],
+    ))
+}
+
+/// A job's events as columns (at, kind, host, attempt, detail); NULL for
+/// an unknown job.
+#[extendr]
+fn aj_events(id: &str) -> Result<Robj> {
+    check_owner()?;
+    let Some(uuid) = parse_id(id) else { return Ok(().into()) };
+    let events = match block_on(store().events(&uuid)) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(().into()),
+        Err(e) => return Ok(store_error(e)),
+    };
+    let strs = |f: &dyn Fn(&Event) -> Option<String>| -> Robj { events.iter().map(f).collect::<Vec<_>>().into() };
+    Ok(named(
+        &["at", "kind", "host", "attempt", "detail"],
+        vec![
+            events.iter().map(|e| e.at).collect::<Vec<f64>>().into(),
+            strs(&|e| Some(e.kind.clone())),
+            strs(&|e| e.host.clone()),
+            events.iter().map(|e| e.attempt as i32).collect::<Vec<i32>>().into(),
+            strs(&|e| e.detail.clone()),
+        ],
+    ))
+}
+
+/// "retried", "not_found", "not_failed" and the status, "no_payload", or
+/// "store_error" and the message.
+#[extendr]
+fn aj_retry(id: &str, by: Nullable<String>) -> Result<Vec<String>> {
+    check_owner()?;
+    let Some(uuid) = parse_id(id) else { return Ok(vec!["not_found".into()]) };
+    let by = by.into_option();
+    let r = block_on(store().retry(&uuid, by.as_deref()));
+    if matches!(r, Ok(Retry::Retried)) {
+        if let Some(p) = POOL.lock().as_ref() {
+            p.wake();
+        }
+    }
+    Ok(match r {
+        Ok(Retry::Retried) => vec!["retried".into()],
+        Ok(Retry::NotFound) => vec!["not_found".into()],
+        Ok(Retry::NotFailed(st)) => vec!["not_failed".into(), st.as_str().into()],
+        Ok(Retry::NoPayload) => vec!["no_payload".into()],
+        Err(e) => vec!["store_error".into(), e.message],
+    })
+}
+
+/// Changes a queue's settings: `paused` NA leaves it; `max_running` NA
+/// leaves it, Inf lifts it.
+#[extendr]
+fn aj_queue_set(name: &str, paused: Rbool, max_running: f64) -> Result<Robj> {
+    check_owner()?;
+    let change = QueueChange {
+        paused: (!paused.is_na()).then(|| paused.is_true()),
+        max_running: if max_running.is_nan() {
+            None
+        } else if max_running.is_finite() {
+            Some(Some(max_running.clamp(1.0, u32::MAX as f64) as u32))
+        } else {
+            Some(None)
+        },
+    };
+    let r = block_on(store().set_queue(name, &change));
+    if r.is_ok() {
+        if let Some(p) = POOL.lock().as_ref() {
+            p.wake();
+        }
+    }
+    or_store_error(r.map(|_| Robj::from(true)))
+}
+
+/// Every queue with settings or jobs, as columns.
+#[extendr]
+fn aj_queues() -> Result<Robj> {
+    check_owner()?;
+    let all = match block_on(store().queues()) {
+        Ok(q) => q,
+        Err(e) => return Ok(store_error(e)),
+    };
+    let ints = |f: &dyn Fn(&QueueView) -> Option<i32>| -> Robj { all.iter().map(f).collect::<Vec<_>>().into() };
+    Ok(named(
+        &["queue", "paused", "max_running", "pending", "running"],
+        vec![
+            all.iter().map(|q| q.name.clone()).collect::<Vec<_>>().into(),
+            all.iter().map(|q| q.paused).collect::<Vec<bool>>().into(),
+            ints(&|q| q.max_running.map(|m| m.min(i32::MAX as u32) as i32)),
+            ints(&|q| Some(q.pending as i32)),
+            ints(&|q| Some(q.running as i32)),
         ],
     ))
 }
@@ -361,13 +470,14 @@ fn aj_wait(id: &str, wait_ms: f64) -> Result<bool> {
 
 /// "not_found", "cancelled", "finished" and the status, or "store_error" and the message.
 #[extendr]
-fn aj_cancel(id: &str) -> Result<Vec<String>> {
+fn aj_cancel(id: &str, by: Nullable<String>) -> Result<Vec<String>> {
     check_owner()?;
     let Some(uuid) = parse_id(id) else { return Ok(vec!["not_found".into()]) };
+    let by = by.into_option();
     let pool = POOL.lock();
     let outcome = match pool.as_ref() {
-        Some(p) => block_on(p.cancel(&uuid)),
-        None => block_on(store().cancel(&uuid)),
+        Some(p) => block_on(p.cancel(&uuid, by.as_deref())),
+        None => block_on(store().cancel(&uuid, by.as_deref())),
     };
     Ok(match outcome {
         Ok(Cancel::NotFound) => vec!["not_found".into()],
@@ -381,7 +491,15 @@ fn aj_cancel(id: &str) -> Result<Vec<String>> {
 /// page): `statuses` and `operations` NULL for any; unknown statuses match
 /// nothing. A store error, also for a cursor the store did not make.
 #[extendr]
-fn aj_list(statuses: Robj, operations: Robj, max_jobs: f64, cursor: Robj, newest_first: bool) -> Result<Robj> {
+fn aj_list(
+    statuses: Robj,
+    operations: Robj,
+    max_jobs: f64,
+    cursor: Robj,
+    newest_first: bool,
+    submitted_by: Nullable<String>,
+    tags: Robj,
+) -> Result<Robj> {
     check_owner()?;
     let strings = |x: &Robj| -> Option<Vec<String>> {
         (!x.is_null()).then(|| x.as_str_vector().unwrap_or_default().into_iter().map(str::to_owned).collect())
@@ -390,6 +508,8 @@ fn aj_list(statuses: Robj, operations: Robj, max_jobs: f64, cursor: Robj, newest
         filter: JobFilter {
             statuses: strings(&statuses).map(|v| v.iter().filter_map(|s| Status::parse(s)).collect()),
             operations: strings(&operations),
+            submitted_by: submitted_by.into_option(),
+            tags: strings(&tags).unwrap_or_default(),
         },
         newest_first,
         limit: limit(max_jobs).min(usize::MAX as u64) as usize,
@@ -407,7 +527,24 @@ fn aj_list(statuses: Robj, operations: Robj, max_jobs: f64, cursor: Robj, newest
         jobs.iter().map(f).collect::<Vec<Option<f64>>>().into()
     };
     Ok(named(
-        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code", "queue", "priority", "parent_id", "schedule", "slot_at", "next_cursor"],
+        &[
+            "job_id",
+            "operation",
+            "status",
+            "submitted_at",
+            "started_at",
+            "completed_at",
+            "error_code",
+            "queue",
+            "priority",
+            "parent_id",
+            "schedule",
+            "slot_at",
+            "submitted_by",
+            "tags",
+            "concurrency_key",
+            "next_cursor",
+        ],
         vec![
             strs(&|j| Some(j.id.to_string())),
             strs(&|j| Some(j.operation.to_string())),
@@ -421,6 +558,9 @@ fn aj_list(statuses: Robj, operations: Robj, max_jobs: f64, cursor: Robj, newest
             strs(&|j| j.parent.map(|p| p.to_string())),
             strs(&|j| j.schedule.as_deref().map(str::to_owned)),
             nums(&|j| j.slot_at),
+            strs(&|j| j.submitted_by.as_deref().map(str::to_owned)),
+            strs(&|j| (!j.tags.is_empty()).then(|| j.tags.join(","))),
+            strs(&|j| j.concurrency_key.as_deref().map(str::to_owned)),
             page.next.map_or_else(|| ().into(), Robj::from),
         ],
     ))
@@ -735,4 +875,8 @@ extendr_module! {
     fn aj_schedule_put;
     fn aj_schedule_drop;
     fn aj_schedules;
+    fn aj_events;
+    fn aj_retry;
+    fn aj_queue_set;
+    fn aj_queues;
 }

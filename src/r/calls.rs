@@ -115,9 +115,17 @@ pub(super) unsafe extern "C" fn c_submit(
             queue,
             priority,
             max_attempts: max_attempts.max(1) as u32,
-            unique,
+            unique: unique || extra.force,
             delay: extra.delay,
             depends_on: extra.depends_on,
+            submitted_by: extra.submitted_by,
+            tags: extra.tags,
+            concurrency_key: extra.concurrency_key,
+            concurrency_limit: extra.concurrency_limit,
+            unique_key: extra.unique_key,
+            unique_for: extra.unique_for,
+            replace: extra.replace,
+            force: extra.force,
             ..NewJob::default()
         };
         let out = submit_job(job);
@@ -149,12 +157,20 @@ pub(super) unsafe extern "C" fn c_submit(
 }
 
 /// What `create_job()` passes beyond the contract's arguments: NULL, or
-/// `list(json, delay, depends_on)`.
+/// `list(json, delay, depends_on, ...)` (R checked each; absent ones are NULL).
 #[derive(Default)]
 struct Extra {
     json: bool,
     delay: f64,
     depends_on: Vec<Uuid>,
+    submitted_by: Option<String>,
+    tags: Vec<String>,
+    concurrency_key: Option<String>,
+    concurrency_limit: u32,
+    unique_key: Option<String>,
+    unique_for: f64,
+    replace: bool,
+    force: bool,
 }
 
 impl Extra {
@@ -168,6 +184,15 @@ impl Extra {
         for id in rf::strings_of(rf::list_get(x, "depends_on")) {
             e.depends_on.push(parse_id(&id).ok_or(id)?);
         }
+        let string = |name: &str| rf::strings_of(rf::list_get(x, name)).into_iter().next();
+        e.submitted_by = string("submitted_by");
+        e.tags = rf::strings_of(rf::list_get(x, "tags"));
+        e.concurrency_key = string("concurrency_key");
+        e.concurrency_limit = rf::as_f64(rf::list_get(x, "concurrency_limit")).map_or(1, |n| n.clamp(1.0, u32::MAX as f64) as u32);
+        e.unique_key = string("unique_key");
+        e.unique_for = rf::as_f64(rf::list_get(x, "unique_for")).filter(|d| d.is_finite()).unwrap_or(0.0).max(0.0);
+        e.replace = rf::as_bool(rf::list_get(x, "replace"));
+        e.force = rf::as_bool(rf::list_get(x, "force"));
         Ok(e)
     }
 }
@@ -209,6 +234,9 @@ fn submit_job(mut job: NewJob) -> Submitted {
         Ok((Submit::UnknownDependency(dep), _)) => Submitted::Other(vec!["unknown_dependency".into(), dep.to_string()]),
         Ok((Submit::UnknownOperation, _)) => Submitted::Other(vec!["unknown_operation".into(), op]),
         Ok((Submit::NotSigned, _)) => Submitted::Other(vec!["not_signed".into(), String::new()]),
+        Ok((Submit::RateLimited { retry_after, by }, _)) => {
+            Submitted::Other(vec!["rate_limited".into(), format!("{retry_after}"), by.as_str().into()])
+        }
         Err(e) => match e.fault {
             Fault::Unavailable => {
                 crate::metrics::rejected("STORE_UNAVAILABLE");

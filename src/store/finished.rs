@@ -65,10 +65,12 @@ const D_FLAGS: usize = 105;
 /// The side maps that hold an entry for the job: `S_*`.
 const D_SIDE: usize = 106;
 const D_FLAGS2: usize = 107;
-/// Then, each when its `G_*` or `F_*` flag says: parent, run-at time,
+const D_FLAGS3: usize = 108;
+/// Then, each when its `H_*`, `G_*` or `F_*` flag says: host (name id),
+/// submitter, tags and concurrency key; parent, run-at and slot times,
 /// schedule (name id) and children count; error code, message and detail;
 /// progress current, total and step; the result, to the end.
-const D_TAIL: usize = 108;
+const D_TAIL: usize = 109;
 
 const F_PID: u8 = 1;
 const F_ERROR: u8 = 2;
@@ -87,9 +89,29 @@ const G_SCHEDULE: u8 = 16;
 const G_CHILDREN: u8 = 32;
 const G_SLOT: u8 = 64;
 
+const H_HOST: u8 = 1;
+const H_BY: u8 = 2;
+const H_TAGS: u8 = 4;
+const H_KEY: u8 = 8;
+const H_TWIN: u8 = 16;
+
 pub(super) const S_UNHASHED: u8 = 1;
 pub(super) const S_OUTPUT: u8 = 2;
 pub(super) const S_CHILDREN: u8 = 4;
+pub(super) const S_EVENTS: u8 = 8;
+pub(super) const S_KEPT: u8 = 16;
+/// Retired from the log's index (pruned, or retried under the same id);
+/// its bytes go with their block.
+const S_GONE: u8 = 128;
+
+/// A record's labels (inline strings; the host by name id).
+struct Labels {
+    host: Option<Arc<str>>,
+    submitted_by: Option<Arc<str>>,
+    tags: Vec<Arc<str>>,
+    concurrency_key: Option<Arc<str>>,
+    twin: Option<[u8; 32]>,
+}
 
 /// A finished job's record and its result (no payload, output or lease),
 /// as bytes: `Done<Vec<u8>>` when it is made, a view into the log's blocks
@@ -132,9 +154,20 @@ impl<'a> Reader<'a> {
 
 impl Done<Vec<u8>> {
     /// `job` has ended; `result` is what it completed with.
-    pub(super) fn new(job: &Job, names: &mut Names, side: u8, result: Option<&[u8]>) -> Done<Vec<u8>> {
+    /// `twin` is the key a unique job meets its twins under.
+    pub(super) fn new(job: &Job, names: &mut Names, side: u8, twin: Option<&[u8; 32]>, result: Option<&[u8]>) -> Done<Vec<u8>> {
         let (operation, queue) = (names.id(&job.operation), names.id(&job.queue));
         let schedule = job.schedule.as_deref().map(|n| names.id(n));
+        let host = job.host.as_deref().map(|h| names.id(h));
+        let flags3 = [
+            (H_HOST, host.is_some()),
+            (H_BY, job.submitted_by.is_some()),
+            (H_TAGS, !job.tags.is_empty()),
+            (H_KEY, job.concurrency_key.is_some()),
+            (H_TWIN, twin.is_some()),
+        ]
+        .iter()
+        .fold(0u8, |f, (h, on)| if *on { f | h } else { f });
         let flags2 = [
             (G_JSON, job.result_json),
             (G_HANDLER, job.handler),
@@ -166,6 +199,11 @@ impl Done<Vec<u8>> {
         let step = progress.and_then(|p| p.step.as_deref());
         flag(F_STEP, step.is_some(), step.map_or(0, |s| 8 + s.len()));
         flag(F_RESULT, result.is_some(), result.map_or(0, <[u8]>::len));
+        len += 4 * host.is_some() as usize
+            + job.submitted_by.as_ref().map_or(0, |s| 8 + s.len())
+            + job.tags.iter().map(|t| 8 + t.len()).sum::<usize>()
+            + job.concurrency_key.as_ref().map_or(0, |s| 8 + s.len())
+            + 32 * twin.is_some() as usize;
         let mut b = Vec::with_capacity(len);
         b.extend_from_slice(job.id.as_bytes());
         b.extend_from_slice(&job.params_hash);
@@ -176,7 +214,25 @@ impl Done<Vec<u8>> {
         for v in [operation, queue, job.priority as u32, job.attempts, job.max_attempts, job.worker_pid.unwrap_or(0)] {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        b.extend_from_slice(&[job.status as u8, flags, side, flags2]);
+        b.extend_from_slice(&[job.status as u8, flags, side, flags2, flags3]);
+        if let Some(h) = host {
+            b.extend_from_slice(&h.to_le_bytes());
+        }
+        if let Some(by) = &job.submitted_by {
+            put_bytes(&mut b, by.as_bytes());
+        }
+        if !job.tags.is_empty() {
+            b.extend_from_slice(&(job.tags.len() as u32).to_le_bytes());
+            for t in &job.tags {
+                put_bytes(&mut b, t.as_bytes());
+            }
+        }
+        if let Some(k) = &job.concurrency_key {
+            put_bytes(&mut b, k.as_bytes());
+        }
+        if let Some(t) = twin {
+            b.extend_from_slice(t);
+        }
         if let Some(p) = job.parent {
             b.extend_from_slice(p.as_bytes());
         }
@@ -249,13 +305,45 @@ impl<B: AsRef<[u8]>> Done<B> {
         self.bytes()[D_SIDE]
     }
 
+    pub(super) fn gone(&self) -> bool {
+        self.side() & S_GONE != 0
+    }
+
+    /// The host, submitter, tags and concurrency key, and the reader past them.
+    fn labels(&self, names: &Names) -> (Labels, Reader<'_>) {
+        let flags3 = self.bytes()[D_FLAGS3];
+        let has = |h: u8| flags3 & h != 0;
+        let mut r = Reader { buf: self.bytes(), at: D_TAIL };
+        let host = has(H_HOST).then(|| names.name(r.u32()));
+        let submitted_by = has(H_BY).then(|| Arc::from(r.string()));
+        let tags = if has(H_TAGS) { (0..r.u32()).map(|_| Arc::from(r.string())).collect() } else { Vec::new() };
+        let concurrency_key = has(H_KEY).then(|| Arc::from(r.string()));
+        let twin = has(H_TWIN).then(|| r.take(32).try_into().unwrap());
+        (Labels { host, submitted_by, tags, concurrency_key, twin }, r)
+    }
+
+    /// Who submitted it and its tags, for a listing's filter.
+    pub(super) fn submitter_and_tags(&self, names: &Names) -> (Option<Arc<str>>, Vec<Arc<str>>) {
+        let (l, _) = self.labels(names);
+        (l.submitted_by, l.tags)
+    }
+
+    /// The key a unique job met its twins under.
+    pub(super) fn twin(&self, names: &Names) -> Option<[u8; 32]> {
+        self.labels(names).0.twin
+    }
+
+    pub(super) fn has_labels(&self) -> bool {
+        self.bytes()[D_FLAGS3] & (H_BY | H_TAGS) != 0
+    }
+
     /// The job's record; its result only when `with_result`.
     pub(super) fn job(&self, names: &Names, with_result: bool) -> Job {
         let flags = self.bytes()[D_FLAGS];
         let has = |f: u8| flags & f != 0;
         let flags2 = self.bytes()[D_FLAGS2];
         let has2 = |f: u8| flags2 & f != 0;
-        let mut r = Reader { buf: self.bytes(), at: D_TAIL };
+        let (labels, mut r) = self.labels(names);
         let parent = has2(G_PARENT).then(|| Uuid::from_bytes(r.take(16).try_into().unwrap()));
         let run_at = has2(G_RUN_AT).then(|| r.f64());
         let slot_at = has2(G_SLOT).then(|| r.f64());
@@ -288,7 +376,7 @@ impl<B: AsRef<[u8]>> Done<B> {
             error,
             progress,
             worker_pid: has(F_PID).then(|| self.u32_at(D_PID)),
-            host: None,
+            host: labels.host,
             result_json: has2(G_JSON),
             handler: has2(G_HANDLER),
             parent,
@@ -297,6 +385,10 @@ impl<B: AsRef<[u8]>> Done<B> {
             children,
             schedule,
             slot_at,
+            submitted_by: labels.submitted_by,
+            tags: labels.tags,
+            concurrency_key: labels.concurrency_key,
+            concurrency_limit: 0,
         }
     }
 }
@@ -320,6 +412,11 @@ pub(super) struct Finished {
     hasher: IdHash,
     /// A job ended earlier than the one before it (the clock stepped back).
     unordered: bool,
+    /// Records retired from the index but not yet popped.
+    gone: usize,
+    /// Per status (completed, failed, cancelled): the sequence number up to
+    /// which [`Finished::retire_older`] has looked.
+    scanned: [u32; 3],
 }
 
 #[derive(Clone, Copy)]
@@ -333,8 +430,14 @@ struct Place {
 const BLOCK: usize = 64 << 10;
 
 impl Finished {
+    /// Records in the log, retired ones included (see [`Finished::live`]).
     pub(super) fn len(&self) -> usize {
         self.places.len()
+    }
+
+    /// Finished jobs the store holds.
+    pub(super) fn live(&self) -> usize {
+        self.places.len() - self.gone
     }
 
     pub(super) fn at(&self, seq: u32) -> usize {
@@ -385,31 +488,100 @@ impl Finished {
         last.extend_from_slice(rec);
     }
 
-    /// Removes the job that ended first if it ended before `cutoff`: its id
-    /// and side maps. A block it emptied goes to `freed`.
-    pub(super) fn pop_older(&mut self, cutoff: f64, freed: &mut Vec<Vec<u8>>) -> Option<(Uuid, u8)> {
+    /// Removes the job that ended first if it ended before `cutoff`: its id,
+    /// side flags and twin key (`names` reads it). A block it emptied goes
+    /// to `freed`.
+    pub(super) fn pop_older(&mut self, cutoff: f64, names: &Names, freed: &mut Vec<Vec<u8>>) -> Option<(Uuid, u8, Option<[u8; 32]>)> {
         if self.unordered {
             self.sort();
         }
-        if self.places.is_empty() {
-            return None;
-        }
-        let first = self.record(0);
+        self.pop_gone(freed);
+        let first = self.places.front().map(|_| self.record(0))?;
         if !(first.completed_at() < cutoff) {
             return None;
         }
-        let (id, side) = (first.id(), first.side());
-        let place = self.places.pop_front()?;
+        let (id, side, twin) = (first.id(), first.side(), first.twin(names));
         let head = self.head;
         if let Ok(e) = self.index.find_entry(self.hasher.hash_one(&id), |&s| s == head) {
             e.remove();
         }
-        self.head = head.wrapping_add(1);
+        self.pop_front(freed);
+        Some((id, side, twin))
+    }
+
+    /// Pops the retired records at the front.
+    fn pop_gone(&mut self, freed: &mut Vec<Vec<u8>>) {
+        while !self.places.is_empty() && self.record(0).gone() {
+            self.pop_front(freed);
+            self.gone -= 1;
+        }
+    }
+
+    fn pop_front(&mut self, freed: &mut Vec<Vec<u8>>) {
+        let Some(place) = self.places.pop_front() else { return };
+        self.head = self.head.wrapping_add(1);
         if self.places.front().is_none_or(|p| p.block != place.block) {
             freed.extend(self.blocks.pop_front());
             self.first_block = self.first_block.wrapping_add(1);
         }
-        Some((id, side))
+    }
+
+    /// Retires a job's record from the index (its bytes go with their
+    /// block); its side flags, or None if there was none.
+    pub(super) fn retire(&mut self, id: &Uuid) -> Option<u8> {
+        let i = self.find(id)?;
+        let seq = self.head.wrapping_add(i as u32);
+        if let Ok(e) = self.index.find_entry(self.hasher.hash_one(id), |&s| s == seq) {
+            e.remove();
+        }
+        let (b, r) = span(&self.places, i, self.first_block);
+        let rec = Done(&mut self.blocks[b][r]);
+        let side = rec.side();
+        rec.0[D_SIDE] |= S_GONE;
+        self.gone += 1;
+        Some(side)
+    }
+
+    /// Up to `batch` jobs of `status` that ended before `cutoff`, retired
+    /// from the index, each with its side flags and twin key (`names`
+    /// reads it). Each record is looked at once per status, however
+    /// often this runs: a status's scan resumes where it stopped.
+    pub(super) fn retire_older(
+        &mut self,
+        status: Status,
+        cutoff: f64,
+        batch: usize,
+        names: &Names,
+        freed: &mut Vec<Vec<u8>>,
+    ) -> Vec<(Uuid, u8, Option<[u8; 32]>)> {
+        if self.unordered {
+            self.sort();
+        }
+        let k = match status {
+            Status::Completed => 0,
+            Status::Failed => 1,
+            _ => 2,
+        };
+        let mut out = Vec::new();
+        // Records popped since the last scan were passed or are gone.
+        let ahead = self.scanned[k].wrapping_sub(self.head) as i32;
+        let mut i = (ahead.max(0) as usize).min(self.len());
+        while i < self.len() && out.len() < batch {
+            let rec = self.record(i);
+            if !(rec.completed_at() < cutoff) {
+                break;
+            }
+            if !rec.gone() && rec.status() == status {
+                let (id, twin) = (rec.id(), rec.twin(names));
+                if let Some(side) = self.retire(&id) {
+                    out.push((id, side, twin));
+                }
+            }
+            i += 1;
+        }
+        self.scanned[k] = self.head.wrapping_add(i as u32);
+        self.pop_gone(freed);
+        out
     }
 
     /// Puts the log in the order of the end times, and numbers it anew.
@@ -417,9 +589,12 @@ impl Finished {
         let mut order: Vec<usize> = (0..self.len()).collect();
         order.sort_by(|&a, &b| self.record(a).completed_at().total_cmp(&self.record(b).completed_at()));
         let old = std::mem::take(self);
-        *self = Finished { first_block: old.first_block, head: old.head, ..Finished::default() };
+        *self = Finished { first_block: old.first_block, head: old.head, scanned: [old.head; 3], ..Finished::default() };
         for i in order {
             let rec = old.record(i);
+            if rec.gone() {
+                continue;
+            }
             self.append(rec.bytes());
             let (seq, id) = (self.head.wrapping_add(self.len() as u32 - 1), rec.id());
             self.insert(seq, &id);

@@ -8,13 +8,14 @@
 //!
 //! May import: `job`, `sys`, `store`.
 
-use super::finished::{Done, Finished, Names, S_CHILDREN, S_OUTPUT, S_UNHASHED};
-use super::{HostInfo, HostView, ListQuery, Page, PutSchedule, Store, StoreError, StoreResult};
+use super::finished::{Done, Finished, Names, S_CHILDREN, S_EVENTS, S_KEPT, S_OUTPUT, S_UNHASHED};
+use super::{HostInfo, HostView, ListQuery, Page, PutSchedule, QueueChange, QueueView, Store, StoreError, StoreResult};
 use crate::job::{
-    duplicate_key, median, sha256, Cancel, Claimed, Counts, IdHash, Job, JobError, JobView, Lease, NewJob, Outcome,
-    Report, Status, Submit,
+    duplicate_key, median, sha256, twin_key, Cancel, Claimed, Counts, Event, IdHash, Job, JobError, JobView, Lease,
+    NewJob, Outcome, RateBy, Report, Retry, Status, Submit,
 };
 use crate::schedule::Schedule;
+use crate::job::{cancelled_message, progress_detail};
 use crate::sys::{now, runtime};
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -57,10 +58,27 @@ impl Recent {
     }
 }
 
+#[derive(Clone, Default)]
 struct Payload {
-    executor: Vec<u8>,
+    executor: Arc<Vec<u8>>,
     params: Arc<Vec<u8>>,
     params_json: bool,
+}
+
+/// A queue's settings.
+#[derive(Clone, Copy, Default)]
+struct QueueSettings {
+    paused: bool,
+    max_running: Option<u32>,
+}
+
+/// The events of a job that its record does not tell: progress samples,
+/// and, once it was retried, its whole history before the retry.
+#[derive(Default)]
+struct Extra {
+    events: Vec<Event>,
+    /// `events` holds the submit and every attempt before the current one.
+    whole: bool,
 }
 
 /// A time as whole microseconds, for ordered keys.
@@ -169,6 +187,19 @@ struct Memory {
     fired: HashMap<String, BTreeSet<i64>>,
     /// Jobs whose dependencies completed since the pool last asked.
     readied: usize,
+    /// Key: [`twin_key`] -> the newest unique job of that key, any status.
+    twins: HashMap<[u8; 32], Uuid>,
+    /// Active unique jobs' twin keys.
+    twin_of: HashMap<Uuid, [u8; 32], IdHash>,
+    /// Accepted submits' times, by rate-limited caller or operation.
+    rates: HashMap<(RateBy, Arc<str>), VecDeque<f64>>,
+    queue_settings: BTreeMap<String, QueueSettings>,
+    /// Running jobs by queue and by concurrency key.
+    running_in: HashMap<Arc<str>, usize>,
+    running_key: HashMap<Arc<str>, usize>,
+    extras: HashMap<Uuid, Extra, IdHash>,
+    /// Failed jobs' code and params, for a retry.
+    kept: HashMap<Uuid, Payload, IdHash>,
 }
 
 /// Jobs in this process's memory: the default store.
@@ -219,10 +250,15 @@ impl Memory {
         let Some(mut job) = self.jobs.remove(id) else { return false };
         match job.status {
             Status::Pending => self.pending -= 1,
-            _ => self.running -= 1,
+            _ => {
+                self.running -= 1;
+                self.count_running(&job, false);
+            }
         }
-        if !self.unhashed.contains_key(id) {
-            let key = duplicate_key(&job.operation, &job.params_hash);
+        // Its entries as an active twin: by its unique key, and by its params.
+        let twin = self.twin_of.remove(id);
+        let hashed = (!self.unhashed.contains_key(id)).then(|| duplicate_key(&job.operation, &job.params_hash));
+        for key in [twin, hashed].into_iter().flatten() {
             if self.active.get(&key) == Some(id) {
                 self.active.remove(&key);
             }
@@ -240,7 +276,7 @@ impl Memory {
                 d.retain(|j| j != id);
             }
         }
-        self.payloads.remove(id);
+        let payload = self.payloads.remove(id);
         self.tokens.remove(id);
         if let Some(out) = self.outputs.get_mut(id) {
             out.shrink_to_fit();
@@ -262,16 +298,23 @@ impl Memory {
             Outcome::Failed(err) => {
                 job.status = Status::Failed;
                 job.error = Some(Box::new(err.clone()));
+                if let Some(p) = payload {
+                    self.kept.insert(*id, p);
+                }
             }
             Outcome::Cancelled => {
                 job.status = Status::Cancelled;
-                job.error = Some(Box::new(JobError::new("CANCELLED", "Job was cancelled")));
+                if job.error.as_ref().is_none_or(|e| e.code != "CANCELLED") {
+                    job.error = Some(Box::new(JobError::new("CANCELLED", "Job was cancelled")));
+                }
             }
         }
         let side = if self.unhashed.contains_key(id) { S_UNHASHED } else { 0 }
             | if self.outputs.contains_key(id) { S_OUTPUT } else { 0 }
-            | if self.children.contains_key(id) { S_CHILDREN } else { 0 };
-        self.done.push(Done::new(&job, &mut self.names, side, result));
+            | if self.children.contains_key(id) { S_CHILDREN } else { 0 }
+            | if self.extras.contains_key(id) { S_EVENTS } else { 0 }
+            | if self.kept.contains_key(id) { S_KEPT } else { 0 };
+        self.done.push(Done::new(&job, &mut self.names, side, twin.as_ref(), result));
         self.settle_dependents(id, outcome, now);
         true
     }
@@ -337,6 +380,12 @@ impl Memory {
     /// Adds an accepted job (its checks passed).
     fn insert(&mut self, job: NewJob, hash: Option<[u8; 32]>, waiting: Vec<Uuid>, now: f64) {
         let (operation, queue) = (self.names.intern(&job.operation), self.names.intern(&job.queue));
+        if job.unique {
+            let twin = twin_key(&job);
+            self.active.entry(twin).or_insert(job.id);
+            self.twins.insert(twin, job.id);
+            self.twin_of.insert(job.id, twin);
+        }
         match hash {
             Some(h) => {
                 self.active.entry(duplicate_key(&job.operation, &h)).or_insert(job.id);
@@ -358,7 +407,11 @@ impl Memory {
             self.dependents.entry(*dep).or_default().push(job.id);
         }
         let id = job.id;
-        self.payloads.insert(id, Payload { executor: job.executor, params: job.params, params_json: job.params_json });
+        let label = |s: &Option<String>| s.as_deref().map(Arc::from);
+        let (submitted_by, concurrency_key) = (label(&job.submitted_by), label(&job.concurrency_key));
+        let tags = job.tags.iter().map(|t| Arc::from(t.as_str())).collect();
+        let handler = job.executor.is_empty();
+        self.payloads.insert(id, Payload { executor: Arc::new(job.executor), params: job.params, params_json: job.params_json });
         self.pending += 1;
         self.jobs.insert(
             id,
@@ -372,12 +425,16 @@ impl Memory {
                 submitted_at: now,
                 timeout_ms: job.timeout_ms,
                 max_attempts: job.max_attempts,
-                handler: self.payloads[&id].executor.is_empty(),
+                handler,
                 parent: job.parent,
                 run_at,
                 waiting: waiting.len() as u32,
                 schedule,
                 slot_at,
+                submitted_by,
+                tags,
+                concurrency_key,
+                concurrency_limit: job.concurrency_limit,
                 ..Job::default()
             },
         );
@@ -397,6 +454,162 @@ impl Memory {
     fn typical(&mut self, operation: &str) -> Option<f64> {
         self.durations.get_mut(operation)?.median()
     }
+
+    /// A job starts (`up`) or stops running: its queue's and key's counts.
+    fn count_running(&mut self, job: &Job, up: bool) {
+        let step = |n: &mut usize| if up { *n += 1 } else { *n = n.saturating_sub(1) };
+        step(self.running_in.entry(job.queue.clone()).or_default());
+        if let Some(k) = &job.concurrency_key {
+            let n = self.running_key.entry(k.clone()).or_default();
+            step(n);
+            if *n == 0 {
+                self.running_key.remove(k);
+            }
+        }
+    }
+
+    /// Whether a queue's cap or pause lets a claim take from it.
+    fn open(&self, queue: &str) -> bool {
+        match self.queue_settings.get(queue) {
+            Some(s) if s.paused => false,
+            Some(QueueSettings { max_running: Some(cap), .. }) => {
+                self.running_in.get(queue).copied().unwrap_or(0) < *cap as usize
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether a pending job's concurrency key lets it start now.
+    fn key_allows(&self, job: &Job) -> bool {
+        match &job.concurrency_key {
+            Some(k) => self.running_key.get(k).copied().unwrap_or(0) < job.concurrency_limit.max(1) as usize,
+            None => true,
+        }
+    }
+
+    /// The twin a unique job meets: an active one, else (within `within`
+    /// seconds of its submit) a completed one.
+    fn twin(&mut self, job: &NewJob, now: f64) -> Option<(Uuid, Status)> {
+        let key = twin_key(job);
+        if job.unique_key.is_none() {
+            self.hash_all();
+        }
+        if let Some(id) = self.active.get(&key) {
+            return Some((*id, self.jobs[id].status));
+        }
+        if job.unique_for <= 0.0 {
+            return None;
+        }
+        let id = self.twins.get(&key)?;
+        let done = self.done.get(id)?;
+        (done.status() == Status::Completed && done.submitted_at() >= now - job.unique_for).then(|| (*id, Status::Completed))
+    }
+
+    /// The limit the job's submit would pass, if one: none is counted
+    /// unless every one passes.
+    fn rate_limited(&mut self, job: &NewJob, now: f64) -> Option<Submit> {
+        for rate in &job.rates {
+            let Some(name) = self.rate_name(job, rate.by) else { continue };
+            let times = self.rates.entry((rate.by, name)).or_default();
+            let from = now - rate.window;
+            let inside: Vec<f64> = times.iter().copied().filter(|&t| t > from).collect();
+            if inside.len() >= rate.n as usize {
+                // The next submit passes once the oldest counted one leaves the window.
+                let oldest = inside[inside.len() - rate.n as usize];
+                return Some(Submit::RateLimited { retry_after: (oldest + rate.window - now).max(0.0), by: rate.by });
+            }
+        }
+        for by in [RateBy::Caller, RateBy::Operation] {
+            let longest = job.rates.iter().filter(|r| r.by == by).map(|r| r.window).fold(f64::NAN, f64::max);
+            if longest.is_nan() {
+                continue;
+            }
+            let Some(name) = self.rate_name(job, by) else { continue };
+            let times = self.rates.entry((by, name)).or_default();
+            times.push_back(now);
+            while times.front().is_some_and(|&t| t <= now - longest) {
+                times.pop_front();
+            }
+        }
+        None
+    }
+
+    fn rate_name(&mut self, job: &NewJob, by: RateBy) -> Option<Arc<str>> {
+        match by {
+            RateBy::Caller => job.submitted_by.as_deref().map(|s| self.names.intern(s)),
+            RateBy::Operation => Some(self.names.intern(&job.operation)),
+        }
+    }
+
+    /// A job's events: what its record tells, with what was kept beside it.
+    fn events(&self, id: &Uuid) -> Option<Vec<Event>> {
+        let job = match self.jobs.get(id) {
+            Some(j) => j.clone(),
+            None => self.done.get(id)?.job(&self.names, false),
+        };
+        let extra = self.extras.get(id);
+        let event = |at: f64, kind: &str, attempt: u32, host: Option<&Arc<str>>, detail: Option<String>| Event {
+            at,
+            kind: kind.to_owned(),
+            host: host.map(|h| h.to_string()),
+            attempt,
+            detail,
+        };
+        let mut out = Vec::new();
+        if !extra.is_some_and(|e| e.whole) {
+            // One process: the pool that was up when the job came is the one that submitted it.
+            let by = self.hosts.iter().rev().find(|h| h.started_at <= job.submitted_at).map(|h| Arc::from(h.info.id.as_str()));
+            out.push(event(job.submitted_at, "submitted", 0, by.as_ref(), None));
+            if let Some(s) = &job.schedule {
+                out.push(event(job.submitted_at, "scheduled", 0, by.as_ref(), Some(format!("fired by schedule {s}"))));
+            } else if let Some(t) = job.run_at {
+                let after = format!("runs {:.3} s after its submit", t - job.submitted_at);
+                out.push(event(job.submitted_at, "scheduled", 0, by.as_ref(), Some(after)));
+            }
+        }
+        out.extend(extra.iter().flat_map(|e| e.events.iter().cloned()));
+        if let Some(t) = job.started_at {
+            out.push(event(t, "claimed", job.attempts, job.host.as_ref(), None));
+        }
+        if let (true, Some(t)) = (job.status.is_terminal(), job.completed_at) {
+            let detail = job.error.as_ref().map(|e| format!("{}: {}", e.code, e.message));
+            out.push(event(t, job.status.as_str(), job.attempts, job.host.as_ref(), detail));
+        }
+        out.sort_by(|a, b| a.at.total_cmp(&b.at));
+        Some(out)
+    }
+
+    /// Forgets what a removed finished job kept beside its record.
+    fn forget(&mut self, id: &Uuid, side: u8, twin: Option<[u8; 32]>, freed: &mut Freed) {
+        if side & S_OUTPUT != 0 {
+            freed.outputs.extend(self.outputs.remove(id));
+        }
+        if side & S_UNHASHED != 0 {
+            freed.params.extend(self.unhashed.remove(id));
+        }
+        if side & S_CHILDREN != 0 {
+            self.children.remove(id);
+        }
+        if side & S_EVENTS != 0 {
+            self.extras.remove(id);
+        }
+        if side & S_KEPT != 0 {
+            self.kept.remove(id);
+        }
+        if let Some(t) = twin {
+            if self.twins.get(&t) == Some(id) {
+                self.twins.remove(&t);
+            }
+        }
+    }
+}
+
+/// What a cleanup frees, dropped off the caller's thread when it is much.
+#[derive(Default)]
+struct Freed {
+    blocks: Vec<Vec<u8>>,
+    outputs: Vec<Vec<u8>>,
+    params: Vec<Arc<Vec<u8>>>,
 }
 
 #[async_trait]
@@ -421,15 +634,27 @@ impl Store for MemoryStore {
                 return Ok(Submit::Accepted);
             }
             let hash = if job.unique { Some(job.hash()) } else { job.params_hash };
-            if job.unique {
-                m.hash_all();
-                let key = duplicate_key(&job.operation, hash.as_ref().unwrap());
-                if let Some(id) = m.active.get(&key) {
-                    return Ok(Submit::Duplicate(*id));
+            let t = now();
+            let mut replaced = None;
+            if job.unique && !job.force {
+                match m.twin(&job, t) {
+                    Some((id, Status::Pending)) if job.replace => replaced = Some(id),
+                    Some((id, _)) => return Ok(Submit::Duplicate(id)),
+                    None => {}
                 }
             }
-            if m.pending + m.running >= limit {
+            if m.pending + m.running - replaced.is_some() as usize >= limit {
                 return Ok(Submit::Full { limit });
+            }
+            if let Some(limited) = m.rate_limited(&job, t) {
+                return Ok(limited);
+            }
+            if let Some(old) = replaced {
+                let why = JobError::new("CANCELLED", format!("Job was replaced by job {}", job.id));
+                if let Some(j) = m.jobs.get_mut(&old) {
+                    j.error = Some(Box::new(why));
+                }
+                m.end(&old, &Outcome::Cancelled, t);
             }
             // Dependencies: each must exist; those not completed yet are waited for.
             let mut waiting = Vec::new();
@@ -452,7 +677,7 @@ impl Store for MemoryStore {
                     _ => failed = failed.or(Some((*dep, status))),
                 }
             }
-            let (id, t) = (job.id, now());
+            let id = job.id;
             m.insert(job, hash, if failed.is_some() { Vec::new() } else { waiting }, t);
             if let Some((dep, status)) = failed {
                 let why = if status == Status::Cancelled { "was cancelled" } else { "failed" };
@@ -460,7 +685,7 @@ impl Store for MemoryStore {
                 m.end(&id, &Outcome::Failed(err), t);
                 true
             } else {
-                false
+                replaced.is_some()
             }
         };
         if r {
@@ -513,7 +738,7 @@ impl Store for MemoryStore {
 
     async fn counts(&self) -> StoreResult<Counts> {
         let m = self.inner.lock();
-        Ok(Counts { pending: m.pending, running: m.running, total: m.jobs.len() + m.done.len() })
+        Ok(Counts { pending: m.pending, running: m.running, total: m.jobs.len() + m.done.live() })
     }
 
     async fn typical_duration(&self, operation: &str) -> StoreResult<Option<f64>> {
@@ -527,7 +752,13 @@ impl Store for MemoryStore {
         let t = now();
         m.promote(t);
         while out.len() < k {
-            let best = queues.iter().filter_map(|q| m.queues.get(q.as_str())?.first().copied()).min();
+            // Each open queue's first job whose key lets it start (jobs of a
+            // key at its limit are passed over, and keep their places).
+            let best = queues
+                .iter()
+                .filter(|q| m.open(q))
+                .filter_map(|q| m.queues.get(q.as_str())?.iter().find(|p| m.key_allows(&m.jobs[&p.2])).copied())
+                .min();
             let Some(place) = best else { break };
             let id = place.2;
             let queue = m.jobs[&id].queue.clone();
@@ -543,11 +774,14 @@ impl Store for MemoryStore {
             job.started_at = Some(t);
             job.attempts += 1;
             job.host = Some(host.clone());
+            let job = job.clone();
             let (timeout_ms, operation, queue, attempt, parent) =
                 (job.timeout_ms, job.operation.clone(), job.queue.clone(), job.attempts, job.parent);
             m.pending -= 1;
             m.running += 1;
-            let p = m.payloads.remove(&id).unwrap_or(Payload { executor: Vec::new(), params: Arc::default(), params_json: false });
+            m.count_running(&job, true);
+            // Kept until the job ends: a failed one keeps it for a retry.
+            let p = m.payloads.get(&id).cloned().unwrap_or_default();
             out.push(Claimed {
                 lease: Lease { id, token },
                 operation,
@@ -580,6 +814,11 @@ impl Store for MemoryStore {
         }
         if report.pid.is_some() {
             job.worker_pid = report.pid;
+        }
+        let (attempt, host) = (job.attempts, job.host.as_ref().map(|h| h.to_string()));
+        if let (true, Some(p)) = (report.event, report.progress) {
+            let detail = progress_detail(p);
+            m.extras.entry(lease.id).or_default().events.push(Event { at: now(), kind: "progress".into(), host, attempt, detail });
         }
         Ok(true)
     }
@@ -614,13 +853,14 @@ impl Store for MemoryStore {
         Ok(done)
     }
 
-    async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
+    async fn cancel(&self, id: &Uuid, by: Option<&str>) -> StoreResult<Cancel> {
         let r = {
             let mut m = self.inner.lock();
-            let Some(job) = m.jobs.get(id) else {
+            let Some(job) = m.jobs.get_mut(id) else {
                 return Ok(m.done.get(id).map_or(Cancel::NotFound, |d| Cancel::Finished(d.status())));
             };
             let status = job.status;
+            job.error = Some(Box::new(JobError::new("CANCELLED", cancelled_message(by))));
             let token = m.tokens.get(id).copied().unwrap_or_default();
             m.end(id, &Outcome::Cancelled, now());
             match status {
@@ -666,29 +906,38 @@ impl Store for MemoryStore {
         Ok(ids)
     }
 
-    async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
+    async fn prune(&self, status: Option<Status>, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
         let mut guard = self.inner.lock();
         let m = &mut *guard;
-        let cutoff = now() - max_age;
+        let t = now();
+        let cutoff = t - max_age;
         let mut old = Vec::new();
-        let (mut blocks, mut outputs, mut params) = (Vec::new(), Vec::new(), Vec::new());
-        // Oldest first, from the front of the log: only what goes is touched.
-        while old.len() < batch {
-            let Some((id, side)) = m.done.pop_older(cutoff, &mut blocks) else { break };
-            if side & S_OUTPUT != 0 {
-                outputs.extend(m.outputs.remove(&id));
+        let mut freed = Freed::default();
+        match status {
+            // Oldest first, from the front of the log: only what goes is touched.
+            None => {
+                while old.len() < batch {
+                    let Some((id, side, twin)) = m.done.pop_older(cutoff, &m.names, &mut freed.blocks) else { break };
+                    m.forget(&id, side, twin, &mut freed);
+                    old.push(id);
+                }
             }
-            if side & S_UNHASHED != 0 {
-                params.extend(m.unhashed.remove(&id));
+            Some(st) if st.is_terminal() => {
+                let gone = m.done.retire_older(st, cutoff, batch, &m.names, &mut freed.blocks);
+                for (id, side, twin) in gone {
+                    m.forget(&id, side, twin, &mut freed);
+                    old.push(id);
+                }
             }
-            if side & S_CHILDREN != 0 {
-                m.children.remove(&id);
-            }
-            old.push(id);
+            Some(_) => {}
+        }
+        // Callers no one has heard from within their windows.
+        if !m.rates.is_empty() {
+            m.rates.retain(|_, times| times.back().is_some_and(|&last| last > t - 86400.0));
         }
         // Many records are freed on the blocking pool, not on the caller's thread.
         if old.len() >= FREE_ELSEWHERE {
-            runtime().spawn_blocking(move || drop((blocks, outputs, params)));
+            runtime().spawn_blocking(move || drop(freed));
         }
         if !old.is_empty() {
             m.done.shrink();
@@ -701,6 +950,87 @@ impl Store for MemoryStore {
             }
         }
         Ok(old)
+    }
+
+    async fn retry(&self, id: &Uuid, by: Option<&str>) -> StoreResult<Retry> {
+        let mut m = self.inner.lock();
+        let Some(done) = m.done.get(id) else {
+            return Ok(m.jobs.get(id).map_or(Retry::NotFound, |j| Retry::NotFailed(j.status)));
+        };
+        if done.status() != Status::Failed {
+            return Ok(Retry::NotFailed(done.status()));
+        }
+        let (job, twin) = (done.job(&m.names, false), done.twin(&m.names));
+        let Some(payload) = m.kept.remove(id) else { return Ok(Retry::NoPayload) };
+        let t = now();
+        // Its history so far becomes events of their own; the record starts over.
+        let mut history = m.events(id).unwrap_or_default();
+        history.push(Event { at: t, kind: "retried".into(), host: None, attempt: job.attempts, detail: by.map(|b| format!("by {b}")) });
+        let side = m.done.retire(id).unwrap_or(0);
+        if side & S_OUTPUT != 0 {
+            m.outputs.remove(id);
+        }
+        m.extras.insert(*id, Extra { events: history, whole: true });
+        if let Some(twin) = twin {
+            m.active.entry(twin).or_insert(*id);
+            m.twin_of.insert(*id, twin);
+        }
+        if side & S_UNHASHED == 0 {
+            m.active.entry(duplicate_key(&job.operation, &job.params_hash)).or_insert(*id);
+        }
+        let again = Job {
+            status: Status::Pending,
+            started_at: None,
+            completed_at: None,
+            result: None,
+            error: None,
+            progress: None,
+            worker_pid: None,
+            host: None,
+            run_at: None,
+            waiting: 0,
+            max_attempts: job.attempts + job.max_attempts,
+            ..job
+        };
+        m.payloads.insert(*id, payload);
+        m.jobs.insert(*id, again);
+        m.pending += 1;
+        m.enqueue(id);
+        m.readied += 1;
+        Ok(Retry::Retried)
+    }
+
+    async fn events(&self, id: &Uuid) -> StoreResult<Option<Vec<Event>>> {
+        Ok(self.inner.lock().events(id))
+    }
+
+    async fn set_queue(&self, name: &str, change: &QueueChange) -> StoreResult<()> {
+        let mut m = self.inner.lock();
+        let s = m.queue_settings.entry(name.to_owned()).or_default();
+        if let Some(p) = change.paused {
+            s.paused = p;
+        }
+        if let Some(cap) = change.max_running {
+            s.max_running = cap;
+        }
+        m.readied += 1;
+        Ok(())
+    }
+
+    async fn queues(&self) -> StoreResult<Vec<QueueView>> {
+        let m = self.inner.lock();
+        let mut all: BTreeMap<String, QueueView> = BTreeMap::new();
+        for (name, s) in &m.queue_settings {
+            all.insert(name.clone(), QueueView { name: name.clone(), paused: s.paused, max_running: s.max_running, ..QueueView::default() });
+        }
+        for j in m.jobs.values() {
+            let q = all.entry(j.queue.to_string()).or_insert_with(|| QueueView { name: j.queue.to_string(), ..QueueView::default() });
+            match j.status {
+                Status::Pending => q.pending += 1,
+                _ => q.running += 1,
+            }
+        }
+        Ok(all.into_values().collect())
     }
 
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
@@ -726,7 +1056,8 @@ impl Store for MemoryStore {
             }
         };
         if filter.keeps_any(&[Status::Pending, Status::Running]) {
-            for j in m.jobs.values().filter(|j| filter.keeps(j.status, &j.operation)) {
+            let labels = |j: &&Job| filter.keeps_labels(j.submitted_by.as_deref(), &j.tags);
+            for j in m.jobs.values().filter(|j| filter.keeps(j.status, &j.operation)).filter(labels) {
                 keep(Place { at: j.submitted_at, id: j.id }, Source::Active);
             }
         }
@@ -739,10 +1070,17 @@ impl Store for MemoryStore {
                 let i = if query.newest_first { n - 1 - k } else { k };
                 let d = m.done.record(i);
                 let status = d.status();
-                if filter.statuses.as_ref().is_some_and(|s| !s.contains(&status))
+                if d.gone()
+                    || filter.statuses.as_ref().is_some_and(|s| !s.contains(&status))
                     || ops.as_ref().is_some_and(|o| !o.contains(&d.operation()))
                 {
                     continue;
+                }
+                if filter.on_labels() {
+                    let (by, tags) = if d.has_labels() { d.submitter_and_tags(&m.names) } else { (None, Vec::new()) };
+                    if !filter.keeps_labels(by.as_deref(), &tags) {
+                        continue;
+                    }
                 }
                 keep(Place { at: d.submitted_at(), id: d.id() }, Source::Done(i));
             }

@@ -19,7 +19,7 @@ pub mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod sql;
 
-use crate::job::{Cancel, Claimed, Counts, Job, JobError, JobView, Lease, NewJob, Outcome, Report, Status, Submit};
+use crate::job::{Cancel, Claimed, Counts, Event, Job, JobError, JobView, Lease, NewJob, Outcome, Report, Retry, Status, Submit};
 use crate::schedule::Schedule;
 use async_trait::async_trait;
 use std::time::Duration;
@@ -90,6 +90,10 @@ pub struct JobFilter {
     pub statuses: Option<Vec<Status>>,
     /// Jobs of one of these operations; None for any.
     pub operations: Option<Vec<String>>,
+    /// Jobs this caller submitted.
+    pub submitted_by: Option<String>,
+    /// Jobs carrying every one of these tags.
+    pub tags: Vec<String>,
 }
 
 impl JobFilter {
@@ -97,6 +101,17 @@ impl JobFilter {
     pub fn keeps(&self, status: Status, operation: &str) -> bool {
         self.statuses.as_ref().is_none_or(|s| s.contains(&status))
             && self.operations.as_ref().is_none_or(|o| o.iter().any(|x| x == operation))
+    }
+
+    /// Whether the filter keeps a job with this submitter and these tags.
+    pub fn keeps_labels<S: AsRef<str>>(&self, submitted_by: Option<&str>, tags: &[S]) -> bool {
+        self.submitted_by.as_deref().is_none_or(|by| submitted_by == Some(by))
+            && self.tags.iter().all(|t| tags.iter().any(|x| x.as_ref() == t))
+    }
+
+    /// Whether it filters on submitter or tags.
+    pub fn on_labels(&self) -> bool {
+        self.submitted_by.is_some() || !self.tags.is_empty()
     }
 
     /// Whether some job with one of `statuses` may pass.
@@ -150,6 +165,26 @@ impl HostInfo {
     pub fn serves(&self, operation: &str, queue: &str) -> bool {
         self.slots > 0 && self.queues.iter().any(|q| q == queue) && self.operations.iter().any(|o| o == operation)
     }
+}
+
+/// A queue's settings and load, as the store holds them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueView {
+    pub name: String,
+    /// Claims take nothing from it (pending jobs wait).
+    pub paused: bool,
+    /// At most this many of its jobs run at once, over every host.
+    pub max_running: Option<u32>,
+    pub pending: usize,
+    pub running: usize,
+}
+
+/// A change to a queue's settings; None leaves one as it is.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueChange {
+    pub paused: Option<bool>,
+    /// Some(None) lifts the cap.
+    pub max_running: Option<Option<u32>>,
 }
 
 /// What [`Store::put_schedule`] did.
@@ -247,7 +282,18 @@ pub trait Store: Send + Sync {
     /// Ends a job held under `lease`; false if the lease is no longer current
     /// (first outcome wins).
     async fn finish(&self, lease: &Lease, outcome: &Outcome, output: Option<&[u8]>) -> StoreResult<bool>;
-    async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel>;
+    /// Cancels a pending or running job; `by` (who asked) goes in its error
+    /// message and event.
+    async fn cancel(&self, id: &Uuid, by: Option<&str>) -> StoreResult<Cancel>;
+    /// Puts a failed job back in its queue under its id, with its attempts
+    /// counted anew; `by` goes in its event.
+    async fn retry(&self, id: &Uuid, by: Option<&str>) -> StoreResult<Retry>;
+    /// A job's events in the order they happened; None for an unknown job.
+    async fn events(&self, id: &Uuid) -> StoreResult<Option<Vec<Event>>>;
+    /// Changes a queue's settings (a queue the store has not seen is added).
+    async fn set_queue(&self, name: &str, change: &QueueChange) -> StoreResult<()>;
+    /// Every queue with settings or jobs, by name.
+    async fn queues(&self) -> StoreResult<Vec<QueueView>>;
     /// How long a lease lasts without renewal.
     fn lease(&self) -> Duration {
         Duration::from_secs(15)
@@ -261,8 +307,13 @@ pub trait Store: Send + Sync {
     /// A pool stops: its running jobs fail with `error` or go back to the
     /// queue when attempts remain; with `pending`, pending jobs fail too.
     async fn release(&self, host: &str, error: &JobError, pending: bool) -> StoreResult<Vec<Uuid>>;
+    /// Removes up to `batch` finished jobs that ended more than `max_age`
+    /// seconds ago, with their events: of `status` only, when given.
+    async fn prune(&self, status: Option<Status>, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>>;
     /// Removes up to `batch` finished jobs that ended more than `max_age` seconds ago.
-    async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>>;
+    async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
+        self.prune(None, max_age, batch).await
+    }
     /// A page of the jobs `query` keeps (records without result or detail).
     /// A cursor this store did not make is refused ([`Fault::Invalid`]).
     async fn list(&self, query: &ListQuery) -> StoreResult<Page>;

@@ -91,7 +91,7 @@ fn recycled_workers_and_refused_submits_are_counted() {
     assert_eq!(block_on(pool.submit(new_job("m-recycle", "ok:2", 10_000))).unwrap(), Submit::Full { limit: 1 });
     assert_eq!(value("asyncjobs_jobs_rejected_total", &[("code", "CAPACITY_EXCEEDED")]), 1.0);
     assert_eq!(value("asyncjobs_jobs_submitted_total", &[("operation", "m-recycle")]), 2.0);
-    assert!(matches!(block_on(pool.cancel(&slow)).unwrap(), Cancel::WasRunning(_) | Cancel::WasPending));
+    assert!(matches!(block_on(pool.cancel(&slow, None)).unwrap(), Cancel::WasRunning(_) | Cancel::WasPending));
     finished(&pool, slow);
     stop(pool);
     // A cancelled job's worker is killed, but the job is not a failure of the pool's.

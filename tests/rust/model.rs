@@ -122,7 +122,7 @@ fn delays(s: &dyn Store) {
     let mut j = handler("later", "3", "d");
     j.delay = 0.2;
     let id = submit(s, j);
-    assert_eq!(block_on(s.cancel(&id)).unwrap(), Cancel::WasPending);
+    assert_eq!(block_on(s.cancel(&id, None)).unwrap(), Cancel::WasPending);
     std::thread::sleep(Duration::from_millis(300));
     assert!(claim(s, "d").is_empty());
 }
@@ -175,7 +175,7 @@ fn chains(s: &dyn Store) {
     let mut b = handler("step", "8", "c");
     b.depends_on = vec![a];
     let b = submit(s, b);
-    block_on(s.cancel(&a)).unwrap();
+    block_on(s.cancel(&a, None)).unwrap();
     let e = view(s, b).job.error.unwrap();
     assert!(e.code == "DEPENDENCY_FAILED" && e.message.contains("cancelled"), "{}", e.message);
     let mut late = handler("step", "9", "c");

@@ -122,7 +122,7 @@ fn cancel_of_a_running_job_replaces_its_worker() {
     let id = submit(&pool, "sleep:60000", 120_000);
     wait_until("running", || get(pool.store().as_ref(), id).status == Status::Running);
     let queued = submit(&pool, "ok:after", 10_000);
-    assert!(matches!(block_on(pool.cancel(&id)).unwrap(), Cancel::WasRunning(_)));
+    assert!(matches!(block_on(pool.cancel(&id, None)).unwrap(), Cancel::WasRunning(_)));
     assert_eq!(finished(&pool, id).status, Status::Cancelled);
     assert_eq!(finished(&pool, queued).status, Status::Completed);
     wait_until("the cancelled worker to die", || dead(first[0]));
@@ -348,8 +348,20 @@ impl Store for Picky {
         }
         self.inner.finish(lease, outcome, output).await
     }
-    async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
-        self.inner.cancel(id).await
+    async fn cancel(&self, id: &Uuid, by: Option<&str>) -> StoreResult<Cancel> {
+        self.inner.cancel(id, by).await
+    }
+    async fn retry(&self, id: &Uuid, by: Option<&str>) -> StoreResult<Retry> {
+        self.inner.retry(id, by).await
+    }
+    async fn events(&self, id: &Uuid) -> StoreResult<Option<Vec<Event>>> {
+        self.inner.events(id).await
+    }
+    async fn set_queue(&self, name: &str, change: &QueueChange) -> StoreResult<()> {
+        self.inner.set_queue(name, change).await
+    }
+    async fn queues(&self) -> StoreResult<Vec<QueueView>> {
+        self.inner.queues().await
     }
     async fn renew(&self, host: &str, held: &[Lease]) -> StoreResult<Vec<Lease>> {
         self.inner.renew(host, held).await
@@ -360,8 +372,8 @@ impl Store for Picky {
     async fn release(&self, host: &str, error: &JobError, pending: bool) -> StoreResult<Vec<Uuid>> {
         self.inner.release(host, error, pending).await
     }
-    async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
-        self.inner.cleanup(max_age, batch).await
+    async fn prune(&self, status: Option<Status>, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
+        self.inner.prune(status, max_age, batch).await
     }
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
         self.inner.list(query).await
@@ -448,7 +460,7 @@ fn cancel_ends_the_retries_of_an_outcome() {
     });
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(get(store.as_ref(), next).status, Status::Pending, "the slot is held while the write is retried");
-    assert!(matches!(block_on(pool.cancel(&stuck)).unwrap(), Cancel::WasRunning(_)));
+    assert!(matches!(block_on(pool.cancel(&stuck, None)).unwrap(), Cancel::WasRunning(_)));
     assert_eq!(finished(&pool, next).result.as_deref(), Some(&b"after"[..]));
     assert_eq!(get(store.as_ref(), stuck).status, Status::Cancelled);
     let seen = pids(&pool);

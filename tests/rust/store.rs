@@ -104,7 +104,7 @@ fn listing(s: &dyn Store) {
         assert!(block_on(s.finish(&lease(n), &Outcome::Failed(JobError::new("EXECUTION_ERROR", "x")), None)).unwrap());
     }
     assert!(block_on(s.finish(&lease(1), &Outcome::Completed(vec![1]), None)).unwrap());
-    block_on(s.cancel(&all[4])).unwrap();
+    block_on(s.cancel(&all[4], None)).unwrap();
     let mine = JobFilter { operations: Some(vec![op.clone()]), ..Default::default() };
     let newest: Vec<Uuid> = all.iter().rev().copied().collect();
     for newest_first in [true, false] {
@@ -126,7 +126,7 @@ fn listing(s: &dyn Store) {
         }
     }
     let by_status = |st: &[Status], limit| {
-        let f = JobFilter { statuses: Some(st.to_vec()), operations: Some(vec![op.clone()]) };
+        let f = JobFilter { statuses: Some(st.to_vec()), operations: Some(vec![op.clone()]), ..JobFilter::default() };
         ids(&block_on(s.list(&page(f, true, limit, None))).unwrap())
     };
     assert_eq!(by_status(&[Status::Failed], 10), vec![all[2], all[0]]);
@@ -145,7 +145,7 @@ fn listing(s: &dyn Store) {
     assert_eq!(e.fault, Fault::Invalid, "{e}");
     // Leave nothing active in the queue for the other scenarios.
     for id in [all[3], all[5], all[6]] {
-        block_on(s.cancel(&id)).unwrap();
+        block_on(s.cancel(&id, None)).unwrap();
     }
 }
 
@@ -225,7 +225,7 @@ fn unique(s: &dyn Store) {
     twin.unique = true;
     assert_eq!(block_on(s.submit(twin, usize::MAX)).unwrap(), Submit::Duplicate(id), "running twins count");
     block_on(s.finish(&c[0].lease, &Outcome::Completed(vec![]), None)).unwrap();
-    assert_eq!(block_on(s.cancel(&plain)).unwrap(), Cancel::WasPending);
+    assert_eq!(block_on(s.cancel(&plain, None)).unwrap(), Cancel::WasPending);
     assert_eq!(block_on(s.find_active("clustering", &sha256(b"genes"))).unwrap(), None);
     let mut again = in_queue(job("clustering", b"genes"), "uniq", 0);
     again.unique = true;
@@ -250,7 +250,7 @@ fn order(s: &dyn Store) {
     let both = block_on(s.claim(HOST, &["lane1".to_string(), "lane2".to_string()], 5)).unwrap();
     assert_eq!(both.iter().map(|c| c.lease.id).collect::<Vec<_>>(), vec![d]);
     for id in [a, b, c, d] {
-        block_on(s.cancel(&id)).unwrap();
+        block_on(s.cancel(&id, None)).unwrap();
     }
 }
 
@@ -258,7 +258,7 @@ fn cancel(s: &dyn Store) {
     let a = submit(s, in_queue(job("c", b"a"), "cancel", 0));
     let b = submit(s, in_queue(job("c", b"b"), "cancel", 0));
     assert_eq!(block_on(s.get(&b, false)).unwrap().unwrap().position, Some(2));
-    assert_eq!(block_on(s.cancel(&a)).unwrap(), Cancel::WasPending);
+    assert_eq!(block_on(s.cancel(&a, None)).unwrap(), Cancel::WasPending);
     assert_eq!(block_on(s.get(&b, false)).unwrap().unwrap().position, Some(1));
     let cancelled = get(s, a);
     assert_eq!((cancelled.status, cancelled.error.unwrap().code.as_str()), (Status::Cancelled, "CANCELLED"));
@@ -266,21 +266,21 @@ fn cancel(s: &dyn Store) {
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].lease.id, b);
     assert_eq!(block_on(s.renew(HOST, &[c[0].lease])).unwrap(), vec![c[0].lease]);
-    assert_eq!(block_on(s.cancel(&b)).unwrap(), Cancel::WasRunning(c[0].lease));
+    assert_eq!(block_on(s.cancel(&b, None)).unwrap(), Cancel::WasRunning(c[0].lease));
     // The host that held it can write nothing more about it.
     assert!(!block_on(s.report(&c[0].lease, Report { pid: Some(1), ..Default::default() })).unwrap());
     assert!(!block_on(s.finish(&c[0].lease, &Outcome::Completed(vec![1]), None)).unwrap());
     assert!(block_on(s.renew(HOST, &[c[0].lease])).unwrap().is_empty());
     assert_eq!(get(s, b).status, Status::Cancelled);
-    assert_eq!(block_on(s.cancel(&b)).unwrap(), Cancel::Finished(Status::Cancelled));
-    assert_eq!(block_on(s.cancel(&Uuid::new_v4())).unwrap(), Cancel::NotFound);
+    assert_eq!(block_on(s.cancel(&b, None)).unwrap(), Cancel::Finished(Status::Cancelled));
+    assert_eq!(block_on(s.cancel(&Uuid::new_v4(), None)).unwrap(), Cancel::NotFound);
 }
 
 fn reports(s: &dyn Store) {
     let id = submit(s, in_queue(job("r", b"r"), "report", 0));
     let lease = claim(s, "report", 1)[0].lease;
     let p = Progress::parse("1\u{1f}4\u{1f}loading");
-    assert!(block_on(s.report(&lease, Report { pid: Some(99), progress: Some(&p), output: Some(b"line 1\n") })).unwrap());
+    assert!(block_on(s.report(&lease, Report { pid: Some(99), progress: Some(&p), output: Some(b"line 1\n"), event: false })).unwrap());
     let j = get(s, id);
     assert_eq!(j.progress.as_deref(), Some(&p));
     assert_eq!(j.worker_pid, Some(99));
@@ -326,7 +326,7 @@ fn release(s: &dyn Store) {
 fn cleanup(s: &dyn Store) {
     let old = submit(s, in_queue(job("clean", b"old"), "clean", 0));
     let active = submit(s, in_queue(job("clean", b"active"), "clean", 0));
-    block_on(s.cancel(&old)).unwrap();
+    block_on(s.cancel(&old, None)).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert!(!block_on(s.cleanup(3600.0, 100)).unwrap().contains(&old), "recent jobs stay");
     let removed = block_on(s.cleanup(0.01, 100_000)).unwrap();
@@ -334,7 +334,7 @@ fn cleanup(s: &dyn Store) {
     assert!(!removed.contains(&active), "active jobs stay");
     assert!(block_on(s.get(&old, false)).unwrap().is_none());
     assert!(block_on(s.output(&old)).unwrap().is_none());
-    block_on(s.cancel(&active)).unwrap();
+    block_on(s.cancel(&active, None)).unwrap();
 }
 
 /// Submits from many tasks at once: unique twins give one job, the cap holds.
@@ -436,10 +436,10 @@ fn signals(s: &dyn Store) {
     submit(s, in_queue(job("sig", b"s"), "signals", 0));
     assert_eq!(next(&mut rx), Signal::Submitted);
     let c = claim(s, "signals", 1);
-    block_on(s.cancel(&c[0].lease.id)).unwrap();
+    block_on(s.cancel(&c[0].lease.id, None)).unwrap();
     assert_eq!(next(&mut rx), Signal::Cancelled(c[0].lease.id));
     for c in claim(s, "signals", 100) {
-        block_on(s.cancel(&c.lease.id)).unwrap();
+        block_on(s.cancel(&c.lease.id, None)).unwrap();
     }
 }
 
@@ -473,7 +473,7 @@ fn memory_hashes_params_lazily_and_exactly() {
     assert_eq!(block_on(s.submit(twin, usize::MAX)).unwrap(), Submit::Duplicate(d));
     // A job that ended before its hash landed blocks nothing afterwards.
     let e = submit(&s, in_queue(job("op", b"e"), "lazy", 0));
-    assert_eq!(block_on(s.cancel(&e)).unwrap(), Cancel::WasPending);
+    assert_eq!(block_on(s.cancel(&e, None)).unwrap(), Cancel::WasPending);
     s.params_hashed(&e, sha256(b"e"));
     assert_eq!(get(&s, e).params_hash, sha256(b"e"));
     assert_eq!(block_on(s.find_active("op", &sha256(b"e"))).unwrap(), None);
@@ -487,7 +487,7 @@ fn memory_waiters_wake_when_a_job_finishes() {
     let s2 = s.clone();
     let t = std::thread::spawn(move || block_on(s2.wait_finished(&id, Duration::from_secs(60))).unwrap());
     std::thread::sleep(Duration::from_millis(20));
-    assert_eq!(block_on(s.cancel(&id)).unwrap(), Cancel::WasPending);
+    assert_eq!(block_on(s.cancel(&id, None)).unwrap(), Cancel::WasPending);
     assert!(t.join().unwrap());
     assert!(block_on(s.wait_finished(&Uuid::new_v4(), Duration::from_millis(1))).unwrap());
 }
@@ -520,7 +520,7 @@ fn memory_finished_jobs_keep_their_record_and_go_oldest_first() {
     let a = submit(&s, a);
     let lease = claim(&s, "k", 1)[0].lease;
     let p = Progress::parse("1\u{1f}4\u{1f}step");
-    block_on(s.report(&lease, Report { pid: Some(77), progress: Some(&p), output: Some(b"early") })).unwrap();
+    block_on(s.report(&lease, Report { pid: Some(77), progress: Some(&p), output: Some(b"early"), event: false })).unwrap();
     let before = get(&s, a);
     let err = JobError { code: "EXECUTION_ERROR".into(), message: "boom".into(), detail: Some(Arc::from(&[1u8, 2, 3][..])) };
     assert!(block_on(s.finish(&lease, &Outcome::Failed(err.clone()), Some(b"tail"))).unwrap());
@@ -530,11 +530,13 @@ fn memory_finished_jobs_keep_their_record_and_go_oldest_first() {
     assert_eq!((f.worker_pid, f.attempts, f.max_attempts, f.priority), (Some(77), 1, 2, 3));
     assert_eq!((&*f.operation, &*f.queue, f.params_hash, f.timeout_ms), ("keep", "k", sha256(b"a"), 1_800_000));
     assert_eq!((f.submitted_at, f.started_at), (before.submitted_at, before.started_at));
-    assert!(f.completed_at.unwrap() >= f.started_at.unwrap() && f.host.is_none() && f.result.is_none());
+    assert!(f.completed_at.unwrap() >= f.started_at.unwrap() && f.result.is_none());
+    // The host that ran it stays on the record, as in a database store.
+    assert!(f.host.is_some() && f.host == before.host);
     let light = block_on(s.get(&a, false)).unwrap().unwrap().job;
     assert_eq!(light.error.unwrap().detail, None);
     assert_eq!(block_on(s.output(&a)).unwrap().as_deref(), Some(&b"tail"[..]));
-    assert_eq!(block_on(s.cancel(&a)).unwrap(), Cancel::Finished(Status::Failed));
+    assert_eq!(block_on(s.cancel(&a, None)).unwrap(), Cancel::Finished(Status::Failed));
     assert!(!block_on(s.report(&lease, Report { pid: Some(1), ..Default::default() })).unwrap());
 
     let b = submit(&s, in_queue(job("keep", b"b"), "k", 0));
@@ -546,7 +548,7 @@ fn memory_finished_jobs_keep_their_record_and_go_oldest_first() {
     u.unique = true;
     let u = submit(&s, u);
     assert_eq!(block_on(s.find_active("keep", &sha256(b"u"))).unwrap(), Some(u));
-    block_on(s.cancel(&u)).unwrap();
+    block_on(s.cancel(&u, None)).unwrap();
     assert_eq!(block_on(s.find_active("keep", &sha256(b"u"))).unwrap(), None);
     let pending = submit(&s, in_queue(job("keep", b"p"), "k2", 0));
     let running = submit(&s, in_queue(job("keep", b"r"), "k3", 0));
@@ -560,7 +562,7 @@ fn memory_finished_jobs_keep_their_record_and_go_oldest_first() {
     for id in [a, b, u] {
         assert!(block_on(s.get(&id, true)).unwrap().is_none());
         assert!(block_on(s.output(&id)).unwrap().is_none());
-        assert_eq!(block_on(s.cancel(&id)).unwrap(), Cancel::NotFound);
+        assert_eq!(block_on(s.cancel(&id, None)).unwrap(), Cancel::NotFound);
     }
     let left: Vec<Uuid> = ids(&block_on(s.list(&page(JobFilter::default(), false, 100, None))).unwrap());
     assert_eq!(left, vec![pending, running]);
@@ -722,7 +724,7 @@ fn refusals(s: &SqlStore, url: &str) {
         let e = block_on(s.finish(&lease, &Outcome::Failed(JobError::new("X", "nul \0 byte")), None)).unwrap_err();
         assert_eq!(e.fault, Fault::Invalid, "{e}");
         assert_eq!(get(s, id).status, Status::Running, "the lease stands");
-        block_on(s.cancel(&id)).unwrap();
+        block_on(s.cancel(&id, None)).unwrap();
     }
     if is("mysql") || is("mariadb") {
         let max = raw_sql(url, "SELECT CAST(@@max_allowed_packet AS SIGNED)", None).unwrap() as u64;

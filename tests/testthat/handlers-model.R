@@ -38,3 +38,9 @@ register_job("spawn", function(p) {
 })
 register_job("lane", function(p) current_job()$queue, queue = "slow", priority = 5L, timeout_ms = 5000)
 register_job("fail", function(p) stop(p$why))
+
+# A job that takes its time, for limits and caps.
+register_job("nap", function(p) {
+  Sys.sleep(p$s)
+  "ok"
+})

@@ -21,8 +21,24 @@ store_urls <- function() {
 local_store <- function(url, n = 0L, ..., clean = TRUE, env = parent.frame()) {
   seen <- local_pool(n, store = url, ..., env = env)
   withr::defer(asyncjobs:::use_store("memory"), envir = env, priority = "last")
+  # Queue settings live in the store: the next test starts without them.
+  withr::defer(reset_queues(), envir = env)
   if (clean) cancel_active()
   invisible(seen)
+}
+
+# Reads a store from this process, which runs no pool meanwhile.
+on_store <- function(url, f) {
+  asyncjobs:::use_store(url)
+  on.exit(asyncjobs:::use_store("memory"))
+  f()
+}
+
+reset_queues <- function() {
+  for (q in tryCatch(list_queues()$queue, error = function(e) character())) {
+    resume_queue(q)
+    set_queue_cap(q, NULL)
+  }
 }
 
 # Cancels every active job in the store and removes finished ones, so that

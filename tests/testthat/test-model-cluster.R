@@ -2,19 +2,13 @@
 # of each scenario covers SQLite, PostgreSQL and MariaDB side by side, so
 # the two-minute one costs two minutes): a schedule fired by several API
 # replicas and worker hosts, one killed with -9 half-way; and a chain whose
-# middle job's host is killed with -9.
+# middle job's host is killed with -9 (its events tell what happened).
 
 skip_on_cran() # slow and process-heavy: tools/test.sh and CI run it
 skip_if_not_installed("callr")
 urls <- store_urls()
 handlers <- test_path("handlers-model.R")
 
-# Reads a store from this process, which runs no pool meanwhile.
-on_store <- function(url, f) {
-  asyncjobs:::use_store(url)
-  on.exit(asyncjobs:::use_store("memory"))
-  f()
-}
 
 test_that("a schedule fires every slot exactly once with two replicas and two worker hosts, one killed -9 half-way", {
   minutes <- as.numeric(Sys.getenv("ASYNCJOBS_TEST_SCHEDULE_SECONDS", "120")) / 60
@@ -90,6 +84,20 @@ test_that("a chain whose middle job's host is killed -9: completed by a retry, o
       expect_identical(middle$retried$result, middle$retried$children, info = engine)
       expect_identical(last$retried$status, "completed", info = engine)
       expect_true(file.exists(file.path(r$dir, "retried", "middle-2")), info = engine)
+      # Its events, in order: the run on the killed host, the rescue, the second run elsewhere.
+      ev <- get_job_events(middle$retried$job_id)
+      ev <- ev[ev$event != "progress", ]
+      expect_identical(ev$event, c("submitted", "claimed", "rescued", "claimed", "completed"), info = engine)
+      expect_identical(ev$attempt, c(0L, 1L, 1L, 2L, 2L), info = engine)
+      expect_identical(ev$host[[3]], ev$host[[2]], info = engine)
+      expect_false(identical(ev$host[[4]], ev$host[[2]]), info = engine)
+      expect_identical(ev$host[[5]], ev$host[[4]], info = engine)
+      expect_match(ev$detail[[3]], "^HOST_LOST: ", info = engine)
+      expect_false(is.unsorted(as.numeric(ev$at)), info = engine)
+      once <- get_job_events(middle$once$job_id)
+      once <- once[once$event != "progress", ]
+      expect_identical(once$event, c("submitted", "claimed", "failed"), info = engine)
+      expect_match(once$detail[[3]], "^HOST_LOST: ", info = engine)
       # With one: the middle job failed HOST_LOST; the last, waiting on it, never ran.
       expect_identical(middle$once$error$code, "HOST_LOST", info = engine)
       expect_identical(last$once$error$code, "DEPENDENCY_FAILED", info = engine)

@@ -114,7 +114,7 @@ test_that("list_jobs returns the history as a data.frame, filterable", {
   expect_s3_class(df, "data.frame")
   expect_identical(names(df), c("job_id", "operation", "status", "submitted_at", "started_at",
                                 "completed_at", "duration_seconds", "error_code", "queue", "priority",
-                                "parent_id", "schedule", "slot_at"))
+                                "parent_id", "schedule", "slot_at", "submitted_by", "tags", "concurrency_key"))
   expect_true(all(c(ok$job_id, bad$job_id) %in% df$job_id))
   only <- list_jobs(operation = "listing_b")
   expect_identical(only$job_id, bad$job_id)

@@ -192,7 +192,8 @@ for (engine in names(urls)) {
     expect_identical(all$job_id, ids)
     expect_null(attr(all, "next_cursor"))
     expect_named(all, c("job_id", "operation", "status", "submitted_at", "started_at", "completed_at",
-                        "duration_seconds", "error_code", "queue", "priority"))
+                        "duration_seconds", "error_code", "queue", "priority", "parent_id", "schedule", "slot_at",
+                        "submitted_by", "tags", "concurrency_key"))
     pending <- list_jobs(status = "pending", operation = "paged", limit = 1)
     expect_identical(pending$job_id, ids[[1L]])
     expect_type(attr(pending, "next_cursor"), "character")

@@ -4,16 +4,17 @@
 //!
 //! May import: `job`, `sys`, `store`, and `store::sql::dialect`.
 
-use super::dialect::{double_or_null, q, text, Dialect, ACTIVE};
+use super::dialect::{double_or_null, q, text, Dialect, ACTIVE, FINISHED};
 use crate::job::{
-    duplicate_key, hex, median, Cancel, Claimed, Job, JobError, JobView, Lease, NewJob, Outcome, Progress, Status, Submit,
+    cancelled_message, hex, median, twin_key, Cancel, Claimed, Event, Job, JobError, JobView, Lease,
+    NewJob, Outcome, Progress, RateBy, Retry, Status, Submit,
 };
 use crate::schedule::{Missed, Schedule};
-use crate::store::{ListQuery, Page, PutSchedule};
+use crate::store::{ListQuery, Page, PutSchedule, QueueChange, QueueView};
 use crate::sys::iso8601;
 use parking_lot::Mutex;
 use sqlx::any::AnyRow;
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Executor, Row};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +23,8 @@ use uuid::Uuid;
 /// Columns of a status read: no payload, result or output.
 pub(super) const COLUMNS: &str = "id, operation, params_hash, status, queue, priority, submitted_at, started_at, \
      completed_at, timeout_ms, attempts, max_attempts, worker_pid, lease_owner, step, progress_current, \
-     progress_total, error_code, error_message, seq, handler, parent_id, children, waiting, schedule_name, run_after, slot_at";
+     progress_total, error_code, error_message, seq, handler, parent_id, children, waiting, schedule_name, run_after, slot_at, \
+     submitted_by, tags, concurrency_key, concurrency_limit";
 
 /// At most this many dependents fail with one failed job (a chain's tail).
 const MAX_CASCADE: usize = 10_000;
@@ -37,6 +39,14 @@ pub(super) struct Db {
 }
 
 pub(super) type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// What a transaction serializes on: submits whose checks count rows (a
+/// cap, a rate, a finished twin), or claims under a queue cap or a key.
+#[derive(Clone, Copy)]
+enum Lock {
+    Submit,
+    Claim,
+}
 
 
 pub(super) fn status_of(s: &str) -> Status {
@@ -197,6 +207,10 @@ pub(super) fn job_from_row(row: &AnyRow, with_result: bool) -> Result<Job, sqlx:
         children: row.try_get::<i64, _>("children")?.max(0) as u32,
         schedule: row.try_get::<Option<String>, _>("schedule_name")?.map(Arc::from),
         slot_at: row.try_get("slot_at")?,
+        submitted_by: text(row, "submitted_by")?.map(Arc::from),
+        tags: text(row, "tags")?.map(|t| parse_json_strings(&t).into_iter().map(Arc::from).collect()).unwrap_or_default(),
+        concurrency_key: text(row, "concurrency_key")?.map(Arc::from),
+        concurrency_limit: row.try_get::<i64, _>("concurrency_limit")?.max(0) as u32,
     })
 }
 
@@ -224,6 +238,7 @@ impl Db {
 
     pub(super) async fn submit(&self, job: NewJob, limit: usize) -> Result<Submit, sqlx::Error> {
         let hash = hex(&job.hash());
+        let twin = job.unique.then(|| hex(&twin_key(&job)));
         let mut tx = self.begin().await?;
         if job.parent.is_some() {
             // A retried parent's child was made by its first run: that one it is.
@@ -233,28 +248,66 @@ impl Db {
                 return Ok(Submit::Accepted);
             }
         }
-        if job.unique {
-            if let Some(id) = self.find_active(&mut *tx, &job.operation, &hash).await? {
-                tx.rollback().await?;
-                return Ok(Submit::Duplicate(uuid(&id)));
+        let checks_twin = job.unique && !job.force;
+        // A check that counts rows a racing submit could add (a cap, a rate,
+        // a finished twin) holds the submit lock until the insert commits.
+        // Active twins alone need no lock: the unique index settles races.
+        if limit != usize::MAX || !job.rates.is_empty() || (checks_twin && (job.unique_for > 0.0 || job.replace)) {
+            self.lock(&mut tx, Lock::Submit).await?;
+        }
+        let mut replaced = None;
+        if let (true, Some(key)) = (checks_twin, &twin) {
+            match self.find_twin(&mut tx, key, job.unique_for).await? {
+                Some((id, Status::Pending)) if job.replace => replaced = Some(id),
+                Some((id, _)) => {
+                    tx.rollback().await?;
+                    return Ok(Submit::Duplicate(id));
+                }
+                None => {}
             }
         }
         if limit != usize::MAX {
-            // Serializes capped submits, so count and insert are one step.
-            match self.dialect {
-                Dialect::Postgres => {
-                    tx.execute("SELECT pg_advisory_xact_lock(724500102)").await?;
-                }
-                Dialect::MySql => {
-                    tx.execute("SELECT version FROM asyncjobs_schema WHERE id = 1 FOR UPDATE").await?;
-                }
-                Dialect::Sqlite => {}
-            }
             let active: i64 =
                 q(format!("SELECT COUNT(*) FROM asyncjobs_jobs WHERE {ACTIVE}")).fetch_one(&mut *tx).await?.try_get(0)?;
-            if active as u64 >= limit as u64 {
+            if active as u64 - replaced.is_some() as u64 >= limit as u64 {
                 tx.rollback().await?;
                 return Ok(Submit::Full { limit });
+            }
+        }
+        for rate in &job.rates {
+            let (column, name) = match rate.by {
+                RateBy::Caller => match &job.submitted_by {
+                    Some(by) => ("submitted_by", by.clone()),
+                    None => continue,
+                },
+                RateBy::Operation => ("operation", job.operation.clone()),
+            };
+            // The API's submits count: not children, not scheduled jobs.
+            let from = format!(
+                "FROM asyncjobs_jobs WHERE {column} = ? AND submitted_at > NOW - ? AND parent_id IS NULL AND schedule_name IS NULL"
+            );
+            let n: i64 = q(self.sql(&format!("SELECT COUNT(*) {from}")))
+                .bind(name.clone())
+                .bind(rate.window)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            if n >= rate.n as i64 {
+                // The next submit passes once the oldest counted one leaves the window.
+                let sql = self.sql(&format!("SELECT submitted_at + ? - NOW {from} ORDER BY submitted_at DESC LIMIT 1 OFFSET ?"));
+                let row = q(sql)
+                    .bind(rate.window)
+                    .bind(name)
+                    .bind(rate.window)
+                    .bind(rate.n.max(1) as i64 - 1)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let retry_after = match row {
+                    Some(r) => r.try_get::<f64, _>(0)?.max(0.0),
+                    None => rate.window,
+                };
+                tx.rollback().await?;
+                return Ok(Submit::RateLimited { retry_after, by: rate.by });
             }
         }
         // Dependencies, locked until the insert commits, so that none ends
@@ -277,13 +330,23 @@ impl Db {
                 other => failed = failed.or(Some((*dep, other))),
             }
         }
-        let (operation, id, parent) = (job.operation.clone(), job.id, job.parent);
+        if let Some(old) = replaced {
+            let why = format!("Job was replaced by job {}", job.id);
+            let sql = self.sql(
+                "UPDATE asyncjobs_jobs SET status = 'cancelled', completed_at = NOW, error_code = 'CANCELLED', \
+                 error_message = ?, executor = NULL, params = NULL, lease_token = lease_token + 1 \
+                 WHERE id = ? AND status = 'pending'",
+            );
+            q(sql).bind(why.clone()).bind(old.to_string()).execute(&mut *tx).await?;
+            self.log(&mut tx, &[old.to_string()], "cancelled", None, Some(&format!("CANCELLED: {why}"))).await?;
+        }
+        let (id, parent) = (job.id, job.parent);
         let failed = failed.map(|(dep, status)| {
             let why = if status == Status::Cancelled { "was cancelled" } else { "failed" };
             format!("Job {dep}, which this job depends on, {why}")
         });
         let ready = waiting.is_empty() && failed.is_none();
-        let inserted = self.insert_job(&mut *tx, job, &hash, waiting.len(), failed).await;
+        let inserted = self.insert_job(&mut tx, job, &hash, twin.as_deref(), waiting.len(), failed).await;
         match inserted {
             Ok(()) => {
                 if !waiting.is_empty() {
@@ -305,14 +368,21 @@ impl Db {
                     tx.execute("SELECT pg_notify('asyncjobs', 's')").await?;
                 }
                 tx.commit().await?;
+                if let Some(old) = replaced {
+                    self.fail_dependents(old, "was cancelled").await?;
+                }
                 Ok(Submit::Accepted)
             }
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 // A unique twin won the race: report it.
                 tx.rollback().await?;
-                let twin = self.find_active(&self.pool, &operation, &hash).await?;
-                match twin {
-                    Some(twin) => Ok(Submit::Duplicate(uuid(&twin))),
+                let mut conn = self.pool.acquire().await?;
+                let found = match &twin {
+                    Some(key) => self.find_twin(&mut conn, key, 0.0).await?,
+                    None => None,
+                };
+                match found {
+                    Some((twin, _)) => Ok(Submit::Duplicate(twin)),
                     None => Err(sqlx::Error::Protocol("a unique job's twin ended while it was submitted; submit again".into())),
                 }
             }
@@ -320,36 +390,109 @@ impl Db {
         }
     }
 
-    /// Inserts a job row: pending (waiting for `waiting` dependencies), or
-    /// failed at once with DEPENDENCY_FAILED when `failed` says why.
-    async fn insert_job<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    /// Takes a lock until the transaction ends: an advisory lock on
+    /// PostgreSQL, a row of the schema table on MySQL (SQLite's `BEGIN
+    /// IMMEDIATE` holds the whole database already).
+    async fn lock(&self, tx: &mut AnyConnection, lock: Lock) -> Result<(), sqlx::Error> {
+        let (key, row) = match lock {
+            Lock::Submit => (724500102, 1),
+            Lock::Claim => (724500104, 3),
+        };
+        match self.dialect {
+            Dialect::Postgres => tx.execute(format!("SELECT pg_advisory_xact_lock({key})").as_str()).await?,
+            Dialect::MySql => tx.execute(format!("SELECT version FROM asyncjobs_schema WHERE id = {row} FOR UPDATE").as_str()).await?,
+            Dialect::Sqlite => return Ok(()),
+        };
+        Ok(())
+    }
+
+    /// The twin a unique job meets under `key`: the newest active one, else
+    /// (within `within` seconds of its submit) the newest completed one.
+    async fn find_twin(&self, conn: &mut AnyConnection, key: &str, within: f64) -> Result<Option<(Uuid, Status)>, sqlx::Error> {
+        let finished = if within > 0.0 { " OR (status = 'completed' AND submitted_at >= NOW - ?)" } else { "" };
+        let sql = self.sql(&format!(
+            "SELECT id, status FROM asyncjobs_jobs WHERE unique_key = ? AND ({ACTIVE}{finished}) \
+             ORDER BY CASE WHEN {ACTIVE} THEN 0 ELSE 1 END, seq DESC LIMIT 1"
+        ));
+        let mut select = q(sql).bind(key.to_owned());
+        if within > 0.0 {
+            select = select.bind(within);
+        }
+        let row = select.fetch_optional(&mut *conn).await?;
+        row.map(|r| Ok((uuid(&r.try_get::<String, _>(0)?), status_of(&r.try_get::<String, _>(1)?)))).transpose()
+    }
+
+    /// Logs `kind` for each of `ids` from its row: its attempt, and as host
+    /// `host`, or its lease owner when None.
+    pub(super) async fn log(
         &self,
-        executor: E,
+        conn: &mut AnyConnection,
+        ids: &[String],
+        kind: &str,
+        host: Option<&str>,
+        detail: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = self.sql(&format!(
+            "INSERT INTO asyncjobs_events (job_id, at, kind, host, attempt, detail) \
+             SELECT id, NOW, ?, {}, attempts, ? FROM asyncjobs_jobs WHERE id IN ({})",
+            if host.is_some() { "?" } else { "lease_owner" },
+            placeholders(ids.len())
+        ));
+        let mut insert = q(sql).bind(kind.to_owned());
+        if let Some(h) = host {
+            insert = insert.bind(h.to_owned());
+        }
+        insert = insert.bind(detail.map(|d| clip(d, text_bytes(self.dialect)).to_owned()));
+        for id in ids {
+            insert = insert.bind(id.clone());
+        }
+        insert.execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    /// Inserts a job row with its tags and first events: pending (waiting
+    /// for `waiting` dependencies), or failed at once with
+    /// DEPENDENCY_FAILED when `failed` says why. `twin` is its unique key.
+    async fn insert_job(
+        &self,
+        tx: &mut AnyConnection,
         job: NewJob,
         hash: &str,
+        twin: Option<&str>,
         waiting: usize,
         failed: Option<String>,
     ) -> Result<(), sqlx::Error> {
-        let dup_key = (job.unique && failed.is_none()).then(|| hex(&duplicate_key(&job.operation, &job.hash())));
+        // The active-twin index holds the key of jobs that meet their twins.
+        let dup_key = (job.unique && !job.force && failed.is_none()).then(|| twin.unwrap_or_default().to_owned());
         let (status, completed) = if failed.is_some() { ("failed", "NOW") } else { ("pending", "NULL") };
         let slot_at = double_or_null(job.slot.as_ref().map(|s| s.at));
         let sql = self.sql(&format!(
             "INSERT INTO asyncjobs_jobs (id, operation, params_hash, dup_key, status, queue, priority, \
              submitted_at, run_after, timeout_ms, max_attempts, executor, params, params_json, handler, parent_id, \
-             waiting, schedule_name, slot_at, signature, completed_at, error_code, error_message) \
-             VALUES (?, ?, ?, ?, '{status}', ?, ?, NOW, NOW + ?, ?, ?, ?, ?, {}, ?, ?, ?, ?, {slot_at}, ?, {completed}, ?, ?)",
+             waiting, schedule_name, slot_at, signature, completed_at, error_code, error_message, submitted_by, tags, \
+             concurrency_key, concurrency_limit, unique_key) \
+             VALUES (?, ?, ?, ?, '{status}', ?, ?, NOW, NOW + ?, ?, ?, ?, ?, {}, ?, ?, ?, ?, {slot_at}, ?, {completed}, ?, ?, \
+             ?, ?, ?, ?, ?)",
             self.dialect.json_in()
         ));
         let handler = job.executor.is_empty();
-        let keep = failed.is_none();
-        let (params, params_json) = match (job.params_json, keep) {
-            (_, false) => (None, None),
-            (true, true) => (None, Some(String::from_utf8_lossy(&job.params).into_owned())),
-            (false, true) => (Some(Arc::unwrap_or_clone(job.params)), None),
+        let (params, params_json) = if job.params_json {
+            (None, Some(String::from_utf8_lossy(&job.params).into_owned()))
+        } else {
+            (Some(Arc::unwrap_or_clone(job.params)), None)
         };
         let slot = job.slot.clone();
+        let scheduled = match &slot {
+            Some(s) => Some(format!("fired by schedule {}", s.schedule)),
+            None if job.delay > 0.0 => Some(format!("runs {:.3} s after its submit", job.delay)),
+            None => None,
+        };
+        let id = job.id.to_string();
         let mut insert = q(sql)
-            .bind(job.id.to_string())
+            .bind(id.clone())
             .bind(job.operation)
             .bind(hash.to_owned())
             .bind(dup_key)
@@ -358,22 +501,47 @@ impl Db {
             .bind(job.delay.max(0.0))
             .bind(job.timeout_ms.min(i64::MAX as u64) as i64)
             .bind(job.max_attempts as i32)
-            .bind(keep.then_some(job.executor))
+            .bind(job.executor)
             .bind(params)
             .bind(params_json)
             .bind(handler as i32)
             .bind(job.parent.map(|p| p.to_string()))
             .bind(waiting as i32)
             .bind(slot.as_ref().map(|s| s.schedule.clone()));
-        if let Some(s) = slot {
+        if let Some(s) = &slot {
             insert = insert.bind(s.at);
         }
         insert
             .bind(job.signature.map(|s| hex(&s)))
             .bind(failed.as_ref().map(|_| "DEPENDENCY_FAILED".to_string()))
-            .bind(failed)
-            .execute(executor)
+            .bind(failed.clone())
+            .bind(job.submitted_by)
+            .bind((!job.tags.is_empty()).then(|| json_strings(&job.tags)))
+            .bind(job.concurrency_key)
+            .bind(job.concurrency_limit as i32)
+            .bind(twin.map(str::to_owned))
+            .execute(&mut *tx)
             .await?;
+        if !job.tags.is_empty() {
+            let mut tags = job.tags.clone();
+            tags.sort();
+            tags.dedup();
+            let sql = self.sql(&format!("INSERT INTO asyncjobs_tags (job_id, tag) VALUES {}", vec!["(?, ?)"; tags.len()].join(", ")));
+            let mut insert = q(sql);
+            for t in tags {
+                insert = insert.bind(id.clone()).bind(t);
+            }
+            insert.execute(&mut *tx).await?;
+        }
+        let ids = [id];
+        let host = job.host.as_deref();
+        self.log(tx, &ids, "submitted", host, None).await?;
+        if let Some(why) = scheduled {
+            self.log(tx, &ids, "scheduled", host, Some(&why)).await?;
+        }
+        if let Some(why) = failed {
+            self.log(tx, &ids, "failed", host, Some(&format!("DEPENDENCY_FAILED: {why}"))).await?;
+        }
         Ok(())
     }
 
@@ -413,7 +581,12 @@ impl Db {
                      WHERE id = ? AND status = 'pending'",
                 );
                 let message = format!("Job {dep}, which this job depends on, {why}");
-                let done = q(sql).bind(message).bind(job.clone()).execute(&self.pool).await?;
+                let mut tx = self.begin().await?;
+                let done = q(sql).bind(message.clone()).bind(job.clone()).execute(&mut *tx).await?;
+                if done.rows_affected() == 1 {
+                    self.log(&mut tx, &[job.clone()], "failed", None, Some(&format!("DEPENDENCY_FAILED: {message}"))).await?;
+                }
+                tx.commit().await?;
                 n += 1;
                 if done.rows_affected() == 1 && n < MAX_CASCADE {
                     todo.push((uuid(&job), "failed".to_string()));
@@ -527,9 +700,13 @@ impl Db {
         for job in jobs {
             last = job.slot.as_ref().map(|s| s.at).or(last);
             let hash = hex(&job.hash());
-            match self.insert_job(&self.pool, job, &hash, 0, None).await {
-                Ok(()) => added += 1,
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+            let mut tx = self.begin().await?;
+            match self.insert_job(&mut tx, job, &hash, None, 0, None).await {
+                Ok(()) => {
+                    tx.commit().await?;
+                    added += 1;
+                }
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => tx.rollback().await?,
                 Err(e) => return Err(e),
             }
         }
@@ -606,27 +783,110 @@ impl Db {
         if queues.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        let ready =
-            format!("status = 'pending' AND waiting = 0 AND queue IN ({}) AND run_after <= NOW", placeholders(queues.len()));
+        let ready = |n: usize| format!("status = 'pending' AND waiting = 0 AND queue IN ({}) AND run_after <= NOW", placeholders(n));
         // An idle host polls: one plain read, and a transaction only when there is work.
-        let mut probe = q(self.sql(&format!("SELECT 1 FROM asyncjobs_jobs WHERE {ready} LIMIT 1")));
+        let mut probe = q(self.sql(&format!("SELECT 1 FROM asyncjobs_jobs WHERE {} LIMIT 1", ready(queues.len()))));
         for queue in &queues {
             probe = probe.bind(queue.clone());
         }
         if probe.fetch_optional(&self.pool).await?.is_none() {
             return Ok(Vec::new());
         }
-        let mut tx = self.begin().await?;
-        let sql = self.sql(&format!(
-            "SELECT id FROM asyncjobs_jobs WHERE {ready} ORDER BY priority DESC, seq LIMIT ?{}",
-            self.dialect.skip_locked()
-        ));
-        let mut query = q(sql);
-        for queue in &queues {
-            query = query.bind(queue.clone());
+        // Paused queues give nothing; capped ones are counted under the claim lock.
+        let settings = self.queue_settings(&queues).await?;
+        let open: Vec<String> = queues.iter().filter(|q| !settings.get(*q).is_some_and(|s| s.paused)).cloned().collect();
+        let caps: HashMap<String, u32> =
+            open.iter().filter_map(|q| Some((q.clone(), settings.get(q)?.max_running?))).collect();
+        if open.is_empty() {
+            return Ok(Vec::new());
         }
-        let ids: Vec<String> =
-            query.bind(k as i64).fetch_all(&mut *tx).await?.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        let candidates = |queues: &[String], exclude: &[String], n: usize| {
+            let keys = if exclude.is_empty() {
+                String::new()
+            } else {
+                format!(" AND (concurrency_key IS NULL OR concurrency_key NOT IN ({}))", placeholders(exclude.len()))
+            };
+            let sql = self.sql(&format!(
+                "SELECT id, queue, concurrency_key, concurrency_limit FROM asyncjobs_jobs WHERE {}{keys} \
+                 ORDER BY priority DESC, seq LIMIT ?{}",
+                ready(queues.len()),
+                self.dialect.skip_locked()
+            ));
+            let mut select = q(sql);
+            for queue in queues {
+                select = select.bind(queue.clone());
+            }
+            for key in exclude {
+                select = select.bind(key.clone());
+            }
+            select.bind(n as i64)
+        };
+        let mut tx = self.begin().await?;
+        let mut rows = candidates(&open, &[], k).fetch_all(&mut *tx).await?;
+        let keyed = |rows: &[AnyRow]| rows.iter().any(|r| r.try_get::<Option<String>, _>(2).ok().flatten().is_some());
+        let ids: Vec<String> = if caps.is_empty() && !keyed(&rows) {
+            rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?
+        } else {
+            // Limits apply: claims that count serialize on the claim lock, and
+            // count what runs now.
+            tx.rollback().await?;
+            tx = self.begin().await?;
+            self.lock(&mut tx, Lock::Claim).await?;
+            let mut in_queue: HashMap<String, i64> = HashMap::new();
+            if !caps.is_empty() {
+                let sql = self.sql(&format!(
+                    "SELECT queue, COUNT(*) FROM asyncjobs_jobs WHERE status = 'running' AND queue IN ({}) GROUP BY queue",
+                    placeholders(caps.len())
+                ));
+                let mut select = q(sql);
+                for queue in caps.keys() {
+                    select = select.bind(queue.clone());
+                }
+                for r in select.fetch_all(&mut *tx).await? {
+                    in_queue.insert(r.try_get(0)?, r.try_get(1)?);
+                }
+            }
+            let sql = "SELECT concurrency_key, COUNT(*), MAX(concurrency_limit) FROM asyncjobs_jobs \
+                       WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY concurrency_key";
+            let mut in_key: HashMap<String, i64> = HashMap::new();
+            let mut full = Vec::new();
+            for r in q(sql.into()).fetch_all(&mut *tx).await? {
+                let (key, n, limit): (String, i64, i64) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+                if n >= limit.max(1) {
+                    full.push(key.clone());
+                }
+                in_key.insert(key, n);
+            }
+            let open: Vec<String> = open
+                .into_iter()
+                .filter(|q| caps.get(q).is_none_or(|&cap| in_queue.get(q).copied().unwrap_or(0) < cap as i64))
+                .collect();
+            if open.is_empty() {
+                tx.rollback().await?;
+                return Ok(Vec::new());
+            }
+            // More than k: some may wait on their key or queue.
+            rows = candidates(&open, &full, 4 * k + 16).fetch_all(&mut *tx).await?;
+            let mut ids = Vec::new();
+            for r in &rows {
+                if ids.len() == k {
+                    break;
+                }
+                let queue: String = r.try_get(1)?;
+                let key: Option<String> = r.try_get(2)?;
+                let limit: i64 = r.try_get::<i64, _>(3)?.max(1);
+                let queue_ok = caps.get(&queue).is_none_or(|&cap| in_queue.get(&queue).copied().unwrap_or(0) < cap as i64);
+                let key_ok = key.as_ref().is_none_or(|k| in_key.get(k).copied().unwrap_or(0) < limit);
+                if queue_ok && key_ok {
+                    *in_queue.entry(queue).or_default() += 1;
+                    if let Some(k) = key {
+                        *in_key.entry(k).or_default() += 1;
+                    }
+                    ids.push(r.try_get(0)?);
+                }
+            }
+            ids
+        };
         if ids.is_empty() {
             tx.rollback().await?;
             return Ok(Vec::new());
@@ -654,6 +914,8 @@ impl Db {
             select = select.bind(id.clone());
         }
         let rows = select.fetch_all(&mut *tx).await?;
+        let claimed: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        self.log(&mut tx, &claimed, "claimed", None, None).await?;
         tx.commit().await?;
         rows.iter()
             .map(|r| {
@@ -666,7 +928,7 @@ impl Db {
                 Ok(Claimed {
                     lease: Lease { id: uuid(&r.try_get::<String, _>(0)?), token: r.try_get(1)? },
                     timeout_ms: r.try_get::<i64, _>(2)?.max(0) as u64,
-                    executor: r.try_get::<Option<Vec<u8>>, _>(3)?.unwrap_or_default(),
+                    executor: Arc::new(r.try_get::<Option<Vec<u8>>, _>(3)?.unwrap_or_default()),
                     params: Arc::new(params),
                     params_json,
                     operation: Arc::from(r.try_get::<String, _>(5)?),
@@ -679,6 +941,30 @@ impl Db {
             .collect()
     }
 
+    /// The settings of these queues that have any.
+    async fn queue_settings(&self, queues: &[String]) -> Result<HashMap<String, QueueView>, sqlx::Error> {
+        let sql = self.sql(&format!(
+            "SELECT name, paused, max_running FROM asyncjobs_queues WHERE name IN ({})",
+            placeholders(queues.len())
+        ));
+        let mut select = q(sql);
+        for queue in queues {
+            select = select.bind(queue.clone());
+        }
+        let mut out = HashMap::new();
+        for r in select.fetch_all(&self.pool).await? {
+            let name: String = r.try_get(0)?;
+            let view = QueueView {
+                name: name.clone(),
+                paused: r.try_get::<i64, _>(1)? != 0,
+                max_running: r.try_get::<Option<i64>, _>(2)?.map(|m| m.max(0) as u32),
+                ..QueueView::default()
+            };
+            out.insert(name, view);
+        }
+        Ok(out)
+    }
+
     pub(super) async fn finish(&self, lease: Lease, outcome: Outcome, output: Option<Vec<u8>>) -> Result<bool, sqlx::Error> {
         let (status, result, json, error) = match &outcome {
             Outcome::Completed(bytes) => (Status::Completed, Some(bytes.clone()), None, None),
@@ -686,15 +972,19 @@ impl Db {
             Outcome::Failed(e) => (Status::Failed, None, None, Some(e.clone())),
             Outcome::Cancelled => (Status::Cancelled, None, None, Some(JobError::new("CANCELLED", "Job was cancelled"))),
         };
+        // A failed job keeps its code and params, for a retry.
+        let payload = if status == Status::Failed { "" } else { ", executor = NULL, params = NULL" };
         let sql = self.sql(&format!(
             "UPDATE asyncjobs_jobs SET status = ?, completed_at = NOW, result = ?, result_json = {}, error_code = ?, \
-             error_message = ?, error_detail = ?, output = COALESCE(?, output), executor = NULL, params = NULL, \
+             error_message = ?, error_detail = ?, output = COALESCE(?, output){payload}, \
              lease_until = NULL WHERE id = ? AND lease_token = ? AND status = 'running'",
             self.dialect.json_in()
         ));
         // A code longer than its column, or a message longer than MySQL's
         // TEXT, is cut rather than refused: the outcome must land.
         let text_limit = text_bytes(self.dialect);
+        let detail = error.as_ref().map(|e| format!("{}: {}", e.code, e.message));
+        let mut tx = self.begin().await?;
         let done = q(sql)
             .bind(status.as_str())
             .bind(result)
@@ -705,11 +995,14 @@ impl Db {
             .bind(output)
             .bind(lease.id.to_string())
             .bind(lease.token)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() != 1 {
+            tx.rollback().await?;
             return Ok(false);
         }
+        self.log(&mut tx, &[lease.id.to_string()], status.as_str(), None, detail.as_deref()).await?;
+        tx.commit().await?;
         self.settle_dependents(lease.id, &outcome).await?;
         Ok(true)
     }
@@ -725,6 +1018,12 @@ impl Db {
         if let Some(o) = &f.operations {
             wheres.push(if o.is_empty() { "1 = 0".into() } else { format!("operation IN ({})", placeholders(o.len())) });
         }
+        if f.submitted_by.is_some() {
+            wheres.push("submitted_by = ?".into());
+        }
+        for _ in &f.tags {
+            wheres.push("id IN (SELECT job_id FROM asyncjobs_tags WHERE tag = ?)".into());
+        }
         let (op, dir) = if query.newest_first { ("<", "DESC") } else { (">", "ASC") };
         if after.is_some() {
             wheres.push(format!("seq {op} ?"));
@@ -738,6 +1037,12 @@ impl Db {
         }
         for op in f.operations.iter().flatten() {
             select = select.bind(op.clone());
+        }
+        if let Some(by) = &f.submitted_by {
+            select = select.bind(by.clone());
+        }
+        for tag in &f.tags {
+            select = select.bind(tag.clone());
         }
         if let Some(seq) = after {
             select = select.bind(seq);
@@ -753,7 +1058,8 @@ impl Db {
         Ok(Page { jobs, next })
     }
 
-    pub(super) async fn cancel(&self, id: Uuid) -> Result<Cancel, sqlx::Error> {
+    pub(super) async fn cancel(&self, id: Uuid, by: Option<String>) -> Result<Cancel, sqlx::Error> {
+        let message = cancelled_message(by.as_deref());
         for _ in 0..5 {
             let sql = self.sql("SELECT status, lease_token FROM asyncjobs_jobs WHERE id = ?");
             let Some(row) = q(sql).bind(id.to_string()).fetch_optional(&self.pool).await? else {
@@ -766,10 +1072,16 @@ impl Db {
             }
             let sql = self.sql(
                 "UPDATE asyncjobs_jobs SET status = 'cancelled', completed_at = NOW, error_code = 'CANCELLED', \
-                 error_message = 'Job was cancelled', executor = NULL, params = NULL, lease_until = NULL, \
+                 error_message = ?, executor = NULL, params = NULL, lease_until = NULL, \
                  lease_token = lease_token + 1 WHERE id = ? AND status = ? AND lease_token = ?",
             );
-            let done = q(sql).bind(id.to_string()).bind(status.as_str()).bind(token).execute(&self.pool).await?;
+            let mut tx = self.begin().await?;
+            let done =
+                q(sql).bind(message.clone()).bind(id.to_string()).bind(status.as_str()).bind(token).execute(&mut *tx).await?;
+            if done.rows_affected() == 1 {
+                self.log(&mut tx, &[id.to_string()], "cancelled", None, Some(&format!("CANCELLED: {message}"))).await?;
+            }
+            tx.commit().await?;
             if done.rows_affected() == 1 {
                 self.fail_dependents(id, "was cancelled").await?;
                 if self.dialect == Dialect::Postgres && status == Status::Running {
@@ -821,33 +1133,59 @@ impl Db {
         Ok(renewed)
     }
 
-    /// Puts a running job back in the queue (when attempts remain) or fails it.
-    pub(super) async fn requeue_or_fail(&self, lease: Lease, attempts_left: bool, delay: f64, error: &JobError) -> Result<bool, sqlx::Error> {
+    /// Puts a running job back in the queue (when attempts remain) or fails
+    /// it; its event is `kind` (rescued, retried) or failed.
+    pub(super) async fn requeue_or_fail(
+        &self,
+        lease: Lease,
+        attempts_left: bool,
+        delay: f64,
+        error: &JobError,
+        kind: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let detail = format!("{}: {}", error.code, error.message);
+        let mut tx = self.begin().await?;
+        // Logged first, while the row still names the lease's host and attempt.
+        let sql = self.sql(
+            "INSERT INTO asyncjobs_events (job_id, at, kind, host, attempt, detail) \
+             SELECT id, NOW, ?, lease_owner, attempts, ? FROM asyncjobs_jobs WHERE id = ? AND lease_token = ? AND status = 'running'",
+        );
+        let logged = q(sql)
+            .bind(if attempts_left { kind } else { "failed" }.to_owned())
+            .bind(clip(&detail, text_bytes(self.dialect)).to_owned())
+            .bind(lease.id.to_string())
+            .bind(lease.token)
+            .execute(&mut *tx)
+            .await?;
+        if logged.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
         let done = if attempts_left {
             let sql = self.sql(
                 "UPDATE asyncjobs_jobs SET status = 'pending', lease_owner = NULL, lease_until = NULL, \
                  lease_token = lease_token + 1, started_at = NULL, worker_pid = NULL, run_after = NOW + ?, \
                  error_code = NULL, error_message = ? WHERE id = ? AND lease_token = ? AND status = 'running'",
             );
-            q(sql).bind(delay).bind(error.message.clone()).bind(lease.id.to_string()).bind(lease.token).execute(&self.pool).await?
+            q(sql).bind(delay).bind(error.message.clone()).bind(lease.id.to_string()).bind(lease.token).execute(&mut *tx).await?
         } else {
             let sql = self.sql(
                 "UPDATE asyncjobs_jobs SET status = 'failed', completed_at = NOW, error_code = ?, error_message = ?, \
-                 executor = NULL, params = NULL, lease_until = NULL, lease_token = lease_token + 1 \
+                 lease_until = NULL, lease_token = lease_token + 1 \
                  WHERE id = ? AND lease_token = ? AND status = 'running'",
             );
-            let done = q(sql)
+            q(sql)
                 .bind(error.code.clone())
                 .bind(error.message.clone())
                 .bind(lease.id.to_string())
                 .bind(lease.token)
-                .execute(&self.pool)
-                .await?;
-            if done.rows_affected() == 1 {
-                self.fail_dependents(lease.id, "failed").await?;
-            }
-            done
+                .execute(&mut *tx)
+                .await?
         };
+        tx.commit().await?;
+        if done.rows_affected() == 1 && !attempts_left {
+            self.fail_dependents(lease.id, "failed").await?;
+        }
         Ok(done.rows_affected() == 1)
     }
 
@@ -903,7 +1241,7 @@ impl Db {
             let err = JobError::new("HOST_LOST", format!("The {who} running the job stopped renewing its lease; {last}"));
             let left = attempts < max_attempts;
             let delay = 2f64.powi((attempts - 1).clamp(0, 6) as i32);
-            if self.requeue_or_fail(lease, left, delay, &err).await? {
+            if self.requeue_or_fail(lease, left, delay, &err, "rescued").await? {
                 rescued.push(lease.id);
             }
         }
@@ -922,10 +1260,174 @@ impl Db {
         for r in &rows {
             let lease = Lease { id: uuid(&r.try_get::<String, _>(0)?), token: r.try_get(1)? };
             let left = r.try_get::<i64, _>(2)? < r.try_get::<i64, _>(3)?;
-            if self.requeue_or_fail(lease, left, 0.0, &error).await? {
+            if self.requeue_or_fail(lease, left, 0.0, &error, "retried").await? {
                 out.push(lease.id);
             }
         }
         Ok(out)
+    }
+
+    /// Puts a failed job back in its queue, with a fresh set of attempts.
+    pub(super) async fn retry(&self, id: Uuid, by: Option<String>) -> Result<Retry, sqlx::Error> {
+        let sql = self.sql(&format!(
+            "SELECT status, CASE WHEN executor IS NOT NULL OR params IS NOT NULL OR params_json IS NOT NULL THEN 1 ELSE 0 END \
+             FROM asyncjobs_jobs WHERE id = ?{}",
+            self.dialect.for_update()
+        ));
+        let mut tx = self.begin().await?;
+        let Some(row) = q(sql).bind(id.to_string()).fetch_optional(&mut *tx).await? else {
+            tx.rollback().await?;
+            return Ok(Retry::NotFound);
+        };
+        let status = status_of(&row.try_get::<String, _>(0)?);
+        let kept = row.try_get::<i64, _>(1)? != 0;
+        if status != Status::Failed || !kept {
+            tx.rollback().await?;
+            return Ok(if status != Status::Failed { Retry::NotFailed(status) } else { Retry::NoPayload });
+        }
+        self.log(&mut tx, &[id.to_string()], "retried", None, by.map(|b| format!("by {b}")).as_deref()).await?;
+        let sql = self.sql(
+            "UPDATE asyncjobs_jobs SET status = 'pending', max_attempts = attempts + max_attempts, run_after = NOW, \
+             started_at = NULL, completed_at = NULL, error_code = NULL, error_message = NULL, error_detail = NULL, \
+             lease_owner = NULL, lease_until = NULL, worker_pid = NULL, step = NULL, progress_current = NULL, \
+             progress_total = NULL, output = NULL, waiting = 0, lease_token = lease_token + 1, dup_key = NULL \
+             WHERE id = ? AND status = 'failed'",
+        );
+        // Without its key in the active-twin index (a twin may be active
+        // now); unique submits still meet it by its unique_key.
+        q(sql).bind(id.to_string()).execute(&mut *tx).await?;
+        if self.dialect == Dialect::Postgres {
+            tx.execute("SELECT pg_notify('asyncjobs', 's')").await?;
+        }
+        tx.commit().await?;
+        Ok(Retry::Retried)
+    }
+
+    /// A job's events in order; None when the job is unknown.
+    pub(super) async fn events(&self, id: Uuid) -> Result<Option<Vec<Event>>, sqlx::Error> {
+        let sql = self.sql("SELECT at, kind, host, attempt, detail FROM asyncjobs_events WHERE job_id = ? ORDER BY seq");
+        let rows = q(sql).bind(id.to_string()).fetch_all(&self.pool).await?;
+        if rows.is_empty() {
+            let sql = self.sql("SELECT 1 FROM asyncjobs_jobs WHERE id = ?");
+            if q(sql).bind(id.to_string()).fetch_optional(&self.pool).await?.is_none() {
+                return Ok(None);
+            }
+        }
+        let events = rows
+            .iter()
+            .map(|r| {
+                Ok(Event {
+                    at: r.try_get(0)?,
+                    kind: r.try_get(1)?,
+                    host: r.try_get(2)?,
+                    attempt: r.try_get::<i64, _>(3)?.max(0) as u32,
+                    detail: text(r, 4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Some(events))
+    }
+
+    pub(super) async fn set_queue(&self, name: String, change: QueueChange) -> Result<(), sqlx::Error> {
+        for _ in 0..3 {
+            let sql = self.sql("SELECT 1 FROM asyncjobs_queues WHERE name = ?");
+            if q(sql).bind(name.clone()).fetch_optional(&self.pool).await?.is_none() {
+                let sql = self.sql("INSERT INTO asyncjobs_queues (name, paused, max_running) VALUES (?, 0, NULL)");
+                match q(sql).bind(name.clone()).execute(&self.pool).await {
+                    Ok(_) => {}
+                    // Another process added it meanwhile.
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut sets = Vec::new();
+            if let Some(p) = change.paused {
+                sets.push(format!("paused = {}", p as i32));
+            }
+            match change.max_running {
+                Some(Some(n)) => sets.push(format!("max_running = {n}")),
+                Some(None) => sets.push("max_running = NULL".into()),
+                None => {}
+            }
+            if sets.is_empty() {
+                return Ok(());
+            }
+            let sql = self.sql(&format!("UPDATE asyncjobs_queues SET {} WHERE name = ?", sets.join(", ")));
+            if q(sql).bind(name.clone()).execute(&self.pool).await?.rows_affected() > 0 || self.dialect == Dialect::MySql {
+                // MySQL counts changed rows only: an update to the same values is 0.
+                return Ok(());
+            }
+        }
+        Err(sqlx::Error::Protocol(format!("the queue {name} kept changing while it was written")))
+    }
+
+    pub(super) async fn queues(&self) -> Result<Vec<QueueView>, sqlx::Error> {
+        let mut all: std::collections::BTreeMap<String, QueueView> = std::collections::BTreeMap::new();
+        for r in q("SELECT name, paused, max_running FROM asyncjobs_queues".into()).fetch_all(&self.pool).await? {
+            let name: String = r.try_get(0)?;
+            all.insert(
+                name.clone(),
+                QueueView {
+                    name,
+                    paused: r.try_get::<i64, _>(1)? != 0,
+                    max_running: r.try_get::<Option<i64>, _>(2)?.map(|m| m.max(0) as u32),
+                    ..QueueView::default()
+                },
+            );
+        }
+        let sql = format!("SELECT queue, status, COUNT(*) FROM asyncjobs_jobs WHERE {ACTIVE} GROUP BY queue, status");
+        for r in q(sql).fetch_all(&self.pool).await? {
+            let name: String = r.try_get(0)?;
+            let n = r.try_get::<i64, _>(2)?.max(0) as usize;
+            let v = all.entry(name.clone()).or_insert_with(|| QueueView { name, ..QueueView::default() });
+            match status_of(&r.try_get::<String, _>(1)?) {
+                Status::Pending => v.pending += n,
+                _ => v.running += n,
+            }
+        }
+        Ok(all.into_values().collect())
+    }
+
+    /// Deletes up to `batch` finished jobs (of `status`, when given) that
+    /// ended more than `max_age` seconds ago, with their events, tags and
+    /// dependency rows.
+    pub(super) async fn prune(&self, status: Option<Status>, max_age: f64, batch: usize) -> Result<Vec<Uuid>, sqlx::Error> {
+        let which = match status {
+            Some(s) => format!("status = '{}'", s.as_str()),
+            None => FINISHED.to_string(),
+        };
+        let sql = self.sql(&format!("SELECT id FROM asyncjobs_jobs WHERE {which} AND completed_at < NOW - ? LIMIT ?"));
+        let ids: Vec<String> = q(sql)
+            .bind(max_age)
+            .bind(batch as i64)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = placeholders(ids.len());
+        let mut tx = self.begin().await?;
+        let sql = self.sql(&format!("DELETE FROM asyncjobs_jobs WHERE id IN ({list}) AND {FINISHED}"));
+        let mut del = q(sql);
+        for id in &ids {
+            del = del.bind(id.clone());
+        }
+        del.execute(&mut *tx).await?;
+        for table in ["asyncjobs_deps", "asyncjobs_events", "asyncjobs_tags"] {
+            // Rows of jobs that are gone (a job retried meanwhile is not).
+            let sql = self.sql(&format!(
+                "DELETE FROM {table} WHERE job_id IN ({list}) AND job_id NOT IN (SELECT id FROM asyncjobs_jobs WHERE id IN ({list}))"
+            ));
+            let mut del = q(sql);
+            for id in ids.iter().chain(&ids) {
+                del = del.bind(id.clone());
+            }
+            del.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.iter().map(|s| uuid(s)).collect())
     }
 }

@@ -10,8 +10,10 @@ use sqlx::{Any, AnyPool, Arguments, Column, ColumnIndex, Encode, Executor, Row, 
 
 /// The schema this build writes and reads. Version 2 (asyncjobs 0.2) adds
 /// the job model: handler jobs with JSON params and results, parents and
-/// children, dependencies, delays and schedules.
-pub const SCHEMA_VERSION: i64 = 2;
+/// children, dependencies, delays and schedules. Version 3 (0.2 as well)
+/// adds submitters, tags, concurrency keys, unique keys, queue settings
+/// and the event log.
+pub const SCHEMA_VERSION: i64 = 3;
 
 pub(super) const ACTIVE: &str = "status IN ('pending', 'running')";
 pub(super) const FINISHED: &str = "status IN ('completed', 'failed', 'cancelled')";
@@ -162,17 +164,21 @@ impl Dialect {
         out
     }
 
+    /// Column types of later versions (a double, a text) and a table's options.
+    fn types(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Dialect::Sqlite => ("REAL", "TEXT", ""),
+            Dialect::Postgres => ("DOUBLE PRECISION", "TEXT", ""),
+            Dialect::MySql => ("DOUBLE", "TEXT", " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"),
+        }
+    }
+
     /// Version 2's additions to version 1: columns (table, name, type), then
     /// tables and indexes (name, statement). Each is applied only when it is
     /// missing, so an upgrade cut short (MySQL's DDL is not transactional)
     /// picks up where it stopped.
     fn upgrade_to_2(self) -> (Vec<(&'static str, &'static str, String)>, Vec<(&'static str, String)>) {
-        let (double, text) = match self {
-            Dialect::Sqlite => ("REAL", "TEXT"),
-            Dialect::Postgres => ("DOUBLE PRECISION", "TEXT"),
-            Dialect::MySql => ("DOUBLE", "TEXT"),
-        };
-        let engine = if self == Dialect::MySql { " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin" } else { "" };
+        let (double, text, engine) = self.types();
         let jobs = "asyncjobs_jobs";
         let columns = vec![
             (jobs, "handler", "SMALLINT NOT NULL DEFAULT 0".to_string()),
@@ -211,6 +217,58 @@ impl Dialect {
             (
                 "asyncjobs_jobs_slot",
                 "CREATE UNIQUE INDEX asyncjobs_jobs_slot ON asyncjobs_jobs (schedule_name, slot_at)".to_string(),
+            ),
+        ];
+        (columns, others)
+    }
+
+    /// Version 3's additions to version 2, as [`Dialect::upgrade_to_2`]'s.
+    fn upgrade_to_3(self) -> (Vec<(&'static str, &'static str, String)>, Vec<(&'static str, String)>) {
+        let (double, text, engine) = self.types();
+        let seq = match self {
+            Dialect::Sqlite => "seq INTEGER PRIMARY KEY AUTOINCREMENT",
+            Dialect::Postgres => "seq BIGSERIAL PRIMARY KEY",
+            Dialect::MySql => "seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
+        };
+        let jobs = "asyncjobs_jobs";
+        let columns = vec![
+            (jobs, "submitted_by", "VARCHAR(255) NULL".to_string()),
+            (jobs, "tags", format!("{text} NULL")),
+            (jobs, "concurrency_key", "VARCHAR(255) NULL".to_string()),
+            (jobs, "concurrency_limit", "INTEGER NOT NULL DEFAULT 0".to_string()),
+            (jobs, "unique_key", "VARCHAR(64) NULL".to_string()),
+        ];
+        let others = vec![
+            (
+                "asyncjobs_tags",
+                format!(
+                    "CREATE TABLE IF NOT EXISTS asyncjobs_tags (job_id VARCHAR(36) NOT NULL, tag VARCHAR(255) NOT NULL, \
+                     PRIMARY KEY (job_id, tag)){engine}"
+                ),
+            ),
+            ("asyncjobs_tags_tag", "CREATE INDEX asyncjobs_tags_tag ON asyncjobs_tags (tag, job_id)".to_string()),
+            (
+                "asyncjobs_events",
+                format!(
+                    "CREATE TABLE IF NOT EXISTS asyncjobs_events ({seq}, job_id VARCHAR(36) NOT NULL, \
+                     at {double} NOT NULL, kind VARCHAR(16) NOT NULL, host VARCHAR(64) NULL, \
+                     attempt INTEGER NOT NULL, detail {text} NULL){engine}"
+                ),
+            ),
+            ("asyncjobs_events_job", "CREATE INDEX asyncjobs_events_job ON asyncjobs_events (job_id, seq)".to_string()),
+            (
+                "asyncjobs_queues",
+                format!(
+                    "CREATE TABLE IF NOT EXISTS asyncjobs_queues (name VARCHAR(255) NOT NULL PRIMARY KEY, \
+                     paused SMALLINT NOT NULL DEFAULT 0, max_running INTEGER NULL){engine}"
+                ),
+            ),
+            ("asyncjobs_jobs_twin", "CREATE INDEX asyncjobs_jobs_twin ON asyncjobs_jobs (unique_key, seq)".to_string()),
+            ("asyncjobs_jobs_by", "CREATE INDEX asyncjobs_jobs_by ON asyncjobs_jobs (submitted_by, submitted_at)".to_string()),
+            ("asyncjobs_jobs_ckey", "CREATE INDEX asyncjobs_jobs_ckey ON asyncjobs_jobs (concurrency_key, status)".to_string()),
+            (
+                "asyncjobs_jobs_opsub",
+                "CREATE INDEX asyncjobs_jobs_opsub ON asyncjobs_jobs (operation, submitted_at)".to_string(),
             ),
         ];
         (columns, others)
@@ -467,8 +525,11 @@ pub(super) async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx
             Some(_) => {}
         }
         // Each version's steps, in order; a new store takes them all.
-        if version.unwrap_or(1) < 2 {
-            let (columns, others) = dialect.upgrade_to_2();
+        let steps = [(2, dialect.upgrade_to_2()), (3, dialect.upgrade_to_3())];
+        for (to, (columns, others)) in steps {
+            if version.unwrap_or(1) >= to {
+                continue;
+            }
             for (table, column, def) in columns {
                 if !column_exists(&mut conn, dialect, table, column).await? {
                     conn.execute(format!("ALTER TABLE {table} ADD COLUMN {column} {def}").as_str()).await?;
@@ -479,12 +540,12 @@ pub(super) async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx
                     conn.execute(stmt.as_str()).await?;
                 }
             }
-            q(dialect.sql("UPDATE asyncjobs_schema SET version = ? WHERE id = 1")).bind(SCHEMA_VERSION).execute(&mut *conn).await?;
+            q(dialect.sql("UPDATE asyncjobs_schema SET version = ? WHERE id = 1")).bind(to).execute(&mut *conn).await?;
         }
         list_indexes(&mut conn, dialect).await?;
         if dialect == Dialect::MySql {
-            // Row 2 is the rescuers' lock.
-            conn.execute("INSERT IGNORE INTO asyncjobs_schema (id, version) VALUES (2, 0)").await?;
+            // Row 2 is the rescuers' lock, row 3 the claimers' under limits.
+            conn.execute("INSERT IGNORE INTO asyncjobs_schema (id, version) VALUES (2, 0), (3, 0)").await?;
         }
         Ok(())
     }

@@ -30,14 +30,17 @@ pub mod dialect;
 
 pub use dialect::{parse_url, redact, Dialect, SCHEMA_VERSION};
 
-use crate::job::{hex, Cancel, Claimed, Counts, JobError, JobView, Lease, NewJob, Outcome, Report, Status, Submit};
-use crate::store::{Fault, HostInfo, HostView, ListQuery, Page, Signal, Store, StoreError, StoreResult};
+use crate::job::{
+    hex, progress_detail, Cancel, Claimed, Counts, Event, JobError, JobView, Lease, NewJob, Outcome, Report, Retry, Status,
+    Submit,
+};
+use crate::store::{Fault, HostInfo, HostView, ListQuery, Page, QueueChange, QueueView, Signal, Store, StoreError, StoreResult};
 use crate::sys;
 use async_trait::async_trait;
 use crate::schedule::Schedule;
 use crate::store::PutSchedule;
-use db::{clip, json_strings, parse_json_strings, placeholders, status_of, text_bytes, uuid, Db};
-use dialect::{migrate, q, scrub, secrets, session_setup, text, FINISHED};
+use db::{clip, json_strings, parse_json_strings, status_of, text_bytes, uuid, Db};
+use dialect::{migrate, q, scrub, secrets, session_setup, text};
 use parking_lot::Mutex;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Executor, Row};
@@ -210,7 +213,15 @@ impl SqlStore {
     /// Deletes every job, host and schedule (for tests and benchmarks).
     pub async fn truncate(&self) -> StoreResult<()> {
         self.run("truncate", |db| async move {
-            for table in ["asyncjobs_jobs", "asyncjobs_hosts", "asyncjobs_deps", "asyncjobs_schedules"] {
+            for table in [
+                "asyncjobs_jobs",
+                "asyncjobs_hosts",
+                "asyncjobs_deps",
+                "asyncjobs_schedules",
+                "asyncjobs_events",
+                "asyncjobs_tags",
+                "asyncjobs_queues",
+            ] {
                 db.pool.execute(format!("DELETE FROM {table}").as_str()).await?;
             }
             Ok(())
@@ -354,6 +365,7 @@ impl Store for SqlStore {
         let pid = report.pid.map(|p| p as i64);
         let progress = report.progress.cloned();
         let output = report.output.map(<[u8]>::to_vec);
+        let event = if report.event { report.progress.map(progress_detail) } else { None };
         self.run("report", move |db| async move {
             let sql = db.sql(&format!(
                 "UPDATE asyncjobs_jobs SET {} WHERE id = ? AND lease_token = ? AND status = 'running'",
@@ -373,7 +385,16 @@ impl Store for SqlStore {
             if let Some(out) = output {
                 query = query.bind(out);
             }
-            let done = query.bind(lease.id.to_string()).bind(lease.token).execute(&db.pool).await?;
+            let Some(detail) = event else {
+                let done = query.bind(lease.id.to_string()).bind(lease.token).execute(&db.pool).await?;
+                return Ok(done.rows_affected() == 1);
+            };
+            let mut tx = db.begin().await?;
+            let done = query.bind(lease.id.to_string()).bind(lease.token).execute(&mut *tx).await?;
+            if done.rows_affected() == 1 {
+                db.log(&mut tx, &[lease.id.to_string()], "progress", None, detail.as_deref()).await?;
+            }
+            tx.commit().await?;
             Ok(done.rows_affected() == 1)
         })
         .await
@@ -404,9 +425,9 @@ impl Store for SqlStore {
         Ok(done)
     }
 
-    async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
-        let id = *id;
-        let r = self.run("cancel", move |db| async move { db.cancel(id).await }).await?;
+    async fn cancel(&self, id: &Uuid, by: Option<&str>) -> StoreResult<Cancel> {
+        let (id, by) = (*id, by.map(str::to_owned));
+        let r = self.run("cancel", move |db| async move { db.cancel(id, by).await }).await?;
         self.finished.notify_waiters();
         Ok(r)
     }
@@ -438,34 +459,31 @@ impl Store for SqlStore {
         Ok(ids)
     }
 
-    async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
-        self.run("cleanup", move |db| async move {
-            let sql = db.sql(&format!("SELECT id FROM asyncjobs_jobs WHERE {FINISHED} AND completed_at < NOW - ? LIMIT ?"));
-            let ids: Vec<String> = q(sql)
-                .bind(max_age)
-                .bind(batch as i64)
-                .fetch_all(&db.pool)
-                .await?
-                .iter()
-                .map(|r| r.try_get(0))
-                .collect::<Result<_, _>>()?;
-            if !ids.is_empty() {
-                let sql = db.sql(&format!("DELETE FROM asyncjobs_jobs WHERE id IN ({}) AND {FINISHED}", placeholders(ids.len())));
-                let mut del = q(sql);
-                for id in &ids {
-                    del = del.bind(id.clone());
-                }
-                del.execute(&db.pool).await?;
-                let sql = db.sql(&format!("DELETE FROM asyncjobs_deps WHERE job_id IN ({})", placeholders(ids.len())));
-                let mut del = q(sql);
-                for id in &ids {
-                    del = del.bind(id.clone());
-                }
-                del.execute(&db.pool).await?;
-            }
-            Ok(ids.iter().map(|s| uuid(s)).collect())
-        })
-        .await
+    async fn prune(&self, status: Option<Status>, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
+        if status.is_some_and(|s| !s.is_terminal()) {
+            return Ok(Vec::new());
+        }
+        self.run("cleanup", move |db| async move { db.prune(status, max_age, batch).await }).await
+    }
+
+    async fn retry(&self, id: &Uuid, by: Option<&str>) -> StoreResult<Retry> {
+        let (id, by) = (*id, by.map(str::to_owned));
+        let r = self.run("retry", move |db| async move { db.retry(id, by).await }).await?;
+        Ok(r)
+    }
+
+    async fn events(&self, id: &Uuid) -> StoreResult<Option<Vec<Event>>> {
+        let id = *id;
+        self.run("events", move |db| async move { db.events(id).await }).await
+    }
+
+    async fn set_queue(&self, name: &str, change: &QueueChange) -> StoreResult<()> {
+        let (name, change) = (name.to_owned(), change.clone());
+        self.run("queue settings", move |db| async move { db.set_queue(name, change).await }).await
+    }
+
+    async fn queues(&self) -> StoreResult<Vec<QueueView>> {
+        self.run("queues", |db| async move { db.queues().await }).await
     }
 
     async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
