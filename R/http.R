@@ -5,7 +5,8 @@
 .http_codes <- c(
   CAPACITY_EXCEEDED = 503L, POOL_UNAVAILABLE = 503L, STORE_UNAVAILABLE = 503L, JOB_NOT_FOUND = 404L,
   JOB_FINISHED = 409L, JOB_NOT_FINISHED = 409L, JOB_FAILED = 409L, DUPLICATE_JOB = 409L,
-  BAD_REQUEST = 400L, FORBIDDEN = 403L, NOT_FOUND = 404L, AUTHORIZE_FAILED = 500L, INTERNAL_ERROR = 500L,
+  BAD_REQUEST = 400L, INVALID_INPUT = 400L, PAYLOAD_TOO_LARGE = 413L, FORBIDDEN = 403L, NOT_FOUND = 404L,
+  AUTHORIZE_FAILED = 500L, INTERNAL_ERROR = 500L,
   UNKNOWN_OPERATION = 400L, PARAMS_NOT_JSON = 400L, UNKNOWN_DEPENDENCY = 400L, NOT_SIGNED = 500L
 )
 
@@ -22,7 +23,9 @@
 #' | `CAPACITY_EXCEEDED`, `POOL_UNAVAILABLE`  | 503    | Retry-After           |
 #' | `STORE_UNAVAILABLE` (the durable store cannot be reached) | 503 | Retry-After |
 #' | `JOB_NOT_FOUND`, `NOT_FOUND`             | 404    |                       |
-#' | `BAD_REQUEST`, `UNKNOWN_OPERATION`, `PARAMS_NOT_JSON`, `UNKNOWN_DEPENDENCY` | 400 |   |
+#' | `BAD_REQUEST`, `INVALID_INPUT` (the store refuses the job, [create_job()]) | 400 |  |
+#' | `UNKNOWN_OPERATION`, `PARAMS_NOT_JSON`, `UNKNOWN_DEPENDENCY` (bad requests [create_job()] throws) | 400 |  |
+#' | `PAYLOAD_TOO_LARGE` (the job is larger than the store takes, [create_job()]) | 413 |  |
 #' | `NOT_SIGNED` (no key for code in a shared store) | 500 |                     |
 #' | `FORBIDDEN` (`authorize` refused)        | 403    |                       |
 #' | `AUTHORIZE_FAILED`, `INTERNAL_ERROR`     | 500    |                       |
@@ -37,12 +40,18 @@
 #' date-times become ISO 8601 strings in UTC and `NULL` fields become `NA`
 #' (JSON `null`).
 #'
+#' A `STORE_UNAVAILABLE` body says only that the service is unavailable: the
+#' store's own message (which names the store's address) goes to the API's
+#' log (stderr), unless `store_detail = TRUE`.
+#'
 #' @param x (list or condition) what [create_job()], [get_job_status()],
 #'   [check_duplicate_job()], [cancel_job()], [get_job_result()] or
 #'   [get_job_output()] returned, or the `asyncjobs_error` condition one threw.
 #' @param res (PlumberResponse) the handler's `res`.
 #' @param prefix (string) the path (or URL) the job routes are mounted at;
 #'   `Location` is `<prefix>/<job_id>`.
+#' @param store_detail (logical) keep the store's message in a
+#'   `STORE_UNAVAILABLE` body, for operators.
 #' @return (list) the response body.
 #' @examples
 #' # A stand-in for plumber's `res`:
@@ -55,13 +64,15 @@
 #' res$status # 202
 #' res$headers$Location
 #' @export
-job_response <- function(x, res, prefix = "/jobs") {
+job_response <- function(x, res, prefix = "/jobs", store_detail = FALSE) {
   if (inherits(x, "asyncjobs_error")) x <- list(error = x$code %||% "BAD_REQUEST", message = conditionMessage(x))
   if (!is.list(x)) abort("argument", sprintf("`x` must be a list asyncjobs returned, not %s.", describe(x)), "x")
   if (!is.environment(res) || !is.function(res$setHeader)) {
     abort("argument", sprintf("`res` must be a plumber response (with `setHeader()`), not %s.", describe(res)), "res")
   }
   check_string(prefix, "prefix")
+  check_flag(store_detail, "store_detail")
+  if (!store_detail && identical(x$error, "STORE_UNAVAILABLE")) x <- unavailable_body(x)
   url <- function(id) paste0(sub("/+$", "", prefix), "/", id)
   status <- 200L
   if (is.character(x$error) && length(x$error) == 1L) {
@@ -86,6 +97,20 @@ job_response <- function(x, res, prefix = "/jobs") {
   }
   res$status <- status
   json_ready(json_safe_result(x))
+}
+
+# A store outage as anyone may see it: the store's message (its address,
+# the driver's words) goes to the log, at most once per 10 seconds.
+unavailable_body <- function(x) {
+  detail <- if (is.character(x$message)) x$message[[1L]] else ""
+  last <- .state$outage_logged %||% -Inf
+  if (nzchar(detail) && now_ms() - last > 10000) {
+    .state$outage_logged <- now_ms()
+    message(sprintf("asyncjobs: answered 503 STORE_UNAVAILABLE: %s", detail))
+  }
+  x$message <- "The service is unavailable for a moment. Try again later."
+  x$retry_after <- x$retry_after %||% 5
+  x
 }
 
 # A result JSON cannot carry (an environment, a function) would make the
@@ -159,9 +184,12 @@ get_job_result <- function(job_id) {
 #'
 #' and, with `admin = TRUE` only, the operator routes:
 #'
-#' - `GET /` lists jobs, the newest `limit` (default 1000) of them, oldest
-#'   first; query parameters `status` and `operation` take comma-separated
-#'   values. `pr_job_routes()` also answers it without the trailing slash.
+#' - `GET /` lists a page of jobs, newest first, as `{count, jobs,
+#'   next_cursor}`: `limit` (default 1000, at most 10,000) jobs at most,
+#'   filtered by the query parameters `status` and `operation`
+#'   (comma-separated values); `cursor` (a page's `next_cursor`) asks for the
+#'   next page. The store filters, sorts and limits (see [list_jobs()]).
+#'   `pr_job_routes()` also answers it without the trailing slash.
 #' - `GET /workers`: the worker pool, as [get_worker_status()].
 #' - `GET /hosts`: every pool registered in the store, as [get_hosts()].
 #' - `GET /schedules`: the recurring jobs, as [list_schedules()], with their
@@ -183,7 +211,11 @@ get_job_result <- function(job_id) {
 #' job's `error` (and a result's `details`) keeps only `code` and the first
 #' line of `message`, with absolute paths and worker process ids taken out;
 #' calls, classes and tracebacks stay with [get_job_status()] in the API's
-#' process. A handler error answers 500 `INTERNAL_ERROR` with no detail.
+#' process. A handler error answers 500 `INTERNAL_ERROR` with no detail,
+#' and a store outage 503 `STORE_UNAVAILABLE` saying only that (with
+#' `Retry-After`): the store's error, and its address, go to the API's log
+#' and to the operator routes. The job id is the path's alone: a query's or
+#' a body's `id` is ignored.
 #'
 #' Bodies are JSON (plumber's unboxed JSON serializer); status codes and
 #' headers follow [job_response()].
@@ -254,14 +286,28 @@ job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE,
   check_page_args(admin, metrics, dashboard, allow_cancel)
   need_plumber()
   run <- route_runner(prefix, authorize)
+  # The id is the path's alone: plumber would let a query's or a body's `id`
+  # take its place, past any rule keyed on the path.
   routes <- list(
-    list("GET", "/<id>", function(id, req, res) run(req, res, "status", id, get_job_status(id))),
-    list("GET", "/<id>/result", function(id, req, res) run(req, res, "result", id, get_job_result(id))),
-    list("GET", "/<id>/output", function(id, req, res) run(req, res, "output", id, {
-      out <- get_job_output(id)
-      if (is.character(out)) list(job_id = id, output = out) else out
-    })),
-    list("DELETE", "/<id>", function(id, req, res) run(req, res, "cancel", id, cancel_job(id)))
+    list("GET", "/<id>", function(req, res) {
+      id <- path_id(req)
+      run(req, res, "status", id, get_job_status(id))
+    }),
+    list("GET", "/<id>/result", function(req, res) {
+      id <- path_id(req)
+      run(req, res, "result", id, get_job_result(id))
+    }),
+    list("GET", "/<id>/output", function(req, res) {
+      id <- path_id(req)
+      run(req, res, "output", id, {
+        out <- get_job_output(id)
+        if (is.character(out)) list(job_id = id, output = out) else out
+      })
+    }),
+    list("DELETE", "/<id>", function(req, res) {
+      id <- path_id(req)
+      run(req, res, "cancel", id, cancel_job(id))
+    })
   )
   if (admin) {
     routes <- c(list(
@@ -282,6 +328,12 @@ job_routes <- function(prefix = "/jobs", authorize = NULL, admin = FALSE,
   pr <- plumber::pr()
   for (r in routes) pr <- plumber::pr_handle(pr, r[[1L]], r[[2L]], r[[3L]], serializer = json)
   pr
+}
+
+# The job id in a route's path (plumber has decoded it).
+path_id <- function(req) {
+  id <- req$argsPath$id
+  if (is.character(id) && length(id) == 1L && !is.na(id)) id else ""
 }
 
 check_route_args <- function(authorize, admin, call = sys.call(-1L)) {
@@ -315,7 +367,7 @@ route_runner <- function(prefix, authorize) {
         return(job_response(list(error = "FORBIDDEN", message = "This request is not allowed."), res, prefix))
       }
     }
-    if (is.null(job_id)) return(job_response(answer, res, prefix))
+    if (is.null(job_id)) return(job_response(answer, res, prefix, store_detail = TRUE))
     x <- tryCatch(answer, error = identity)
     if (inherits(x, "error")) {
       log_route_error(action, conditionMessage(x))
@@ -348,17 +400,26 @@ public_text <- function(text) {
   gsub("\\b(pid|worker process|worker)[ :=]+[0-9]+", "\\1", text, ignore.case = TRUE, perl = TRUE)
 }
 
+# GET /: a page of jobs, newest first, filtered, sorted and limited by the store.
 list_route <- function(run) {
-  function(req, res, status = "", operation = "", limit = "1000") {
+  function(req, res, status = "", operation = "", limit = "1000", cursor = "") {
     run(req, res, "list", NULL, {
       n <- suppressWarnings(as.numeric(limit))
-      if (length(n) != 1L || is.na(n) || n < 0) {
-        list(error = "BAD_REQUEST", message = "`limit` must be a number >= 0.")
-      } else if (!all(validUTF8(c(status, operation)))) {
-        list(error = "BAD_REQUEST", message = "`status` and `operation` must be valid UTF-8.")
+      if (length(n) != 1L || is.na(n) || n < 0 || n > 10000) {
+        list(error = "BAD_REQUEST", message = "`limit` must be a number from 0 to 10000.")
+      } else if (!all(validUTF8(c(status, operation, cursor)))) {
+        list(error = "BAD_REQUEST", message = "`status`, `operation` and `cursor` must be valid UTF-8.")
       } else {
-        jobs <- list_jobs(status = split_query(status), operation = split_query(operation))
-        list(count = nrow(jobs), jobs = utils::tail(jobs, n))
+        jobs <- tryCatch(
+          list_jobs(status = split_query(status), operation = split_query(operation), limit = floor(n),
+                    cursor = if (length(cursor) == 1L && nzchar(cursor)) cursor, newest_first = TRUE),
+          asyncjobs_error_argument = function(e) list(error = "BAD_REQUEST", message = conditionMessage(e)),
+          asyncjobs_error_store_unavailable = function(e) store_unavailable(conditionMessage(e)))
+        if (is.data.frame(jobs)) {
+          list(count = nrow(jobs), jobs = jobs, next_cursor = attr(jobs, "next_cursor"))
+        } else {
+          jobs
+        }
       }
     })
   }

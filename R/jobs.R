@@ -64,10 +64,16 @@
 #'   message, existing_job_id)` for a refused unique job,
 #'   `list(error = "POOL_UNAVAILABLE", message, retry_after)` when no worker
 #'   can start, `list(error = "STORE_UNAVAILABLE", message, retry_after)`
-#'   when the store cannot be reached. A bad request throws a classed
-#'   condition whose `code` [job_response()] answers: `UNKNOWN_OPERATION`,
-#'   `PARAMS_NOT_JSON`, `UNKNOWN_DEPENDENCY`, or `BAD_REQUEST` for a bad
-#'   argument.
+#'   when the store cannot be reached. What the store refuses for good is the
+#'   caller's input, not an outage: `list(error = "PAYLOAD_TOO_LARGE",
+#'   message, arg, limit_bytes)` when `params` (`arg`) are larger than the
+#'   store takes in one write (MySQL's and MariaDB's `max_allowed_packet`,
+#'   16 MiB by default on MariaDB), `list(error = "INVALID_INPUT", message)`
+#'   when it refuses a value, such as an `operation` of more than 255
+#'   characters in a database store. Nothing is written then. A bad request
+#'   throws a classed condition whose `code` [job_response()] answers:
+#'   `UNKNOWN_OPERATION`, `PARAMS_NOT_JSON`, `UNKNOWN_DEPENDENCY`, or
+#'   `BAD_REQUEST` for a bad argument.
 #' @examples
 #' start_workers(n = 1, wait = TRUE)
 #' job <- create_job("square", 4, function(x) x^2)
@@ -204,6 +210,9 @@ submit_refused <- function(r, call, operation, queue = "default") {
                        message = sprintf("No worker is available: %s", r[[2L]]),
                        retry_after = 60),
     store_error = store_unavailable(r[[2L]]),
+    too_large = list(error = "PAYLOAD_TOO_LARGE", message = sprintf("The job is too large for the store: %s.", r[[2L]]),
+                     arg = r[[4L]], limit_bytes = as.numeric(r[[3L]])),
+    invalid = list(error = "INVALID_INPUT", message = sprintf("The store refuses the job: %s.", r[[2L]])),
     unknown_operation = abort("unknown_operation", sprintf(
       "No handler is registered for the operation \"%s\" on the queue \"%s\": not in this process's pool, nor on any host of the store (see register_job()).",
       operation, queue), "operation", call, code = "UNKNOWN_OPERATION"),
@@ -298,10 +307,16 @@ check_priority <- function(x, call = sys.call(-1L)) {
   if (x > 1e6) abort("argument", sprintf("`priority` must be a whole number from -1e6 to 1e6, not %s.", describe(x)), "priority", call)
 }
 
+# Queue names: UTF-8 of at most 255 bytes, without a comma (a pool's queues
+# are kept, and shown by get_hosts(), comma-separated).
 check_queue <- function(x, arg, call = sys.call(-1L)) {
   check_string(x, arg, call)
   if (nchar(x, type = "bytes") > 255L || !validUTF8(x)) {
     abort("argument", sprintf("`%s` must be valid UTF-8 of at most 255 bytes.", arg), arg, call)
+  }
+  if (grepl(",", x, fixed = TRUE)) {
+    abort("argument", sprintf("`%s` must be queue names without a comma, not \"%s\": give several queues as a vector, as in c(\"a\", \"b\").",
+                              arg, x), arg, call)
   }
 }
 
@@ -541,23 +556,38 @@ get_job_output <- function(job_id) {
   out %||% list(error = "JOB_NOT_FOUND", message = "Job ID not found")
 }
 
-#' All jobs in the registry
+#' Jobs in the registry, a page at a time
+#'
+#' The store filters, sorts and limits, so a page costs its own jobs, not
+#' the store's: `list_jobs(status = "running", limit = 50)` reads at most 50
+#' jobs however many finished ones are kept.
 #'
 #' @param status (character or NULL) keep jobs with these statuses.
 #' @param operation (character or NULL) keep jobs of these operations.
+#' @param limit (number) jobs in the page at most; `Inf` (the default) for all.
+#' @param cursor (string or NULL) where the page starts: the
+#'   `attr(, "next_cursor")` of the page before it, with the same `status`,
+#'   `operation` and `newest_first`. NULL for the first page.
+#' @param newest_first (logical) order by submit time, newest first; `FALSE`
+#'   (the default) for oldest first.
 #' @return (data.frame) `job_id`, `operation`, `status`, `submitted_at`,
 #'   `started_at`, `completed_at`, `duration_seconds`, `error_code`, `queue`,
 #'   `priority`, `parent_id` (the job that submitted it), `schedule` and
-#'   `slot_at` (the schedule that fired it, and for which slot), oldest first. With a shared store, every job in the store.
+#'   `slot_at` (the schedule that fired it, and for which slot), in submit
+#'   order. `attr(, "next_cursor")` is where the next page starts (a string),
+#'   or NULL when this page is the last.
 #' @examples
 #' start_workers(n = 1, max_queued = 1, wait = TRUE)
 #' a <- create_job("one", NULL, function(p) 1)
 #' b <- create_job("two", NULL, function(p) 2)
 #' invisible(wait_for_job(b$job_id, timeout_ms = 30000))
 #' list_jobs(operation = c("one", "two"))[, c("operation", "status")]
+#' # Pages of one job, newest first:
+#' first <- list_jobs(limit = 1, newest_first = TRUE)
+#' list_jobs(limit = 1, newest_first = TRUE, cursor = attr(first, "next_cursor"))$operation
 #' stop_workers()
 #' @export
-list_jobs <- function(status = NULL, operation = NULL) {
+list_jobs <- function(status = NULL, operation = NULL, limit = Inf, cursor = NULL, newest_first = FALSE) {
   check_process()
   for (arg in c("status", "operation")) {
     v <- get(arg)
@@ -565,7 +595,13 @@ list_jobs <- function(status = NULL, operation = NULL) {
       abort("argument", sprintf("`%s` must be NULL or a character vector, not %s.", arg, describe(v)), arg)
     }
   }
-  cols <- .Call(wrap__aj_list)
+  check_number(limit, "limit", min = 0, allow_inf = TRUE, integer = TRUE)
+  if (!is.null(cursor)) check_string(cursor, "cursor")
+  check_flag(newest_first, "newest_first")
+  cols <- .Call(wrap__aj_list, status, operation, as.numeric(limit), cursor, newest_first)
+  if (inherits(cols, "asyncjobs_store_refused")) {
+    abort("argument", sprintf("`cursor` cannot be used: %s.", cols), "cursor")
+  }
   if (store_failed(cols)) abort("store_unavailable", paste("Jobs could not be listed:", cols))
   df <- data.frame(job_id = cols$job_id, operation = cols$operation, status = cols$status,
                    submitted_at = .POSIXct(cols$submitted_at), started_at = .POSIXct(cols$started_at),
@@ -574,8 +610,6 @@ list_jobs <- function(status = NULL, operation = NULL) {
                    error_code = cols$error_code, queue = cols$queue,
                    priority = as.integer(cols$priority), parent_id = cols$parent_id,
                    schedule = cols$schedule, slot_at = .POSIXct(cols$slot_at), stringsAsFactors = FALSE)
-  keep <- (is.null(status) | df$status %in% status) & (is.null(operation) | df$operation %in% operation)
-  df <- df[keep, , drop = FALSE]
-  rownames(df) <- NULL
+  attr(df, "next_cursor") <- cols$next_cursor
   df
 }

@@ -66,10 +66,13 @@ job_openapi <- function(prefix = "/jobs", admin = FALSE, metrics = admin, dashbo
     list_params <- list(
       list(name = "status", `in` = "query", description = "Comma-separated statuses.", schema = list(type = "string")),
       list(name = "operation", `in` = "query", description = "Comma-separated operations.", schema = list(type = "string")),
-      list(name = "limit", `in` = "query", description = "The newest `limit` jobs (default 1000).", schema = list(type = "integer")))
-    paths[[if (nzchar(base)) base else "/"]] <- list(get = op("Jobs, oldest first", list(
-      `200` = json("The jobs.", list(type = "object", properties = list(
-        count = list(type = "integer"), jobs = list(type = "array", items = list(type = "object"))))),
+      list(name = "limit", `in` = "query", description = "Jobs in the page, at most (default 1000, at most 10000).",
+           schema = list(type = "integer")),
+      list(name = "cursor", `in` = "query", description = "`next_cursor` of the page before.", schema = list(type = "string")))
+    paths[[if (nzchar(base)) base else "/"]] <- list(get = op("A page of jobs, newest first", list(
+      `200` = json("The page: `count` jobs, and `next_cursor` (null on the last page).", list(type = "object", properties = list(
+        count = list(type = "integer"), jobs = list(type = "array", items = list(type = "object")),
+        next_cursor = list(type = "string", nullable = TRUE)))),
       `400` = ref("BadRequest")), tag = "operator", parameters = list_params))
     paths[[paste0(base, "/workers")]] <- list(get = op("The worker pool", list(
       `200` = json("Pool size and one row per worker.", list(type = "object"))), tag = "operator", parameters = NULL))

@@ -32,7 +32,8 @@
 #'   it). NULL takes `getOption("asyncjobs.store")`, then the environment
 #'   variable `ASYNCJOBS_STORE`, then memory. A password in the URL never
 #'   appears in a message.
-#' @param queues (character) the queues this pool's workers take jobs from.
+#' @param queues (character) the queues this pool's workers take jobs from;
+#'   names without a comma.
 #' @param max_active (number or NULL) the cap on active (pending + running)
 #'   jobs, counted over the whole store and enforced atomically at submit.
 #'   NULL: `n + max_queued` with the memory store; no cap with a shared store
@@ -77,10 +78,7 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
   check_flag(echo_output, "echo_output")
   check_flag(wait, "wait")
   check_flag(log, "log")
-  if (!is.character(queues) || !length(queues) || anyNA(queues)) {
-    abort("argument", sprintf("`queues` must be a character vector of queue names, not %s.", describe(queues)), "queues")
-  }
-  for (q in queues) check_queue(q, "queues")
+  check_queues(queues)
   if (!is.null(max_active)) check_number(max_active, "max_active", min = 1, allow_inf = TRUE, integer = TRUE)
   if (!is.null(retention)) check_number(retention, "retention", min = 0)
   if (!is.null(setup) && !is.language(setup) && !is.expression(setup) && !is.function(setup)) {
@@ -122,6 +120,13 @@ start_workers <- function(n = 8L, setup = NULL, max_queued = 0L, max_jobs_per_wo
     }
   }
   invisible(get_worker_status())
+}
+
+check_queues <- function(queues, call = sys.call(-1L)) {
+  if (!is.character(queues) || !length(queues) || anyNA(queues)) {
+    abort("argument", sprintf("`queues` must be a character vector of queue names, not %s.", describe(queues)), "queues", call)
+  }
+  for (q in queues) check_queue(q, "queues", call)
 }
 
 #' Stop the pool
@@ -256,6 +261,7 @@ run_workers <- function(store = NULL, n = 8L, setup = NULL, queues = "default", 
   check_process(open_store = FALSE)
   check_not_worker("run_workers()")
   check_number(n, "n", min = 1, integer = TRUE)
+  check_queues(queues)
   check_number(grace_ms, "grace_ms", min = 0)
   start_workers(n = n, setup = setup, store = store, queues = queues, wait = TRUE, log = TRUE,
                 handlers = handlers, ...)

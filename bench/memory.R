@@ -3,11 +3,13 @@
 # cleanup_old_jobs(0) every ROUND jobs; prints the process RSS after each
 # cleanup. BENCH_MODE=registry (default) cancels each job instead of running
 # it (no worker runs anything, so it is fast); BENCH_MODE=workers runs them.
-# Usage: R_LIBS=<lib> Rscript bench/memory.R   (BENCH_JOBS, BENCH_ROUND, BENCH_MODE)
+# Usage: R_LIBS=<lib> Rscript bench/memory.R   (BENCH_JOBS, BENCH_ROUND, BENCH_MODE;
+# BENCH_EVERY: print every that many rounds, default 10)
 suppressPackageStartupMessages(library(asyncjobs))
 N <- as.numeric(Sys.getenv("BENCH_JOBS", "1000000"))
 ROUND <- as.numeric(Sys.getenv("BENCH_ROUND", "10000"))
 MODE <- Sys.getenv("BENCH_MODE", "registry")
+EVERY <- as.numeric(Sys.getenv("BENCH_EVERY", "10"))
 rss_mb <- function() as.numeric(strsplit(readLines("/proc/self/statm"), " ")[[1]][[2]]) * 4096 / 2^20
 nothing <- function(p) NULL
 
@@ -35,7 +37,7 @@ for (r in seq_len(ceiling(N / ROUND))) {
   suppressMessages(cleanup_old_jobs(0))
   heap <- sum(gc()[, 2])
   rows[[r]] <- c(jobs = r * ROUND, rss = rss_mb(), heap = heap, env = length(ls(jobs_env)))
-  if (r == 1 || r %% 10 == 0) {
+  if (r == 1 || r %% EVERY == 0) {
     cat(sprintf("| %s | %.1f | %.1f | %d |\n", format(r * ROUND, big.mark = ",", scientific = FALSE), rss_mb(), heap,
                 length(ls(jobs_env))))
   }

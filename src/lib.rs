@@ -76,3 +76,8 @@ pub mod store;
 pub mod pool;
 #[cfg(feature = "r")]
 mod r;
+
+/// In R's process (the API and its workers): large blocks in pages of their own.
+#[cfg(feature = "r")]
+#[global_allocator]
+static ALLOCATOR: sys::PagedLarge = sys::PagedLarge;

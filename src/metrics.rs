@@ -121,6 +121,14 @@ pub fn rejected(code: &str) {
     METRICS.rejected.add(&[code], 1);
 }
 
+fn code_of(outcome: &Outcome) -> Option<String> {
+    match outcome {
+        Outcome::Completed(_) | Outcome::CompletedJson(_) => None,
+        Outcome::Failed(e) => Some(e.code.clone()),
+        Outcome::Cancelled => Some("CANCELLED".to_string()),
+    }
+}
+
 /// A job a worker ran, ended: counted by [`JobEnd::record`] once its
 /// outcome is written (a job cancelled meanwhile counts as cancelled only).
 pub struct JobEnd {
@@ -131,12 +139,14 @@ pub struct JobEnd {
 
 impl JobEnd {
     pub fn of(operation: &Arc<str>, outcome: &Outcome, started: Instant) -> JobEnd {
-        let code = match outcome {
-            Outcome::Completed(_) | Outcome::CompletedJson(_) => None,
-            Outcome::Failed(e) => Some(e.code.clone()),
-            Outcome::Cancelled => Some("CANCELLED".to_string()),
-        };
-        JobEnd { operation: operation.clone(), code, elapsed: started.elapsed() }
+        JobEnd { operation: operation.clone(), code: code_of(outcome), elapsed: started.elapsed() }
+    }
+
+    /// The outcome written in the end, when the store took another (a
+    /// failure in place of a result it refused).
+    pub fn written(mut self, outcome: &Outcome) -> JobEnd {
+        self.code = code_of(outcome);
+        self
     }
 
     pub fn record(self) {

@@ -68,3 +68,68 @@ pub fn log(msg: &str) {
     let t = iso8601(now());
     let _ = writeln!(std::io::stderr(), "{t} asyncjobs: {msg}");
 }
+
+/// The allocator of the R build: large blocks (128 KiB and up) are pages of
+/// their own (mmap, mremap, munmap), everything else is the C library's.
+///
+/// glibc serves a block from its heap once a block that large was mapped and
+/// freed (its mmap threshold follows the largest freed mapping, up to 32
+/// MiB). The tables that grow and shrink with each wave of jobs (hash maps of
+/// active jobs, bound ids, finished records' places) then come and go inside
+/// the heap, which fragments and grows by steps of megabytes. Mapped
+/// directly, they are returned whole when freed, and the threshold stays put.
+pub struct PagedLarge;
+
+const LARGE: usize = 128 << 10;
+const PAGE: usize = 4096;
+
+fn paged(size: usize, align: usize) -> bool {
+    size >= LARGE && align <= PAGE
+}
+
+fn pages(size: usize) -> usize {
+    size.div_ceil(PAGE) * PAGE
+}
+
+unsafe impl std::alloc::GlobalAlloc for PagedLarge {
+    unsafe fn alloc(&self, l: std::alloc::Layout) -> *mut u8 {
+        if !paged(l.size(), l.align()) {
+            return std::alloc::System.alloc(l);
+        }
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+        let p = libc::mmap(std::ptr::null_mut(), pages(l.size()), libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0);
+        if p == libc::MAP_FAILED { std::ptr::null_mut() } else { p.cast() }
+    }
+
+    unsafe fn alloc_zeroed(&self, l: std::alloc::Layout) -> *mut u8 {
+        // Fresh pages are zero.
+        if paged(l.size(), l.align()) { self.alloc(l) } else { std::alloc::System.alloc_zeroed(l) }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, l: std::alloc::Layout) {
+        if paged(l.size(), l.align()) {
+            libc::munmap(p.cast(), pages(l.size()));
+        } else {
+            std::alloc::System.dealloc(p, l)
+        }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, l: std::alloc::Layout, size: usize) -> *mut u8 {
+        match (paged(l.size(), l.align()), paged(size, l.align())) {
+            (false, false) => std::alloc::System.realloc(p, l, size),
+            (true, true) => {
+                let q = libc::mremap(p.cast(), pages(l.size()), pages(size), libc::MREMAP_MAYMOVE);
+                if q == libc::MAP_FAILED { std::ptr::null_mut() } else { q.cast() }
+            }
+            _ => {
+                let new = std::alloc::Layout::from_size_align_unchecked(size, l.align());
+                let q = self.alloc(new);
+                if !q.is_null() {
+                    std::ptr::copy_nonoverlapping(p, q, l.size().min(size));
+                    self.dealloc(p, l);
+                }
+                q
+            }
+        }
+    }
+}

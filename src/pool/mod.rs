@@ -331,13 +331,16 @@ async fn keeper(sh: Arc<Shared>) {
         if shared {
             // Only jobs that were running before the renewal can be missing from it.
             let mine: Vec<(Uuid, Lease)> = sh.running.lock().iter().map(|(id, r)| (*id, r.lease)).collect();
-            let busy = !mine.is_empty() || !sh.ready.lock().is_empty();
+            // The leases of jobs held here: running, or claimed and waiting for a
+            // slot. Any other (a job whose outcome could not be written) expires.
+            let held: Vec<Lease> = mine.iter().map(|(_, l)| *l).chain(sh.ready.lock().iter().map(|c| c.lease)).collect();
+            let busy = !held.is_empty();
             if busy || n % every == 0 {
                 // Bounded by a third of the lease, so that a stuck connection
                 // cannot outlast the leases it is meant to keep.
-                let renewed = match tokio::time::timeout(lease / 3, sh.store.renew(&sh.host.id)).await {
+                let renewed = match tokio::time::timeout(lease / 3, sh.store.renew(&sh.host.id, &held)).await {
                     Ok(r) => r,
-                    Err(_) => Err(StoreError("lease renewal took longer than a third of the lease".into())),
+                    Err(_) => Err(StoreError::unavailable("lease renewal took longer than a third of the lease")),
                 };
                 if let Some(held) = sh.store_result("renewing leases", renewed) {
                     sh.health.lock().last_renew = Some(Instant::now());

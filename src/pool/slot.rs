@@ -15,6 +15,8 @@ use crate::job::{
     child_id, same_signature, sha256, sign, Claimed, JobError, Lease, NewJob, Outcome, Progress, Report, Submit, OUTPUT_LIMIT,
 };
 use crate::protocol::{Kind, ProtocolError, FIELD_SEP};
+use crate::store::{Fault, StoreError};
+use crate::sys::log;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,7 +238,7 @@ async fn serve(sh: &Shared, slot: usize, w: &mut Process, stop: &mut watch::Rece
         if let Some(err) = untrusted(sh, &job) {
             // Nothing of it reached the worker, which stays ready.
             let mut u = Unwritten { progress: None, output: Tail::new(0), pid: None, dirty: false };
-            write_outcome(sh, &job.lease, Outcome::Failed(err), &mut u, stop).await;
+            write_outcome(sh, slot, &job.lease, &mut Outcome::Failed(err), &mut u, stop).await;
             continue;
         }
         sh.running.lock().insert(id, Running { slot, lease: job.lease, abandoned: false });
@@ -308,21 +310,104 @@ async fn write_report(sh: &Shared, lease: &Lease, u: &mut Unwritten) -> bool {
     sh.store.report(lease, report).await.unwrap_or(true)
 }
 
-/// Writes a job's outcome, retrying while the store is away (the job is done;
-/// only the record is missing). False when the lease was lost meanwhile.
-async fn write_outcome(sh: &Shared, lease: &Lease, outcome: Outcome, u: &mut Unwritten, stop: &watch::Receiver<bool>) -> bool {
+/// How long an outcome's write is retried while the store is unavailable.
+/// Past it the slot gives the job up: its lease is no longer renewed, so the
+/// store's rescue ends it (or runs it again) once the lease expires.
+const OUTCOME_RETRY: Duration = Duration::from_secs(60);
+
+/// Writes a job's outcome: false when the lease was lost meanwhile or the
+/// write was given up. A transient failure is retried (the job is done; only
+/// the record is missing) until the lease is lost, the pool stops or
+/// [`OUTCOME_RETRY`] has passed. An outcome the store refuses for good (a
+/// result over its size limit, say) becomes a failure that it takes.
+async fn write_outcome(
+    sh: &Shared,
+    slot: usize,
+    lease: &Lease,
+    outcome: &mut Outcome,
+    u: &mut Unwritten,
+    stop: &watch::Receiver<bool>,
+) -> bool {
+    let mut stop = stop.clone();
+    let deadline = tokio::time::Instant::now() + OUTCOME_RETRY;
     let mut wait = Duration::from_millis(100);
+    let mut refusals = 0;
     loop {
         let out = u.output.bytes();
-        let r = sh.store.finish(lease, &outcome, (!out.is_empty()).then_some(out)).await;
-        match sh.store_result("writing a job's outcome", r) {
-            Some(done) => return done,
-            None if stopping(stop) => return false,
-            None => {
-                tokio::time::sleep(wait).await;
+        // The last try goes without the output.
+        let output = (!out.is_empty() && refusals < 2).then_some(out);
+        match sh.store.finish(lease, outcome, output).await {
+            Ok(done) => {
+                sh.store_result("writing a job's outcome", Ok(()));
+                return done;
+            }
+            Err(e) if !e.is_transient() => {
+                log(&format!("the store refused job {}'s outcome: {e}", lease.id));
+                if refusals == 2 {
+                    return false;
+                }
+                refusals += 1;
+                *outcome = Outcome::Failed(refused(outcome, &e, refusals));
+            }
+            Err(e) => {
+                sh.store_result::<()>("writing a job's outcome", Err(e));
+                if !retry_wait(sh, slot, lease, deadline, wait, &mut stop).await {
+                    return false;
+                }
                 wait = (wait * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// Waits `wait` before the next try of an outcome's write; false when the
+/// write must be given up: the lease is lost, the pool stops, or the deadline passed.
+async fn retry_wait(
+    sh: &Shared,
+    slot: usize,
+    lease: &Lease,
+    deadline: tokio::time::Instant,
+    wait: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let until = deadline.min(tokio::time::Instant::now() + wait);
+    loop {
+        if sh.running.lock().get(&lease.id).is_some_and(|r| r.abandoned) || stopping(stop) {
+            return false;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            log(&format!(
+                "gave up writing job {}'s outcome after {} s; the job is rescued when its lease expires",
+                lease.id,
+                OUTCOME_RETRY.as_secs()
+            ));
+            return false;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return true,
+            _ = sh.kicks[slot].notified() => {}
+            _ = stopped(stop) => return false,
+        }
+    }
+}
+
+/// The failure written in place of an outcome the store refused: first with
+/// the store's reason (a failure keeps its code and the start of its message,
+/// without its detail), then a short one.
+fn refused(outcome: &Outcome, e: &StoreError, refusals: u32) -> JobError {
+    let code = match (outcome, e.fault) {
+        (Outcome::Failed(err), _) => err.code.as_str(),
+        (Outcome::Completed(_) | Outcome::CompletedJson(_), Fault::TooLarge(_)) => "RESULT_TOO_LARGE",
+        _ => "OUTCOME_REFUSED",
+    };
+    match outcome {
+        _ if refusals > 1 => JobError::new(code, "The store refused the job's outcome"),
+        Outcome::Failed(err) => {
+            let mut msg: String = err.message.chars().take(4000).collect();
+            msg.push_str(&format!(" (the store refused the whole error: {})", e.message));
+            JobError::new(code, msg)
+        }
+        _ => JobError::new(code, format!("The store refused the job's outcome: {}", e.message)),
     }
 }
 
@@ -364,7 +449,7 @@ async fn run_job(
     drop(job);
     if !sent && w.exited().is_none() {
         let err = JobError::new("WORKER_CRASHED", format!("worker {} stopped reading its job", w.pid));
-        write_outcome(sh, &lease, Outcome::Failed(err), &mut u, stop).await;
+        write_outcome(sh, slot, &lease, &mut Outcome::Failed(err), &mut u, stop).await;
         return Some(End::Kill);
     }
     let every = interval.max(Duration::from_millis(1));
@@ -445,9 +530,9 @@ async fn run_job(
             }
             _ = stopped(stop) => return Some(End::Stop),
         };
-        let ended = crate::metrics::JobEnd::of(&operation, &outcome, started);
-        if write_outcome(sh, &lease, outcome, &mut u, stop).await {
-            ended.record()
+        let (ended, mut outcome) = (crate::metrics::JobEnd::of(&operation, &outcome, started), outcome);
+        if write_outcome(sh, slot, &lease, &mut outcome, &mut u, stop).await {
+            ended.written(&outcome).record()
         }
         // Jobs that waited for this one: idle slots take them.
         for _ in 0..sh.store.take_readied() {
@@ -531,6 +616,6 @@ async fn child_submit(sh: &Shared, parent: &Uuid, text: &str, blob: &[u8]) -> St
         Ok(Submit::UnknownDependency(dep)) => answer(&["unknown_dependency", &dep.to_string()]),
         Ok(Submit::UnknownOperation) => answer(&["unknown_operation", &operation]),
         Ok(Submit::NotSigned) => answer(&["not_signed"]),
-        Err(e) => answer(&["store_error", &e.0]),
+        Err(e) => answer(&["store_error", &e.message]),
     }
 }

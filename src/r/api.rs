@@ -12,11 +12,11 @@ use super::calls::job_record;
 use super::fast as rf;
 use super::session::{limit, ms, parse_id, store, OWNER, POOL, STORE, STORE_CHOSEN};
 use super::wire;
-use crate::job::{estimate_seconds, hex, Cancel, Job};
+use crate::job::{estimate_seconds, hex, Cancel, Job, Status};
 use crate::pool::worker::Spec;
 use crate::pool::{Config, Pool, SlotInfo, SlotState};
 use crate::schedule::{Missed, Schedule, Timing};
-use crate::store::{memory::MemoryStore, HostView, PutSchedule, Store, StoreError};
+use crate::store::{memory::MemoryStore, HostView, JobFilter, ListQuery, PutSchedule, Store, StoreError};
 use crate::sys::block_on;
 use extendr_api::prelude::*;
 use extendr_api::Result;
@@ -33,10 +33,16 @@ fn check_owner() -> Result<()> {
 }
 
 /// A store failure as R sees it: the message, classed, for R to turn into
-/// `list(error = "STORE_UNAVAILABLE", ...)`.
+/// `list(error = "STORE_UNAVAILABLE", ...)`; a refusal of what was sent
+/// (a bad cursor, say) is also of class asyncjobs_store_refused.
 fn store_error(e: StoreError) -> Robj {
-    let mut r = Robj::from(e.0);
-    let _ = r.set_class(&["asyncjobs_store_error"]);
+    let transient = e.is_transient();
+    let mut r = Robj::from(e.message);
+    let _ = if transient {
+        r.set_class(&["asyncjobs_store_error"])
+    } else {
+        r.set_class(&["asyncjobs_store_refused", "asyncjobs_store_error"])
+    };
     r
 }
 
@@ -77,7 +83,7 @@ fn aj_open_store(url: &str, timeout_ms: f64, lease_ms: f64) -> Result<Vec<String
             STORE_CHOSEN.store(true, std::sync::atomic::Ordering::Relaxed);
             vec!["ok".into(), described]
         }
-        Err(e) => vec!["error".into(), e.0],
+        Err(e) => vec!["error".into(), e.message],
     })
 }
 
@@ -88,7 +94,7 @@ fn open_sql(url: &str, timeout: Duration, lease: Duration) -> std::result::Resul
 
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 fn open_sql(_: &str, _: Duration, _: Duration) -> std::result::Result<Arc<dyn Store>, StoreError> {
-    Err(StoreError("this build of asyncjobs has no database drivers".into()))
+    Err(StoreError::unavailable("this build of asyncjobs has no database drivers"))
 }
 
 /// Called from .onLoad: records the owning process, keeps `.state` (for the
@@ -161,7 +167,7 @@ fn aj_start(
     };
     let s = store();
     match block_on(crate::store::check_version(s.as_ref())) {
-        Err(e) => return Ok(vec!["store_unavailable".into(), e.0]),
+        Err(e) => return Ok(vec!["store_unavailable".into(), e.message]),
         Ok(Some(why)) => return Ok(vec!["version".into(), why]),
         Ok(None) => {}
     }
@@ -367,18 +373,33 @@ fn aj_cancel(id: &str) -> Result<Vec<String>> {
         Ok(Cancel::NotFound) => vec!["not_found".into()],
         Ok(Cancel::Finished(st)) => vec!["finished".into(), st.as_str().into()],
         Ok(Cancel::WasPending | Cancel::WasRunning(_)) => { crate::metrics::job_cancelled(); vec!["cancelled".into()] }
-        Err(e) => vec!["store_error".into(), e.0],
+        Err(e) => vec!["store_error".into(), e.message],
     })
 }
 
-/// Every job as columns, oldest first.
+/// A page of the jobs as columns, and `next_cursor` (NULL after the last
+/// page): `statuses` and `operations` NULL for any; unknown statuses match
+/// nothing. A store error, also for a cursor the store did not make.
 #[extendr]
-fn aj_list() -> Result<Robj> {
+fn aj_list(statuses: Robj, operations: Robj, max_jobs: f64, cursor: Robj, newest_first: bool) -> Result<Robj> {
     check_owner()?;
-    let jobs = match block_on(store().list()) {
-        Ok(j) => j,
+    let strings = |x: &Robj| -> Option<Vec<String>> {
+        (!x.is_null()).then(|| x.as_str_vector().unwrap_or_default().into_iter().map(str::to_owned).collect())
+    };
+    let query = ListQuery {
+        filter: JobFilter {
+            statuses: strings(&statuses).map(|v| v.iter().filter_map(|s| Status::parse(s)).collect()),
+            operations: strings(&operations),
+        },
+        newest_first,
+        limit: limit(max_jobs).min(usize::MAX as u64) as usize,
+        after: cursor.as_str().map(str::to_owned),
+    };
+    let page = match block_on(store().list(&query)) {
+        Ok(p) => p,
         Err(e) => return Ok(store_error(e)),
     };
+    let jobs = &page.jobs;
     let strs = |f: &dyn Fn(&Job) -> Option<String>| -> Robj {
         jobs.iter().map(f).collect::<Vec<Option<String>>>().into()
     };
@@ -386,7 +407,7 @@ fn aj_list() -> Result<Robj> {
         jobs.iter().map(f).collect::<Vec<Option<f64>>>().into()
     };
     Ok(named(
-        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code", "queue", "priority", "parent_id", "schedule", "slot_at"],
+        &["job_id", "operation", "status", "submitted_at", "started_at", "completed_at", "error_code", "queue", "priority", "parent_id", "schedule", "slot_at", "next_cursor"],
         vec![
             strs(&|j| Some(j.id.to_string())),
             strs(&|j| Some(j.operation.to_string())),
@@ -400,6 +421,7 @@ fn aj_list() -> Result<Robj> {
             strs(&|j| j.parent.map(|p| p.to_string())),
             strs(&|j| j.schedule.as_deref().map(str::to_owned)),
             nums(&|j| j.slot_at),
+            page.next.map_or_else(|| ().into(), Robj::from),
         ],
     ))
 }
@@ -643,7 +665,7 @@ fn aj_schedule_put(
         Ok(PutSchedule::Unchanged) => vec!["unchanged".into()],
         Ok(PutSchedule::Replaced) => vec!["replaced".into()],
         Ok(PutSchedule::Taken(old)) => vec!["taken".into(), format!("{} {} ({})", old.operation, old.cron, old.tz)],
-        Err(e) => vec!["store_error".into(), e.0],
+        Err(e) => vec!["store_error".into(), e.message],
     })
 }
 

@@ -9,7 +9,7 @@
 use super::fast::{self as rf, nil, Rf_protect, Rf_unprotect, SET_VECTOR_ELT, SEXP};
 use super::session::{limit, ms, parse_id, ready, store, OWNER, POOL};
 use crate::job::{estimate_seconds, hex, sha256, JobError, JobView, NewJob, Status, Submit};
-use crate::store::StoreError;
+use crate::store::{Fault, StoreError};
 use crate::sys::{block_on, runtime};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -42,7 +42,7 @@ unsafe fn owner_or_error() {
 }
 
 unsafe fn store_error_sexp(e: StoreError) -> SEXP {
-    rf::set_class(rf::string(&e.0), "asyncjobs_store_error")
+    rf::set_class(rf::string(&e.message), "asyncjobs_store_error")
 }
 
 unsafe fn strings(items: &[&str]) -> SEXP {
@@ -188,6 +188,7 @@ fn submit_job(mut job: NewJob) -> Submitted {
     job.id = id;
     job.params_hash = (!lazy).then(|| sha256(&params));
     let op = job.operation.clone();
+    let larger = if job.params.len() >= job.executor.len() { "params" } else { "executor_fn" };
     let submitted = block_on(async {
         let r = pool.submit(job).await?;
         let typical = match r {
@@ -208,10 +209,22 @@ fn submit_job(mut job: NewJob) -> Submitted {
         Ok((Submit::UnknownDependency(dep), _)) => Submitted::Other(vec!["unknown_dependency".into(), dep.to_string()]),
         Ok((Submit::UnknownOperation, _)) => Submitted::Other(vec!["unknown_operation".into(), op]),
         Ok((Submit::NotSigned, _)) => Submitted::Other(vec!["not_signed".into(), String::new()]),
-        Err(e) => {
-            crate::metrics::rejected("STORE_UNAVAILABLE");
-            Submitted::Other(vec!["store_error".into(), e.0])
-        }
+        Err(e) => match e.fault {
+            Fault::Unavailable => {
+                crate::metrics::rejected("STORE_UNAVAILABLE");
+                Submitted::Other(vec!["store_error".into(), e.message])
+            }
+            // The store refuses this job for good: the caller's input, not an outage.
+            Fault::TooLarge(max) => {
+                crate::metrics::rejected("PAYLOAD_TOO_LARGE");
+                let max = max.map_or(String::new(), |m| m.to_string());
+                Submitted::Other(vec!["too_large".into(), e.message, max, larger.into()])
+            }
+            Fault::Invalid => {
+                crate::metrics::rejected("INVALID_INPUT");
+                Submitted::Other(vec!["invalid".into(), e.message])
+            }
+        },
     }
 }
 
@@ -234,7 +247,7 @@ unsafe fn not_found() -> SEXP {
 unsafe fn store_unavailable(e: StoreError) -> SEXP {
     rf::named_list("store_unavailable", &["error", "message", "retry_after"], |l| {
         SET_VECTOR_ELT(l, 0, rf::string("STORE_UNAVAILABLE"));
-        SET_VECTOR_ELT(l, 1, rf::string(&e.0));
+        SET_VECTOR_ELT(l, 1, rf::string(&e.message));
         SET_VECTOR_ELT(l, 2, rf::real(5.0));
     })
 }

@@ -30,6 +30,11 @@ impl Names {
         i
     }
 
+    /// The id of a name already kept.
+    pub(super) fn find(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
     pub(super) fn name(&self, id: u32) -> Arc<str> {
         self.all[id as usize].clone()
     }
@@ -231,6 +236,15 @@ impl<B: AsRef<[u8]>> Done<B> {
         self.f64_at(D_COMPLETED)
     }
 
+    pub(super) fn submitted_at(&self) -> f64 {
+        self.f64_at(D_SUBMITTED)
+    }
+
+    /// The operation's id in [`Names`].
+    pub(super) fn operation(&self) -> u32 {
+        self.u32_at(D_OPERATION)
+    }
+
     pub(super) fn side(&self) -> u8 {
         self.bytes()[D_SIDE]
     }
@@ -330,10 +344,6 @@ impl Finished {
     pub(super) fn record(&self, i: usize) -> Done<&[u8]> {
         let (b, r) = span(&self.places, i, self.first_block);
         Done(&self.blocks[b][r])
-    }
-
-    pub(super) fn iter(&self) -> impl Iterator<Item = Done<&[u8]>> {
-        (0..self.len()).map(|i| self.record(i))
     }
 
     pub(super) fn find(&self, id: &Uuid) -> Option<usize> {

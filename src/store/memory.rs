@@ -9,7 +9,7 @@
 //! May import: `job`, `sys`, `store`.
 
 use super::finished::{Done, Finished, Names, S_CHILDREN, S_OUTPUT, S_UNHASHED};
-use super::{HostInfo, HostView, PutSchedule, Store, StoreResult};
+use super::{HostInfo, HostView, ListQuery, Page, PutSchedule, Store, StoreError, StoreResult};
 use crate::job::{
     duplicate_key, median, sha256, Cancel, Claimed, Counts, IdHash, Job, JobError, JobView, Lease, NewJob, Outcome,
     Report, Status, Submit,
@@ -18,7 +18,7 @@ use crate::schedule::Schedule;
 use crate::sys::{now, runtime};
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -70,6 +70,68 @@ fn micros(t: f64) -> i64 {
 
 /// Order among pending jobs of one queue: higher priority, then submit order.
 type QueueKey = (i64, u64, Uuid);
+
+/// A job's place in a listing: submit time, then id (ties are rare, and the
+/// id makes the order total, so a cursor is exact).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Place {
+    at: f64,
+    id: Uuid,
+}
+
+impl Eq for Place {}
+
+impl Ord for Place {
+    fn cmp(&self, other: &Place) -> std::cmp::Ordering {
+        self.at.total_cmp(&other.at).then(self.id.cmp(&other.id))
+    }
+}
+
+impl PartialOrd for Place {
+    fn partial_cmp(&self, other: &Place) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Place {
+    /// "m" then the time's bits and the id, in hex.
+    fn cursor(&self) -> String {
+        format!("m{:016x}{}", self.at.to_bits(), self.id.simple())
+    }
+
+    fn parse(c: &str) -> Option<Place> {
+        let rest = c.strip_prefix('m')?;
+        let bits = u64::from_str_radix(rest.get(..16)?, 16).ok()?;
+        let id = Uuid::try_parse(rest.get(16..)?).ok()?;
+        Some(Place { at: f64::from_bits(bits), id })
+    }
+}
+
+/// A listing's order: smaller ranks come first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Asc(Place),
+    Desc(std::cmp::Reverse<Place>),
+}
+
+impl Rank {
+    fn place(&self) -> Place {
+        match self {
+            Rank::Asc(p) | Rank::Desc(std::cmp::Reverse(p)) => *p,
+        }
+    }
+}
+
+/// Where a listed job's record is: among the active jobs, or the finished log's index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Active,
+    Done(usize),
+}
+
+fn bad_cursor() -> StoreError {
+    StoreError::invalid("the cursor was not made by this store (a listing's `next_cursor`)")
+}
 
 
 #[derive(Default)]
@@ -570,13 +632,10 @@ impl Store for MemoryStore {
         Ok(r)
     }
 
-    async fn renew(&self, host: &str) -> StoreResult<Vec<Lease>> {
+    async fn renew(&self, host: &str, held: &[Lease]) -> StoreResult<Vec<Lease>> {
+        // Leases here never expire: this only says which are still current.
         let m = self.inner.lock();
-        Ok(m.jobs
-            .values()
-            .filter(|j| j.status == Status::Running && j.host.as_deref() == Some(host))
-            .map(|j| Lease { id: j.id, token: m.tokens.get(&j.id).copied().unwrap_or_default() })
-            .collect())
+        Ok(held.iter().filter(|l| m.current(l) && m.jobs[&l.id].host.as_deref() == Some(host)).copied().collect())
     }
 
     async fn rescue(&self) -> StoreResult<Vec<Uuid>> {
@@ -644,15 +703,68 @@ impl Store for MemoryStore {
         Ok(old)
     }
 
-    async fn list(&self) -> StoreResult<Vec<Job>> {
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
+        let after = query.after.as_deref().map(|c| Place::parse(c).ok_or_else(bad_cursor)).transpose()?;
         let m = self.inner.lock();
-        let mut all: Vec<Job> = m.jobs.values().cloned().collect();
-        for j in &mut all {
-            j.result = None;
+        let filter = &query.filter;
+        // A finished record is read in place, its operation by id: nothing is
+        // copied but the page. The best `limit + 1` places are kept in a heap
+        // whose top is the worst of them (the extra one says a page follows).
+        let wanted = query.limit.saturating_add(1);
+        let ops: Option<Vec<u32>> = filter.operations.as_ref().map(|o| o.iter().filter_map(|n| m.names.find(n)).collect());
+        let rank = |p: Place| if query.newest_first { Rank::Desc(std::cmp::Reverse(p)) } else { Rank::Asc(p) };
+        let beyond = |p: &Place| after.is_none_or(|a| if query.newest_first { *p < a } else { *p > a });
+        let mut best: BinaryHeap<(Rank, Source)> = BinaryHeap::new();
+        let mut keep = |p: Place, src: Source| {
+            if beyond(&p) && wanted > 0 {
+                if best.len() < wanted {
+                    best.push((rank(p), src));
+                } else if best.peek().is_some_and(|(worst, _)| rank(p) < *worst) {
+                    best.pop();
+                    best.push((rank(p), src));
+                }
+            }
+        };
+        if filter.keeps_any(&[Status::Pending, Status::Running]) {
+            for j in m.jobs.values().filter(|j| filter.keeps(j.status, &j.operation)) {
+                keep(Place { at: j.submitted_at, id: j.id }, Source::Active);
+            }
         }
-        all.extend(m.done.iter().map(|d| d.job(&m.names, false)));
-        all.sort_by(|a, b| a.submitted_at.total_cmp(&b.submitted_at));
-        Ok(all)
+        if filter.keeps_any(&[Status::Completed, Status::Failed, Status::Cancelled]) {
+            // The log is in end order, close to submit order: read from the end
+            // the page comes from, the heap fills with keepers early and most
+            // records are turned away by one comparison.
+            let n = m.done.len();
+            for k in 0..n {
+                let i = if query.newest_first { n - 1 - k } else { k };
+                let d = m.done.record(i);
+                let status = d.status();
+                if filter.statuses.as_ref().is_some_and(|s| !s.contains(&status))
+                    || ops.as_ref().is_some_and(|o| !o.contains(&d.operation()))
+                {
+                    continue;
+                }
+                keep(Place { at: d.submitted_at(), id: d.id() }, Source::Done(i));
+            }
+        }
+        let mut page: Vec<(Rank, Source)> = best.into_vec();
+        page.sort_by(|a, b| a.0.cmp(&b.0));
+        let next = (page.len() > query.limit).then(|| {
+            page.truncate(query.limit);
+            page.last().map(|(r, _)| r.place().cursor())
+        });
+        let jobs = page
+            .into_iter()
+            .map(|(r, src)| match src {
+                Source::Active => {
+                    let mut j = m.jobs[&r.place().id].clone();
+                    j.result = None;
+                    j
+                }
+                Source::Done(i) => m.done.record(i).job(&m.names, false),
+            })
+            .collect();
+        Ok(Page { jobs, next: next.flatten() })
     }
 
     async fn put_schedule(&self, schedule: &Schedule, replace: bool) -> StoreResult<PutSchedule> {

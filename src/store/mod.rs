@@ -19,25 +19,111 @@ pub mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub mod sql;
 
-use crate::job::{Cancel, Claimed, Counts, Job, JobError, JobView, Lease, NewJob, Outcome, Report, Submit};
+use crate::job::{Cancel, Claimed, Counts, Job, JobError, JobView, Lease, NewJob, Outcome, Report, Status, Submit};
 use crate::schedule::Schedule;
 use async_trait::async_trait;
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// The store could not be reached or refused the operation. The message
-/// never contains credentials.
+/// Why a store call failed: a fault that may pass (retry later), or a
+/// refusal of what was sent (the same call fails again).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Not reached, no answer in time, or a failure a retry may fix.
+    Unavailable,
+    /// A value is larger than the store takes; its limit in bytes, when known.
+    TooLarge(Option<u64>),
+    /// A value the store refuses for good (too long for its column, say).
+    Invalid,
+}
+
+/// A failed store call. The message never contains credentials.
+///
+/// Build the transient kind with [`StoreError::unavailable`] (or the
+/// function [`StoreError()`], the same thing).
 #[derive(Clone, Debug, PartialEq)]
-pub struct StoreError(pub String);
+pub struct StoreError {
+    pub fault: Fault,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn unavailable(message: impl Into<String>) -> StoreError {
+        StoreError { fault: Fault::Unavailable, message: message.into() }
+    }
+
+    pub fn too_large(message: impl Into<String>, limit: Option<u64>) -> StoreError {
+        StoreError { fault: Fault::TooLarge(limit), message: message.into() }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> StoreError {
+        StoreError { fault: Fault::Invalid, message: message.into() }
+    }
+
+    /// True when a later retry of the same call may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.fault == Fault::Unavailable
+    }
+}
+
+/// A transient store error (the store could not be reached): what
+/// `StoreError(message)` built when the error was a plain message.
+#[allow(non_snake_case)]
+pub fn StoreError(message: String) -> StoreError {
+    StoreError::unavailable(message)
+}
 
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which jobs a listing keeps. It grows by fields (more criteria); the
+/// default keeps every job.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobFilter {
+    /// Jobs with one of these statuses; None for any (an empty list keeps none).
+    pub statuses: Option<Vec<Status>>,
+    /// Jobs of one of these operations; None for any.
+    pub operations: Option<Vec<String>>,
+}
+
+impl JobFilter {
+    /// Whether the filter keeps a job with this status and operation.
+    pub fn keeps(&self, status: Status, operation: &str) -> bool {
+        self.statuses.as_ref().is_none_or(|s| s.contains(&status))
+            && self.operations.as_ref().is_none_or(|o| o.iter().any(|x| x == operation))
+    }
+
+    /// Whether some job with one of `statuses` may pass.
+    pub fn keeps_any(&self, statuses: &[Status]) -> bool {
+        statuses.iter().any(|st| self.statuses.as_ref().is_none_or(|s| s.contains(st)))
+    }
+}
+
+/// One page of a listing, in submit order: the store filters, sorts and
+/// limits, so a listing costs the page, not the store.
+#[derive(Clone, Debug)]
+pub struct ListQuery {
+    pub filter: JobFilter,
+    /// Newest submitted first; else oldest first.
+    pub newest_first: bool,
+    /// Jobs in the page at most.
+    pub limit: usize,
+    /// The `next` of the page before: this page starts after it.
+    pub after: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub jobs: Vec<Job>,
+    /// Where the next page starts, opaque; None when this page is the last.
+    pub next: Option<String>,
+}
 
 /// A pool as the store's host registry sees it.
 #[derive(Clone, Debug)]
@@ -166,8 +252,9 @@ pub trait Store: Send + Sync {
     fn lease(&self) -> Duration {
         Duration::from_secs(15)
     }
-    /// Renews the leases `host` holds (and its heartbeat); returns them.
-    async fn renew(&self, host: &str) -> StoreResult<Vec<Lease>>;
+    /// Renews the leases `held` that `host` still holds (and its heartbeat);
+    /// returns those. A lease the host no longer names is left to expire.
+    async fn renew(&self, host: &str, held: &[Lease]) -> StoreResult<Vec<Lease>>;
     /// Fails (or re-queues, when attempts remain) running jobs whose lease
     /// expired, naming the lost host. Returns the ids.
     async fn rescue(&self) -> StoreResult<Vec<Uuid>>;
@@ -176,8 +263,9 @@ pub trait Store: Send + Sync {
     async fn release(&self, host: &str, error: &JobError, pending: bool) -> StoreResult<Vec<Uuid>>;
     /// Removes up to `batch` finished jobs that ended more than `max_age` seconds ago.
     async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>>;
-    /// Every job, oldest first.
-    async fn list(&self) -> StoreResult<Vec<Job>>;
+    /// A page of the jobs `query` keeps (records without result or detail).
+    /// A cursor this store did not make is refused ([`Fault::Invalid`]).
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page>;
     /// Adds a recurring job, or replaces the one of that name when `replace`.
     async fn put_schedule(&self, schedule: &Schedule, replace: bool) -> StoreResult<PutSchedule>;
     /// Removes a recurring job; false if there was none of that name.

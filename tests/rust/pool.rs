@@ -280,3 +280,177 @@ fn dependents_and_delayed_jobs_wake_idle_workers() {
     assert!((0.39..3.0).contains(&started), "started {started} s after its submit");
     stop(pool, &[]);
 }
+
+/// The memory store, but `finish` refuses results longer than `max` bytes
+/// for good, and fails for a while (`flaky` times) as if unreachable.
+struct Picky {
+    inner: MemoryStore,
+    max: usize,
+    flaky: std::sync::atomic::AtomicUsize,
+    /// Results it never writes, failing as if unreachable.
+    unwritable: &'static [u8],
+}
+
+impl Picky {
+    fn new(max: usize, flaky: usize) -> Picky {
+        Picky { inner: MemoryStore::new(), max, flaky: flaky.into(), unwritable: b"unwritable" }
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Picky {
+    fn describe(&self) -> String {
+        "picky".into()
+    }
+    fn shared(&self) -> bool {
+        false
+    }
+    fn report_interval(&self) -> Duration {
+        Duration::ZERO
+    }
+    async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit> {
+        self.inner.submit(job, limit).await
+    }
+    async fn get(&self, id: &Uuid, with_result: bool) -> StoreResult<Option<JobView>> {
+        self.inner.get(id, with_result).await
+    }
+    async fn find_active(&self, operation: &str, hash: &[u8; 32]) -> StoreResult<Option<Uuid>> {
+        self.inner.find_active(operation, hash).await
+    }
+    async fn counts(&self) -> StoreResult<Counts> {
+        self.inner.counts().await
+    }
+    async fn typical_duration(&self, operation: &str) -> StoreResult<Option<f64>> {
+        self.inner.typical_duration(operation).await
+    }
+    async fn claim(&self, host: &str, queues: &[String], k: usize) -> StoreResult<Vec<Claimed>> {
+        self.inner.claim(host, queues, k).await
+    }
+    async fn report(&self, lease: &Lease, report: Report<'_>) -> StoreResult<bool> {
+        self.inner.report(lease, report).await
+    }
+    async fn output(&self, id: &Uuid) -> StoreResult<Option<Vec<u8>>> {
+        self.inner.output(id).await
+    }
+    async fn finish(&self, lease: &Lease, outcome: &Outcome, output: Option<&[u8]>) -> StoreResult<bool> {
+        use std::sync::atomic::Ordering;
+        if let Outcome::Completed(r) = outcome {
+            if r.as_slice() == self.unwritable {
+                return Err(StoreError::unavailable("unreachable for this result"));
+            }
+            if r.len() > self.max {
+                return Err(StoreError::too_large(format!("the result is {} bytes, more than {}", r.len(), self.max), Some(self.max as u64)));
+            }
+        }
+        if self.flaky.load(Ordering::SeqCst) > 0 {
+            self.flaky.fetch_sub(1, Ordering::SeqCst);
+            return Err(StoreError::unavailable("not now"));
+        }
+        self.inner.finish(lease, outcome, output).await
+    }
+    async fn cancel(&self, id: &Uuid) -> StoreResult<Cancel> {
+        self.inner.cancel(id).await
+    }
+    async fn renew(&self, host: &str, held: &[Lease]) -> StoreResult<Vec<Lease>> {
+        self.inner.renew(host, held).await
+    }
+    async fn rescue(&self) -> StoreResult<Vec<Uuid>> {
+        self.inner.rescue().await
+    }
+    async fn release(&self, host: &str, error: &JobError, pending: bool) -> StoreResult<Vec<Uuid>> {
+        self.inner.release(host, error, pending).await
+    }
+    async fn cleanup(&self, max_age: f64, batch: usize) -> StoreResult<Vec<Uuid>> {
+        self.inner.cleanup(max_age, batch).await
+    }
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
+        self.inner.list(query).await
+    }
+    async fn put_schedule(&self, s: &asyncjobs::schedule::Schedule, replace: bool) -> StoreResult<PutSchedule> {
+        self.inner.put_schedule(s, replace).await
+    }
+    async fn drop_schedule(&self, name: &str) -> StoreResult<bool> {
+        self.inner.drop_schedule(name).await
+    }
+    async fn schedules(&self) -> StoreResult<Vec<asyncjobs::schedule::Schedule>> {
+        self.inner.schedules().await
+    }
+    async fn fire(&self, schedule: &str, next_at: f64, next: f64, jobs: Vec<NewJob>) -> StoreResult<usize> {
+        self.inner.fire(schedule, next_at, next, jobs).await
+    }
+    async fn register_host(&self, host: &HostInfo) -> StoreResult<()> {
+        self.inner.register_host(host).await
+    }
+    async fn deregister_host(&self, host: &str) -> StoreResult<()> {
+        self.inner.deregister_host(host).await
+    }
+    async fn hosts(&self) -> StoreResult<Vec<HostView>> {
+        self.inner.hosts().await
+    }
+    fn ended(&self) -> &tokio::sync::Notify {
+        self.inner.ended()
+    }
+    fn poll_interval(&self) -> Option<Duration> {
+        self.inner.poll_interval()
+    }
+}
+
+/// An outcome the store refuses for good fails the job at once, naming the
+/// limit, and frees the slot; an outage is retried until the write lands.
+#[test]
+fn an_outcome_the_store_refuses_fails_the_job_and_frees_the_slot() {
+    let store = Arc::new(Picky::new(100, 0));
+    let pool = Pool::start(store.clone(), config(1, b"")).unwrap();
+    let mut big = new_job("refused-op", &format!("ok:{}", "x".repeat(500)), 60_000);
+    big.max_attempts = 3;
+    let big_id = big.id;
+    assert_eq!(block_on(pool.submit(big)).unwrap(), Submit::Accepted);
+    let next = submit(&pool, "ok:small", 60_000);
+    let j = finished(&pool, big_id);
+    let e = j.error.unwrap();
+    assert_eq!((j.status, e.code.as_str()), (Status::Failed, "RESULT_TOO_LARGE"));
+    assert!(e.message.contains("500 bytes, more than 100"), "{}", e.message);
+    assert_eq!(finished(&pool, next).result.as_deref(), Some(&b"small"[..]), "the slot runs the next job");
+    // Counted as what was written: a failure.
+    let count = |name: &str, labels: &[(&str, &str)]| {
+        asyncjobs::metrics::snapshot(&asyncjobs::metrics::Gauges::default())
+            .iter()
+            .flat_map(|f| f.samples.clone())
+            .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(k2, v2)| k2 == k && v2 == v)))
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    wait_until("the failure counted", || {
+        count("asyncjobs_jobs_failed_total", &[("operation", "refused-op"), ("code", "RESULT_TOO_LARGE")]) == 1.0
+    });
+    assert_eq!(count("asyncjobs_jobs_completed_total", &[("operation", "refused-op")]), 0.0);
+    // Transient failures are retried: the outcome lands.
+    store.flaky.store(3, std::sync::atomic::Ordering::SeqCst);
+    let retried = submit(&pool, "ok:later", 60_000);
+    assert_eq!(finished(&pool, retried).result.as_deref(), Some(&b"later"[..]));
+    let seen = pids(&pool);
+    stop(pool, &seen);
+    // Failed for good: not requeued when the pool stops with attempts left.
+    assert_eq!(get(store.as_ref(), big_id).error.unwrap().code, "RESULT_TOO_LARGE");
+}
+
+/// While an outcome's write is retried, a cancel ends the retries and frees
+/// the slot for the next job.
+#[test]
+fn cancel_ends_the_retries_of_an_outcome() {
+    let store = Arc::new(Picky::new(usize::MAX, 0));
+    let pool = Pool::start(store.clone(), config(1, b"")).unwrap();
+    let stuck = submit(&pool, "ok:unwritable", 60_000);
+    let next = submit(&pool, "ok:after", 60_000);
+    wait_until("the worker to be done with it", || {
+        pool.workers().iter().any(|w| w.jobs_done == 0 && w.state == SlotState::Busy(stuck))
+            && get(store.as_ref(), stuck).status == Status::Running
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(store.as_ref(), next).status, Status::Pending, "the slot is held while the write is retried");
+    assert!(matches!(block_on(pool.cancel(&stuck)).unwrap(), Cancel::WasRunning(_)));
+    assert_eq!(finished(&pool, next).result.as_deref(), Some(&b"after"[..]));
+    assert_eq!(get(store.as_ref(), stuck).status, Status::Cancelled);
+    let seen = pids(&pool);
+    stop(pool, &seen);
+}

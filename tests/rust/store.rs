@@ -76,6 +76,77 @@ fn suite(s: &dyn Store) {
     release(s);
     cleanup(s);
     races(s);
+    listing(s);
+}
+
+fn page(filter: JobFilter, newest_first: bool, limit: usize, after: Option<String>) -> ListQuery {
+    ListQuery { filter, newest_first, limit, after }
+}
+
+fn ids(p: &Page) -> Vec<Uuid> {
+    p.jobs.iter().map(|j| j.id).collect()
+}
+
+/// Listings filter, sort and page in the store: every job once, in submit
+/// order either way, whatever the page size.
+fn listing(s: &dyn Store) {
+    let op = format!("list-{}", Uuid::new_v4());
+    let mut all = Vec::new();
+    for i in 0..7 {
+        all.push(submit(s, in_queue(job(&op, format!("{i}").as_bytes()), "listing", 0)));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Jobs 0 and 2 fail, 1 completes, 4 is cancelled; the others wait.
+    let claimed = claim(s, "listing", 3);
+    let lease = |n: usize| claimed.iter().find(|c| c.lease.id == all[n]).expect("claimed oldest first").lease;
+    assert!(block_on(s.renew(HOST, &[])).unwrap().is_empty(), "an empty renewal renews nothing");
+    for n in [0, 2] {
+        assert!(block_on(s.finish(&lease(n), &Outcome::Failed(JobError::new("EXECUTION_ERROR", "x")), None)).unwrap());
+    }
+    assert!(block_on(s.finish(&lease(1), &Outcome::Completed(vec![1]), None)).unwrap());
+    block_on(s.cancel(&all[4])).unwrap();
+    let mine = JobFilter { operations: Some(vec![op.clone()]), ..Default::default() };
+    let newest: Vec<Uuid> = all.iter().rev().copied().collect();
+    for newest_first in [true, false] {
+        let want = if newest_first { newest.clone() } else { all.clone() };
+        for size in [1, 2, 3, 7, 100] {
+            let (mut got, mut after, mut pages) = (Vec::new(), None, 0);
+            loop {
+                let p = block_on(s.list(&page(mine.clone(), newest_first, size, after))).unwrap();
+                assert!(p.jobs.len() <= size);
+                got.extend(ids(&p));
+                pages += 1;
+                after = p.next;
+                if after.is_none() {
+                    break;
+                }
+            }
+            assert_eq!(got, want, "newest first {newest_first}, pages of {size}");
+            assert_eq!(pages, want.len().div_ceil(size), "no empty last page");
+        }
+    }
+    let by_status = |st: &[Status], limit| {
+        let f = JobFilter { statuses: Some(st.to_vec()), operations: Some(vec![op.clone()]) };
+        ids(&block_on(s.list(&page(f, true, limit, None))).unwrap())
+    };
+    assert_eq!(by_status(&[Status::Failed], 10), vec![all[2], all[0]]);
+    assert_eq!(by_status(&[Status::Pending, Status::Running], 10), vec![all[6], all[5], all[3]]);
+    assert_eq!(by_status(&[Status::Failed, Status::Cancelled, Status::Completed], 2), vec![all[4], all[2]]);
+    assert_eq!(by_status(&[], 10), Vec::<Uuid>::new());
+    let p = block_on(s.list(&page(mine.clone(), true, 0, None))).unwrap();
+    assert!(p.jobs.is_empty());
+    // Records without their result; an unknown operation lists nothing.
+    let p = block_on(s.list(&page(mine.clone(), true, 10, None))).unwrap();
+    assert!(p.jobs.iter().all(|j| j.result.is_none()));
+    assert_eq!(p.jobs.iter().find(|j| j.id == all[1]).unwrap().status, Status::Completed);
+    let none = JobFilter { operations: Some(vec![format!("{op}-none")]), ..Default::default() };
+    assert!(block_on(s.list(&page(none, true, 10, None))).unwrap().jobs.is_empty());
+    let e = block_on(s.list(&page(mine.clone(), true, 10, Some("not a cursor".into())))).unwrap_err();
+    assert_eq!(e.fault, Fault::Invalid, "{e}");
+    // Leave nothing active in the queue for the other scenarios.
+    for id in [all[3], all[5], all[6]] {
+        block_on(s.cancel(&id)).unwrap();
+    }
 }
 
 fn lifecycle(s: &dyn Store) {
@@ -194,12 +265,12 @@ fn cancel(s: &dyn Store) {
     let c = claim(s, "cancel", 5);
     assert_eq!(c.len(), 1);
     assert_eq!(c[0].lease.id, b);
-    assert_eq!(block_on(s.renew(HOST)).unwrap().iter().filter(|l| l.id == b).count(), 1);
+    assert_eq!(block_on(s.renew(HOST, &[c[0].lease])).unwrap(), vec![c[0].lease]);
     assert_eq!(block_on(s.cancel(&b)).unwrap(), Cancel::WasRunning(c[0].lease));
     // The host that held it can write nothing more about it.
     assert!(!block_on(s.report(&c[0].lease, Report { pid: Some(1), ..Default::default() })).unwrap());
     assert!(!block_on(s.finish(&c[0].lease, &Outcome::Completed(vec![1]), None)).unwrap());
-    assert!(!block_on(s.renew(HOST)).unwrap().iter().any(|l| l.id == b));
+    assert!(block_on(s.renew(HOST, &[c[0].lease])).unwrap().is_empty());
     assert_eq!(get(s, b).status, Status::Cancelled);
     assert_eq!(block_on(s.cancel(&b)).unwrap(), Cancel::Finished(Status::Cancelled));
     assert_eq!(block_on(s.cancel(&Uuid::new_v4())).unwrap(), Cancel::NotFound);
@@ -327,7 +398,8 @@ fn rescue(s: &dyn Store) {
     for c in &held {
         assert!(!block_on(s.finish(&c.lease, &Outcome::Completed(vec![]), None)).unwrap(), "the lost host is fenced");
     }
-    assert!(block_on(s.renew("lost-host")).unwrap().is_empty());
+    let leases: Vec<Lease> = held.iter().map(|c| c.lease).collect();
+    assert!(block_on(s.renew("lost-host", &leases)).unwrap().is_empty());
     // The retry waits out its backoff, then runs again.
     assert!(claim(s, "rescue", 1).is_empty());
     std::thread::sleep(Duration::from_millis(1500));
@@ -336,7 +408,7 @@ fn rescue(s: &dyn Store) {
     assert_eq!(get(s, retry).attempts, 2);
     // A renewed lease is not rescued.
     std::thread::sleep(s.lease() / 2);
-    block_on(s.renew(HOST)).unwrap();
+    assert_eq!(block_on(s.renew(HOST, &[again[0].lease])).unwrap(), vec![again[0].lease]);
     std::thread::sleep(s.lease() / 2 + Duration::from_millis(300));
     assert!(block_on(s.rescue()).unwrap().is_empty());
     assert!(block_on(s.finish(&again[0].lease, &Outcome::Completed(vec![]), None)).unwrap());
@@ -490,7 +562,7 @@ fn memory_finished_jobs_keep_their_record_and_go_oldest_first() {
         assert!(block_on(s.output(&id)).unwrap().is_none());
         assert_eq!(block_on(s.cancel(&id)).unwrap(), Cancel::NotFound);
     }
-    let left: Vec<Uuid> = block_on(s.list()).unwrap().iter().map(|j| j.id).collect();
+    let left: Vec<Uuid> = ids(&block_on(s.list(&page(JobFilter::default(), false, 100, None))).unwrap());
     assert_eq!(left, vec![pending, running]);
     assert_eq!(block_on(s.counts()).unwrap(), Counts { pending: 1, running: 1, total: 2 });
     // A unique twin of the cancelled job is accepted again.
@@ -516,6 +588,8 @@ fn sqlite_store() {
     let s = sql(&url, Duration::from_secs(2));
     suite(&s);
     rescue(&s);
+    refusals(&s, &url);
+    list_index_migrates(&url);
     // A second handle on the same file sees the same jobs (another process would).
     let other = SqlStore::open(&url, Duration::from_secs(10), Duration::from_secs(2)).unwrap();
     let id = submit(&s, job("shared", b"x"));
@@ -540,7 +614,7 @@ fn sqlite_store() {
     // A schema newer than this build is refused, with what to do.
     sql_exec("UPDATE asyncjobs_schema SET version = 99");
     let err = SqlStore::open(&url, Duration::from_secs(10), Duration::from_secs(2)).err().expect("refused");
-    assert!(err.0.contains("version 99") && err.0.contains("upgrade asyncjobs"), "{err}");
+    assert!(err.message.contains("version 99") && err.message.contains("upgrade asyncjobs"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -559,6 +633,8 @@ fn postgres_store() {
         suite(&s);
         rescue(&s);
         signals(&s);
+        refusals(&s, &url);
+        list_index_migrates(&url);
         block_on(s.truncate()).unwrap();
     }
 }
@@ -569,7 +645,103 @@ fn mysql_store() {
         let s = sql(&url, Duration::from_secs(2));
         suite(&s);
         rescue(&s);
+        refusals(&s, &url);
+        list_index_migrates(&url);
         block_on(s.truncate()).unwrap();
+    }
+}
+
+/// One statement on a connection of its own; the first column of the first
+/// row as an integer, when it has one.
+fn raw_sql(url: &str, stmt: &str, arg: Option<&str>) -> Option<i64> {
+    use sqlx::{Connection, Row};
+    let url = url.replacen("mariadb:", "mysql:", 1);
+    block_on(async {
+        sqlx::any::install_default_drivers();
+        let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+        let mut q = sqlx::query(stmt);
+        if let Some(a) = arg {
+            q = q.bind(a.to_string());
+        }
+        let row = q.fetch_optional(&mut c).await.unwrap();
+        row.and_then(|r| r.try_get::<i64, _>(0).ok())
+    })
+}
+
+/// The listing index is made by a migration step of its own: a store made
+/// without it (as before that step) gains it at the next open.
+fn list_index_migrates(url: &str) {
+    let (count, drop) = if url.starts_with("postgres") {
+        ("SELECT COUNT(*) FROM pg_indexes WHERE indexname = $1", "DROP INDEX asyncjobs_jobs_list")
+    } else if url.starts_with("mysql") || url.starts_with("mariadb") {
+        (
+            "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() AND index_name = ?",
+            "DROP INDEX asyncjobs_jobs_list ON asyncjobs_jobs",
+        )
+    } else {
+        ("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = ?", "DROP INDEX asyncjobs_jobs_list")
+    };
+    let present = || raw_sql(url, count, Some("asyncjobs_jobs_list")).unwrap() > 0;
+    assert!(present(), "a new store has the listing index");
+    raw_sql(url, drop, None);
+    assert!(!present());
+    drop_store(SqlStore::open(url, Duration::from_secs(10), Duration::from_secs(2)).unwrap());
+    assert!(present(), "the next open adds it");
+    drop_store(SqlStore::open(url, Duration::from_secs(10), Duration::from_secs(2)).unwrap());
+    if url.starts_with("postgres") {
+        assert_eq!(raw_sql(url, count, Some("asyncjobs_jobs_seq")), Some(1));
+    }
+}
+
+fn drop_store(s: SqlStore) {
+    drop(s);
+}
+
+/// What the store refuses for good is refused as such (not as an outage),
+/// before anything is written, and a refused outcome leaves the lease alone.
+fn refusals(s: &SqlStore, url: &str) {
+    let before = block_on(s.counts()).unwrap();
+    let e = block_on(s.submit(in_queue(job(&"x".repeat(256), b"p"), "refusals", 0), usize::MAX)).unwrap_err();
+    assert_eq!(e.fault, Fault::Invalid, "{e}");
+    assert!(e.message.contains("255") && e.message.contains("256"), "{e}");
+    assert_eq!(block_on(s.counts()).unwrap(), before, "nothing written");
+    // 255 characters of two bytes each are fine.
+    let id = submit(s, in_queue(job(&"é".repeat(255), b"p"), "refusals", 0));
+    let lease = claim(s, "refusals", 1)[0].lease;
+    // A code longer than its column, a message longer than MySQL's TEXT: cut, written.
+    let long = JobError::new(&"C".repeat(100), "m".repeat(70_000));
+    assert!(block_on(s.finish(&lease, &Outcome::Failed(long), None)).unwrap());
+    let e = get(s, id).error.unwrap();
+    assert_eq!(e.code, "C".repeat(64));
+    assert!(e.message.len() >= 60_000 && e.message.chars().all(|c| c == 'm'));
+    let is = |scheme: &str| url.starts_with(scheme);
+    if is("postgres") {
+        // A permanent refusal of an outcome (text PostgreSQL cannot hold) is told from an outage.
+        let id = submit(s, in_queue(job("refused", b"p"), "refusals", 0));
+        let lease = claim(s, "refusals", 1)[0].lease;
+        let e = block_on(s.finish(&lease, &Outcome::Failed(JobError::new("X", "nul \0 byte")), None)).unwrap_err();
+        assert_eq!(e.fault, Fault::Invalid, "{e}");
+        assert_eq!(get(s, id).status, Status::Running, "the lease stands");
+        block_on(s.cancel(&id)).unwrap();
+    }
+    if is("mysql") || is("mariadb") {
+        let max = raw_sql(url, "SELECT CAST(@@max_allowed_packet AS SIGNED)", None).unwrap() as u64;
+        let before = block_on(s.counts()).unwrap();
+        let big = job("big", &vec![7u8; max as usize + 1]);
+        let e = block_on(s.submit(big, usize::MAX)).unwrap_err();
+        assert_eq!(e.fault, Fault::TooLarge(Some(max)), "{e}");
+        assert!(e.message.contains(&max.to_string()) && e.message.contains("max_allowed_packet"), "{e}");
+        assert_eq!(block_on(s.counts()).unwrap(), before, "nothing written");
+        // A result over the limit: refused before it is sent; the job still runs under its lease.
+        let id = submit(s, in_queue(job("big-result", b"p"), "refusals", 0));
+        let lease = claim(s, "refusals", 1)[0].lease;
+        let e = block_on(s.finish(&lease, &Outcome::Completed(vec![1u8; max as usize + 1]), None)).unwrap_err();
+        assert_eq!(e.fault, Fault::TooLarge(Some(max)), "{e}");
+        assert!(e.message.contains("the result is"), "{e}");
+        assert_eq!(get(s, id).status, Status::Running);
+        assert!(block_on(s.finish(&lease, &Outcome::Failed(JobError::new("RESULT_TOO_LARGE", "x")), None)).unwrap());
+        // The store still answers (a refused statement never reached it).
+        assert!(block_on(s.get(&id, false)).unwrap().is_some());
     }
 }
 
@@ -583,7 +755,27 @@ fn urls_never_show_passwords() {
     let err = SqlStore::open("postgres://app:s3cret@127.0.0.1:1/none", Duration::from_secs(5), Duration::from_secs(15))
         .err()
         .unwrap();
-    assert!(!err.0.contains("s3cret") && err.0.contains("app:***@"), "{err}");
+    assert!(!err.message.contains("s3cret") && err.message.contains("app:***@"), "{err}");
+    assert_eq!(err.fault, Fault::Unavailable);
+    // Every form sqlx takes credentials in: none is shown.
+    for (url, shown) in [
+        ("postgres://db/jobs?user=app&password=hunter22", "postgres://db/jobs"),
+        ("postgres://db/jobs?password=hunter22&user=app", "postgres://db/jobs"),
+        ("postgres://app:pa/ss?w#rd@db:5432/jobs", "postgres://app:***@db:5432/jobs"),
+        ("postgres://app:1234/secret@db/jobs", "postgres://app:***@db/jobs"),
+        ("postgres://app:p@ss@db/jobs?sslmode=require", "postgres://app:***@db/jobs"),
+        ("postgres://db:5432/jobs?user=me@corp&password=hunter22", "postgres://db:5432/jobs"),
+        ("mysql://app:s3cret@db/jobs?x=a@b", "mysql://app:***@db/jobs"),
+        ("mysql://app:s3cret?x=y@db/jobs", "mysql://app:***"),
+        ("sqlite:///srv/jobs.db?password=hunter22", "sqlite:///srv/jobs.db"),
+        ("sqlite:/srv/jobs.db?password=hunter22", "sqlite:/srv/jobs.db"),
+    ] {
+        assert_eq!(redact(url), shown, "{url}");
+    }
+    for url in ["postgres://127.0.0.1:1/none?user=app&password=s3cretpw", "postgres://app:s3cret/pw@127.0.0.1:1/none"] {
+        let err = SqlStore::open(url, Duration::from_secs(5), Duration::from_secs(15)).err().unwrap();
+        assert!(!err.message.contains("s3cret"), "{err}");
+    }
 }
 
 /// The memory store keeps finished jobs end to end in blocks: records of

@@ -65,3 +65,20 @@ poll_until <- function(api, id, done, timeout = 60) {
 }
 
 iso_utc <- "^\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}\\.\\d{3}Z$"
+
+# One request to a plumber router in this process (no server): what the
+# routes answer with this process's store, for example during an outage.
+route_call <- function(pr, method, path, query = "") {
+  req <- new.env()
+  req$REQUEST_METHOD <- method
+  req$PATH_INFO <- path
+  req$QUERY_STRING <- query
+  req$HTTP_HOST <- "127.0.0.1"
+  req$SERVER_NAME <- "127.0.0.1"
+  req$SERVER_PORT <- "80"
+  req$rook.input <- list(read = function(...) raw(), rewind = function() 0, read_lines = function() character())
+  r <- pr$call(req)
+  text <- if (is.raw(r$body)) rawToChar(r$body) else paste(r$body, collapse = "")
+  list(status = r$status, headers = r$headers, text = text,
+       body = if (nzchar(text)) jsonlite::fromJSON(text, simplifyVector = FALSE))
+}

@@ -106,6 +106,9 @@ test_that("the dashboard shows the pool, running jobs with progress, pending job
   expect_identical(lengths(regmatches(pool, gregexpr('class="badge busy"', pool))), 2L)
   expect_match(dom, '<div class="n" id="n-running">2</div>', fixed = TRUE)
   expect_match(dom, '<div class="n" id="n-pending">1</div>', fixed = TRUE)
+  # One page of each: its pager offers neither way.
+  expect_match(pend, '<button class="page older" type="button" disabled="">', fixed = TRUE)
+  expect_match(fail, '<button class="page newer" type="button" disabled="">', fixed = TRUE)
 
   ro <- browse(paste0(api$url, "/readonly/dashboard"))
   expect_match(section_text(ro, "running"), running[[1L]], fixed = TRUE)

@@ -48,6 +48,21 @@ test_that("by default only the routes addressed by a job id are mounted", {
   expect_identical(http(api, "GET", "/jobs/no-such-id")$body$error, "JOB_NOT_FOUND")
 })
 
+test_that("the job id is the path's: a query's `id` never takes its place", {
+  api <- local_api(workers = 1L, max_queued = 2L, extra = quote(demo_api(admin = FALSE)))
+  mine <- http(api, "POST", "/analysis/refresh?seconds=60&source=mine")$body$job_id
+  other <- http(api, "POST", "/analysis/refresh?seconds=60&source=other")$body$job_id
+  for (path in c("", "/result", "/output")) {
+    r <- http(api, "GET", sprintf("/jobs/%s%s?id=%s", mine, path, other))
+    expect_identical(r$body$job_id, mine, info = path)
+  }
+  r <- http(api, "DELETE", sprintf("/jobs/%s?id=%s", mine, other))
+  expect_identical(r$body$job_id, mine)
+  expect_identical(http(api, "GET", paste0("/jobs/", mine))$body$status, "cancelled")
+  expect_true(http(api, "GET", paste0("/jobs/", other))$body$status %in% c("pending", "running"))
+  expect_identical(http(api, "DELETE", paste0("/jobs/", other))$body$status, "cancelled")
+})
+
 test_that("public routes show a failure's code and message, without paths, process ids or calls", {
   leaky <- quote(local({
     json <- plumber::serializer_unboxed_json()
@@ -88,9 +103,9 @@ test_that("public routes show a failure's code and message, without paths, proce
     expect_no_match(text, "secret.csv", fixed = TRUE)
     expect_no_match(text, "normalizePath", fixed = TRUE)
   }
-  # The operator routes still list both failures.
+  # The operator routes still list both failures, newest first.
   jobs <- http(api, "GET", "/jobs")$body$jobs
-  expect_identical(vapply(jobs, function(j) j$error_code, ""), c("WORKER_CRASHED", "EXECUTION_ERROR"))
+  expect_identical(vapply(jobs, function(j) j$error_code, ""), c("EXECUTION_ERROR", "WORKER_CRASHED"))
 })
 
 test_that("an authorize that refuses answers 403 on every route and runs none", {

@@ -26,6 +26,24 @@ test_that("create_job checks its arguments", {
   expect_identical(wait_for_job(j$job_id, timeout_ms = c(t = 1000))$status, "completed")
 })
 
+test_that("queue names with a comma are refused where they are given, naming the argument", {
+  # get_hosts() shows a pool's queues comma-separated: c("a,b", "c") would read as three.
+  arg_of <- function(expr) tryCatch(expr, asyncjobs_error_argument = function(e) e)
+  for (call in list(quote(start_workers(1, queues = c("a,b", "c"))),
+                    quote(run_workers("memory", n = 1, queues = c("a,b", "c"))))) {
+    err <- arg_of(eval(call))
+    expect_s3_class(err, "asyncjobs_error_argument")
+    expect_identical(err$arg, "queues")
+    expect_match(conditionMessage(err), "`queues`.*comma.*\"a,b\"")
+    expect_identical(conditionCall(err)[[1L]], call[[1L]])
+  }
+  expect_false(asyncjobs:::pool_info()$running)
+  err <- arg_of(create_job("op", 1, identity, queue = "a,b"))
+  expect_identical(err$arg, "queue")
+  local_pool(1, queues = c("a", "b"))
+  expect_identical(strsplit(get_hosts()$queues[[nrow(get_hosts())]], ",")[[1L]], c("a", "b"))
+})
+
 test_that("params that cannot be serialized get a clear error from create_job", {
   deep <- NULL
   for (i in 1:2e5) deep <- list(deep)

@@ -122,6 +122,16 @@ test_that("list_jobs returns the history as a data.frame, filterable", {
   expect_true(only$duration_seconds >= 0)
   expect_true(all(list_jobs(status = "failed")$status == "failed"))
   expect_error(list_jobs(status = 1), class = "asyncjobs_error_argument")
+  # In the memory store too, a page at a time, either way.
+  newest <- list_jobs(operation = c("listing_a", "listing_b"), limit = 1, newest_first = TRUE)
+  expect_identical(newest$job_id, bad$job_id)
+  older <- list_jobs(operation = c("listing_a", "listing_b"), limit = 1, newest_first = TRUE,
+                     cursor = attr(newest, "next_cursor"))
+  expect_identical(older$job_id, ok$job_id)
+  expect_null(attr(older, "next_cursor"))
+  expect_identical(list_jobs(operation = c("listing_a", "listing_b"), limit = 1)$job_id, ok$job_id)
+  expect_identical(nrow(list_jobs(status = "running", limit = 0)), 0L)
+  expect_error(list_jobs(cursor = "s12"), "`cursor`", class = "asyncjobs_error_argument")
 })
 
 test_that("set_progress_messages adds and replaces messages; the built-ins stay", {

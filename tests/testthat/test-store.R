@@ -170,6 +170,82 @@ for (engine in names(urls)) {
     expect_identical(jobs$queue[jobs$job_id == maint$job_id], "maintenance")
     expect_identical(jobs$priority[jobs$job_id == high$job_id], 10L)
   })
+
+  test_that(sprintf("[%s] list_jobs filters, sorts and pages in the store", engine), {
+    local_store(url)
+    ids <- vapply(1:5, function(i) create_job("paged", i, function(p) p, queue = "nobody")$job_id, "")
+    cancel_job(ids[[2L]])
+    cancel_job(ids[[4L]])
+    # Newest first, two at a time, following the cursor.
+    seen <- character()
+    cursor <- NULL
+    repeat {
+      page <- list_jobs(operation = "paged", limit = 2, cursor = cursor, newest_first = TRUE)
+      expect_lte(nrow(page), 2L)
+      seen <- c(seen, page$job_id)
+      cursor <- attr(page, "next_cursor")
+      if (is.null(cursor)) break
+    }
+    expect_identical(seen, rev(ids))
+    # The documented default: oldest first, every job, and no next page.
+    all <- list_jobs(operation = "paged")
+    expect_identical(all$job_id, ids)
+    expect_null(attr(all, "next_cursor"))
+    expect_named(all, c("job_id", "operation", "status", "submitted_at", "started_at", "completed_at",
+                        "duration_seconds", "error_code", "queue", "priority"))
+    pending <- list_jobs(status = "pending", operation = "paged", limit = 1)
+    expect_identical(pending$job_id, ids[[1L]])
+    expect_type(attr(pending, "next_cursor"), "character")
+    after <- list_jobs(status = "pending", operation = "paged", cursor = attr(pending, "next_cursor"))
+    expect_identical(after$job_id, ids[c(3L, 5L)])
+    expect_identical(list_jobs(status = "cancelled", operation = "paged", newest_first = TRUE)$job_id, ids[c(4L, 2L)])
+    expect_identical(nrow(list_jobs(status = "running", limit = 50)), 0L)
+    expect_identical(nrow(list_jobs(status = "no-such-status")), 0L)
+    expect_error(list_jobs(cursor = "not-a-cursor"), "`cursor`", class = "asyncjobs_error_argument")
+    expect_error(list_jobs(limit = -1), "`limit`", class = "asyncjobs_error_argument")
+    expect_error(list_jobs(cursor = 1), "`cursor`", class = "asyncjobs_error_argument")
+    # The operator route: newest first, a page and where the next starts.
+    admin <- job_routes("/jobs", admin = TRUE)
+    r <- route_call(admin, "GET", "/", "?operation=paged&limit=3")
+    expect_identical(r$status, 200L)
+    expect_identical(r$body$count, 3L)
+    got <- vapply(r$body$jobs, function(j) j$job_id, "")
+    expect_identical(got, rev(ids)[1:3])
+    r <- route_call(admin, "GET", "/", paste0("?operation=paged&limit=3&cursor=", r$body$next_cursor))
+    expect_identical(vapply(r$body$jobs, function(j) j$job_id, ""), rev(ids)[4:5])
+    expect_null(r$body$next_cursor)
+    expect_identical(route_call(admin, "GET", "/", "?cursor=bogus")$status, 400L)
+    expect_identical(route_call(admin, "GET", "/", "?limit=20000")$status, 400L)
+    for (id in ids) cancel_job(id)
+  })
+
+  test_that(sprintf("[%s] input the store refuses for good is a 400 or 413, not an outage; nothing is written", engine), {
+    local_store(url)
+    before <- nrow(list_jobs())
+    r <- create_job(strrep("o", 256L), 1, function(p) p)
+    expect_identical(r$error, "INVALID_INPUT")
+    expect_match(r$message, "255")
+    res <- fake_res()
+    job_response(r, res)
+    expect_identical(res$status, 400L)
+    expect_null(res$headers[["Retry-After"]])
+    ok <- create_job(strrep("\u00e9", 255L), 1, function(p) p, queue = "nobody")
+    expect_identical(ok$status, "accepted")
+    if (engine == "mysql") {
+      # Over MariaDB's max_allowed_packet (16 MiB by default).
+      r <- create_job("big", as.raw(rep(1L, 17 * 2^20)), function(p) length(p))
+      expect_identical(r$error, "PAYLOAD_TOO_LARGE")
+      expect_identical(r$arg, "params")
+      expect_gt(r$limit_bytes, 0)
+      expect_match(r$message, "max_allowed_packet")
+      res <- fake_res()
+      job_response(r, res)
+      expect_identical(res$status, 413L)
+      # The store still answers at once (the statement was never sent).
+      expect_identical(create_job("small", 1, function(p) p, queue = "nobody")$status, "accepted")
+    }
+    expect_identical(nrow(list_jobs()), before + 1L + (engine == "mysql"))
+  })
 }
 
 for (engine in setdiff(names(urls), "sqlite")) {
@@ -186,13 +262,33 @@ for (engine in setdiff(names(urls), "sqlite")) {
     r <- create_job("outage", 1, function(p) p)
     expect_identical(r$error, "STORE_UNAVAILABLE")
     expect_false(grepl("127.0.0.1:[0-9]+/", sub("@", "", r$message)) && grepl(":[^@/]*@", r$message))
+    state <- asyncjobs:::.state
+    state$outage_logged <- NULL # the log takes a line per 10 s
     res <- fake_res()
-    body <- job_response(r, res)
+    expect_message(body <- job_response(r, res), "unavailable \\(submit\\)")
     expect_identical(res$status, 503L)
     expect_identical(res$headers[["Retry-After"]], "5")
+    # A submit route's body names no store either.
+    expect_no_match(body$message, "127\\.0\\.0\\.1|postgres|mysql")
     expect_identical(get_job_status(j$job_id)$error, "STORE_UNAVAILABLE")
     expect_identical(cancel_job(j$job_id)$error, "STORE_UNAVAILABLE")
     expect_identical(check_duplicate_job("outage", 1)$error, "STORE_UNAVAILABLE")
+    # Public routes say only that the service is unavailable; the store's
+    # address and error go to the log, and to the operator routes.
+    public <- job_routes("/jobs")
+    state$outage_logged <- NULL
+    for (req in list(c("GET", ""), c("GET", "/result"), c("GET", "/output"), c("DELETE", ""))) {
+      expect_message(r <- route_call(public, req[[1L]], paste0("/", j$job_id, req[[2L]])), "127.0.0.1")
+      expect_identical(r$status, 503L, info = req)
+      expect_identical(r$body$error, "STORE_UNAVAILABLE")
+      expect_identical(r$headers[["Retry-After"]], "5")
+      expect_no_match(r$text, "127\\.0\\.0\\.1|postgres|mysql|harden|test|:[0-9]{2,5}/", info = req)
+      state$outage_logged <- NULL # the log takes a line per 10 s: the next one is logged too
+    }
+    admin <- job_routes("/jobs", admin = TRUE)
+    r <- route_call(admin, "GET", "/", "?status=running")
+    expect_identical(r$status, 503L)
+    expect_match(r$body$message, "127.0.0.1", fixed = TRUE)
     # Longer than the lease and than the job: the worker finishes meanwhile.
     Sys.sleep(6)
     proxy$start()
@@ -201,6 +297,26 @@ for (engine in setdiff(names(urls), "sqlite")) {
     expect_identical(st$result, "survived")
     k <- create_job("outage", list(seconds = 0, value = "after"), sleeper)
     expect_identical(wait_for_job(k$job_id, 30000)$result, "after")
+  })
+}
+
+if ("mysql" %in% names(urls)) {
+  test_that("[mysql] a result over max_allowed_packet fails the job with RESULT_TOO_LARGE and frees the slot", {
+    local_store(urls[["mysql"]], n = 1L)
+    big <- create_job("big-result", 20e6, function(n) as.raw(rep(1L, n)), max_attempts = 2L)
+    st <- wait_for_job(big$job_id, 60000)
+    expect_identical(st$status, "failed")
+    expect_identical(st$error$code, "RESULT_TOO_LARGE")
+    expect_match(st$error$message, "2000[0-9]{4} bytes, more than the [0-9]+ bytes .*max_allowed_packet")
+    # The slot is free: the next job runs on the same worker.
+    nxt <- create_job("after-big", 1, function(p) p + 1)
+    expect_identical(wait_for_job(nxt$job_id, 30000)$result, 2)
+    # An error message longer than MySQL's TEXT column is cut, and the job ends.
+    long <- create_job("long-error", NULL, function(p) stop(simpleError(strrep("e", 70000))))
+    st <- wait_for_job(long$job_id, 30000)
+    expect_identical(st$status, "failed")
+    expect_identical(st$error$code, "EXECUTION_ERROR")
+    expect_gt(nchar(st$error$message), 60000)
   })
 }
 
@@ -216,4 +332,26 @@ test_that("a password in a store URL never appears in messages or the worker sta
   st <- get_worker_status()
   expect_false(grepl("s3cretpw", attr(st, "store")))
   expect_match(attr(st, "store"), ":\\*\\*\\*@")
+})
+
+test_that("a password in a store URL's query never appears in the worker status", {
+  pg <- Sys.getenv("ASYNCJOBS_TEST_POSTGRES", "")
+  skip_if(!nzchar(pg) || pg == "skip", "no PostgreSQL to connect with a password")
+  # The password in the query, as sqlx also takes it.
+  in_query <- paste0(sub("://([^:@/]+)@", "://", pg), "?user=", sub("^[a-z]+://([^:@/]+)@.*$", "\\1", pg),
+                     "&password=s3cretpw")
+  local_store(in_query)
+  expect_false(grepl("s3cretpw", attr(get_worker_status(), "store")))
+  expect_false(grepl("s3cretpw", asyncjobs:::pool_info()$store))
+})
+
+test_that("no form of credentials in a store URL is shown when it cannot be opened", {
+  for (url in c("postgres://127.0.0.1:1/none?user=app&password=s3cretpw",
+                "postgres://app:s3cret/pw@127.0.0.1:1/none",
+                "postgres://app:s3cret?pw@127.0.0.1:1/none",
+                "mysql://app:s3cret/pw@127.0.0.1:1/none")) {
+    err <- tryCatch(start_workers(1, store = url), error = identity)
+    expect_s3_class(err, "asyncjobs_error_store_unavailable")
+    expect_false(grepl("s3cret", conditionMessage(err)), info = url)
+  }
 })

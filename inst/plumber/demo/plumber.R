@@ -21,8 +21,6 @@ submit_kmeans <- function(req, res, n = "200000", k = "6", seed = "1", max_attem
   }
   tries <- attempts(max_attempts)
   if (is.null(tries)) return(bad_input(res, "max_attempts must be a whole number from 1 to 10."))
-  dup <- check_duplicate_job("kmeans", params)
-  if (dup$duplicate) return(job_response(dup, res))
   executor <- function(p) {
     set.seed(p$seed)
     x <- matrix(rnorm(p$n * 2), ncol = 2) + sample(0:4, p$n, replace = TRUE) * 3
@@ -36,7 +34,9 @@ submit_kmeans <- function(req, res, n = "200000", k = "6", seed = "1", max_attem
   # The executor is a closure, like every handler's; it must not carry
   # `req` and `res` (a request holds the whole router) to the worker.
   environment(executor) <- globalenv()
-  job_response(create_job("kmeans", params, executor, timeout_ms = 600000, max_attempts = tries), res)
+  # unique = TRUE: an identical job pending or running answers 409, atomically
+  # with the insert (a check_duplicate_job() first would race other replicas).
+  job_response(create_job("kmeans", params, executor, timeout_ms = 600000, max_attempts = tries, unique = TRUE), res)
 }
 
 # POST /analysis/refresh?seconds=3&fail=false: a slow job that prints and
@@ -48,8 +48,6 @@ submit_refresh <- function(req, res, seconds = "3", fail = "false", source = "HP
   }
   tries <- attempts(max_attempts)
   if (is.null(tries)) return(bad_input(res, "max_attempts must be a whole number from 1 to 10."))
-  dup <- check_duplicate_job("refresh", params)
-  if (dup$duplicate) return(job_response(dup, res))
   executor <- function(p) {
     steps <- 10
     for (i in seq_len(steps)) {
@@ -61,7 +59,7 @@ submit_refresh <- function(req, res, seconds = "3", fail = "false", source = "HP
     sprintf("%s refreshed", p$source)
   }
   environment(executor) <- globalenv()
-  job_response(create_job("refresh", params, executor, max_attempts = tries), res)
+  job_response(create_job("refresh", params, executor, max_attempts = tries, unique = TRUE), res)
 }
 
 bad_input <- function(res, message) job_response(list(error = "BAD_REQUEST", message = message), res)

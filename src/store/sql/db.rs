@@ -9,7 +9,7 @@ use crate::job::{
     duplicate_key, hex, median, Cancel, Claimed, Job, JobError, JobView, Lease, NewJob, Outcome, Progress, Status, Submit,
 };
 use crate::schedule::{Missed, Schedule};
-use crate::store::PutSchedule;
+use crate::store::{ListQuery, Page, PutSchedule};
 use crate::sys::iso8601;
 use parking_lot::Mutex;
 use sqlx::any::AnyRow;
@@ -30,6 +30,8 @@ const MAX_CASCADE: usize = 10_000;
 pub(super) struct Db {
     pub(super) pool: AnyPool,
     pub(super) dialect: Dialect,
+    /// MySQL's max_allowed_packet, read when the store opens.
+    pub(super) max_packet: Option<u64>,
     /// Typical durations by operation, with when they were read.
     pub(super) typical: Mutex<HashMap<String, (Instant, Option<f64>)>>,
 }
@@ -51,6 +53,24 @@ pub(super) fn hash32(s: &str) -> [u8; 32] {
         *b = s.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).unwrap_or(0);
     }
     out
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub(super) fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Bytes of text a column of type TEXT holds on this engine: MySQL's TEXT
+/// is 64 KiB (less a margin for a clipped character), the others' unbounded.
+pub(super) fn text_bytes(dialect: Dialect) -> usize {
+    if dialect == Dialect::MySql { 65_000 } else { usize::MAX }
 }
 
 pub(super) fn placeholders(n: usize) -> String {
@@ -672,12 +692,15 @@ impl Db {
              lease_until = NULL WHERE id = ? AND lease_token = ? AND status = 'running'",
             self.dialect.json_in()
         ));
+        // A code longer than its column, or a message longer than MySQL's
+        // TEXT, is cut rather than refused: the outcome must land.
+        let text_limit = text_bytes(self.dialect);
         let done = q(sql)
             .bind(status.as_str())
             .bind(result)
             .bind(json)
-            .bind(error.as_ref().map(|e| e.code.clone()))
-            .bind(error.as_ref().map(|e| e.message.clone()))
+            .bind(error.as_ref().map(|e| clip(&e.code, 64).to_owned()))
+            .bind(error.as_ref().map(|e| clip(&e.message, text_limit).to_owned()))
             .bind(error.as_ref().and_then(|e| e.detail.as_ref().map(|d| d.to_vec())))
             .bind(output)
             .bind(lease.id.to_string())
@@ -689,6 +712,45 @@ impl Db {
         }
         self.settle_dependents(lease.id, &outcome).await?;
         Ok(true)
+    }
+
+    /// A page of a listing: filtered, sorted and limited by the database
+    /// (index asyncjobs_jobs_list: status, seq), `seq` as the cursor.
+    pub(super) async fn list(&self, query: &ListQuery, after: Option<i64>) -> Result<Page, sqlx::Error> {
+        let mut wheres = Vec::new();
+        let f = &query.filter;
+        if let Some(s) = &f.statuses {
+            wheres.push(format!("status IN ({})", placeholders(s.len())));
+        }
+        if let Some(o) = &f.operations {
+            wheres.push(if o.is_empty() { "1 = 0".into() } else { format!("operation IN ({})", placeholders(o.len())) });
+        }
+        let (op, dir) = if query.newest_first { ("<", "DESC") } else { (">", "ASC") };
+        if after.is_some() {
+            wheres.push(format!("seq {op} ?"));
+        }
+        let filter = if wheres.is_empty() { String::new() } else { format!(" WHERE {}", wheres.join(" AND ")) };
+        let limit = query.limit.saturating_add(1).min(i64::MAX as usize) as i64;
+        let sql = self.sql(&format!("SELECT {COLUMNS} FROM asyncjobs_jobs{filter} ORDER BY seq {dir} LIMIT ?"));
+        let mut select = q(sql);
+        for st in f.statuses.iter().flatten() {
+            select = select.bind(st.as_str());
+        }
+        for op in f.operations.iter().flatten() {
+            select = select.bind(op.clone());
+        }
+        if let Some(seq) = after {
+            select = select.bind(seq);
+        }
+        let rows = select.bind(limit).fetch_all(&self.pool).await?;
+        let more = rows.len() > query.limit;
+        let rows = &rows[..rows.len().min(query.limit)];
+        let next = match rows.last() {
+            Some(r) if more => Some(format!("s{}", r.try_get::<i64, _>("seq")?)),
+            _ => None,
+        };
+        let jobs = rows.iter().map(|r| job_from_row(r, false)).collect::<Result<_, _>>()?;
+        Ok(Page { jobs, next })
     }
 
     pub(super) async fn cancel(&self, id: Uuid) -> Result<Cancel, sqlx::Error> {
@@ -724,14 +786,39 @@ impl Db {
         Err(sqlx::Error::Protocol("the job kept changing while it was cancelled".into()))
     }
 
-    pub(super) async fn renew(&self, host: String, lease_secs: f64) -> Result<Vec<Lease>, sqlx::Error> {
-        let sql = self.sql("UPDATE asyncjobs_jobs SET lease_until = NOW + ? WHERE lease_owner = ? AND status = 'running'");
-        q(sql).bind(lease_secs).bind(host.clone()).execute(&self.pool).await?;
+    pub(super) async fn renew(&self, host: String, held: Vec<Lease>, lease_secs: f64) -> Result<Vec<Lease>, sqlx::Error> {
         let sql = self.sql("UPDATE asyncjobs_hosts SET heartbeat_at = NOW WHERE host_id = ?");
         q(sql).bind(host.clone()).execute(&self.pool).await?;
-        let sql = self.sql("SELECT id, lease_token FROM asyncjobs_jobs WHERE lease_owner = ? AND status = 'running'");
-        let rows = q(sql).bind(host).fetch_all(&self.pool).await?;
-        rows.iter().map(|r| Ok(Lease { id: uuid(&r.try_get::<String, _>(0)?), token: r.try_get(1)? })).collect()
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut renewed = Vec::with_capacity(held.len());
+        // Bounded statements: a host holds as many leases as it has slots, but slots are many at most.
+        for chunk in held.chunks(500) {
+            let list = placeholders(chunk.len());
+            let sql = self.sql(&format!(
+                "UPDATE asyncjobs_jobs SET lease_until = NOW + ? WHERE lease_owner = ? AND status = 'running' AND id IN ({list})"
+            ));
+            let mut update = q(sql).bind(lease_secs).bind(host.clone());
+            for l in chunk {
+                update = update.bind(l.id.to_string());
+            }
+            update.execute(&self.pool).await?;
+            let sql = self.sql(&format!(
+                "SELECT id, lease_token FROM asyncjobs_jobs WHERE lease_owner = ? AND status = 'running' AND id IN ({list})"
+            ));
+            let mut select = q(sql).bind(host.clone());
+            for l in chunk {
+                select = select.bind(l.id.to_string());
+            }
+            for r in select.fetch_all(&self.pool).await? {
+                let lease = Lease { id: uuid(&r.try_get::<String, _>(0)?), token: r.try_get(1)? };
+                if chunk.contains(&lease) {
+                    renewed.push(lease);
+                }
+            }
+        }
+        Ok(renewed)
     }
 
     /// Puts a running job back in the queue (when attempts remain) or fails it.

@@ -290,29 +290,115 @@ pub(super) fn text<I: ColumnIndex<AnyRow> + Copy>(row: &AnyRow, col: I) -> Resul
     String::from_utf8(bytes).map(Some).map_err(|e| sqlx::Error::Decode(e.into()))
 }
 
-/// The URL with its password replaced, safe for messages and logs.
+/// The URL without its credentials, safe for messages and logs: the
+/// password in `user:password@` becomes `***` (also when it holds an
+/// unencoded `/`, `?`, `#` or `@`), and the query (where sqlx also takes
+/// `user=` and `password=`) is left out.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let (auth, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // sqlite:/path and the like: no authority, so no userinfo.
+        return url.split_once('?').map_or(url, |(p, _)| p).to_owned();
     };
-    let Some((user_pass, host)) = auth.rsplit_once('@') else { return url.to_owned() };
-    let user = user_pass.split_once(':').map_or(user_pass, |(u, _)| u);
-    let tail = tail.split_once('?').map_or(tail, |(p, _)| p);
-    if user_pass.contains(':') {
-        format!("{scheme}://{user}:***@{host}{tail}")
-    } else {
-        format!("{scheme}://{user}@{host}{tail}")
+    let (user, has_password, after) = match userinfo_end(rest) {
+        Some(i) => {
+            let info = &rest[..i];
+            let user = info.split_once(':').map_or(info, |(u, _)| u);
+            (Some(user), info.contains(':'), &rest[i + 1..])
+        }
+        None => (None, false, rest),
+    };
+    let mut address = after.split(['?', '#']).next().unwrap_or("").to_owned();
+    if user.is_none() {
+        // No '@': what looks like host:port must have a port of digits, or it
+        // is user:password with the '@' lost in the query.
+        let host_end = address.find('/').unwrap_or(address.len());
+        if let Some((host, port)) = address[..host_end].split_once(':') {
+            if !port.is_empty() && !port.bytes().all(|b| b.is_ascii_digit()) {
+                address = format!("{host}:***{}", &address[host_end..]);
+            }
+        }
+    }
+    match user {
+        Some(u) if has_password => format!("{scheme}://{u}:***@{address}"),
+        Some(u) => format!("{scheme}://{u}@{address}"),
+        None => format!("{scheme}://{address}"),
     }
 }
 
-pub(super) fn password(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let auth = rest.split('/').next()?;
-    let user_pass = auth.rsplit_once('@')?.0;
-    let pass = user_pass.split_once(':')?.1;
-    (!pass.is_empty()).then(|| pass.to_owned())
+/// Where `user[:password]` ends in what follows `scheme://`: the last '@'
+/// that is not inside the query (an '@' after `?key=` is a value there,
+/// as in `?user=me@host`).
+fn userinfo_end(rest: &str) -> Option<usize> {
+    let in_query = |at: usize| {
+        let before = &rest[..at];
+        before.find('?').is_some_and(|q| {
+            let query = &before[q + 1..];
+            let key = query.split('=').next().unwrap_or("");
+            query.contains('=') && !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    };
+    rest.match_indices('@').map(|(i, _)| i).rev().find(|&i| !in_query(i))
+}
+
+/// Keys of a store URL's query whose values are secrets.
+const SECRET_KEYS: [&str; 5] = ["password", "passwd", "pwd", "sslpassword", "pass"];
+
+/// The secrets in a URL (the userinfo's password and secret query values),
+/// as written and percent-decoded, to scrub from driver messages. Secrets
+/// shorter than 4 bytes are left out: scrubbing them would mangle text.
+pub(super) fn secrets(url: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let rest = url.split_once("://").map_or("", |(_, r)| r);
+    if let Some(i) = userinfo_end(rest) {
+        if let Some((_, pass)) = rest[..i].split_once(':') {
+            out.push(pass.to_owned());
+        }
+    }
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split(['&', '#']) {
+            if let Some((k, v)) = pair.split_once('=') {
+                if SECRET_KEYS.iter().any(|s| k.eq_ignore_ascii_case(s)) {
+                    out.push(v.to_owned());
+                }
+            }
+        }
+    }
+    let decoded: Vec<String> = out.iter().map(|s| percent_decode(s)).collect();
+    out.extend(decoded);
+    out.retain(|s| s.len() >= 4);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `text` with every secret replaced by `***`.
+pub(super) fn scrub(mut text: String, secrets: &[String]) -> String {
+    for s in secrets {
+        if text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "***");
+        }
+    }
+    text
 }
 
 /// Which engine a URL names, and the URL sqlx should open.
@@ -322,7 +408,7 @@ pub fn parse_url(url: &str) -> Result<(Dialect, String), String> {
         "sqlite" => {
             let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
             if !path.starts_with('/') {
-                return Err(format!("a SQLite store needs an absolute path, as in sqlite:///srv/jobs.db, not {url}"));
+                return Err(format!("a SQLite store needs an absolute path, as in sqlite:///srv/jobs.db, not {}", redact(url)));
             }
             let path = path.split_once('?').map_or(path, |(p, _)| p);
             Ok((Dialect::Sqlite, format!("sqlite://{path}?mode=rwc")))
@@ -395,6 +481,7 @@ pub(super) async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), sqlx
             }
             q(dialect.sql("UPDATE asyncjobs_schema SET version = ? WHERE id = 1")).bind(SCHEMA_VERSION).execute(&mut *conn).await?;
         }
+        list_indexes(&mut conn, dialect).await?;
         if dialect == Dialect::MySql {
             // Row 2 is the rescuers' lock.
             conn.execute("INSERT IGNORE INTO asyncjobs_schema (id, version) VALUES (2, 0)").await?;
@@ -446,4 +533,44 @@ async fn object_exists(conn: &mut Conn, dialect: Dialect, name: &str) -> Result<
     }
     let n: i64 = query.fetch_one(&mut **conn).await?;
     Ok(n > 0)
+}
+
+/// A step of its own, apart from the schema versions: the indexes listings
+/// need, `asyncjobs_jobs_list` (status, seq) for a status filter in submit
+/// order and, on PostgreSQL, `asyncjobs_jobs_seq` (seq) for submit order alone
+/// (SQLite's seq is the rowid; MySQL's has its unique key). Created when
+/// missing, at every open, so a store made before them gains them;
+/// idempotent, and it changes nothing older builds read.
+async fn list_indexes(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>, dialect: Dialect) -> Result<(), sqlx::Error> {
+    let wanted: &[(&str, &str)] = match dialect {
+        Dialect::Postgres => &[("asyncjobs_jobs_list", "(status, seq)"), ("asyncjobs_jobs_seq", "(seq)")],
+        _ => &[("asyncjobs_jobs_list", "(status, seq)")],
+    };
+    for (name, columns) in wanted {
+        // Looked up first: CREATE INDEX takes a lock on the table even when
+        // the index is there, and MySQL has no IF NOT EXISTS for it.
+        let lookup = match dialect {
+            Dialect::Sqlite => None,
+            Dialect::Postgres => Some(
+                "SELECT COUNT(*) FROM pg_indexes WHERE schemaname = current_schema() \
+                 AND tablename = 'asyncjobs_jobs' AND indexname = $1",
+            ),
+            Dialect::MySql => Some(
+                "SELECT COUNT(*) FROM information_schema.statistics WHERE table_schema = DATABASE() \
+                 AND table_name = 'asyncjobs_jobs' AND index_name = ?",
+            ),
+        };
+        if let Some(sql) = lookup {
+            let n: i64 = sqlx::query_scalar(sql).bind(*name).fetch_one(&mut **conn).await?;
+            if n > 0 {
+                continue;
+            }
+        }
+        let create = match dialect {
+            Dialect::MySql => format!("CREATE INDEX {name} ON asyncjobs_jobs {columns}"),
+            _ => format!("CREATE INDEX IF NOT EXISTS {name} ON asyncjobs_jobs {columns}"),
+        };
+        conn.execute(create.as_str()).await?;
+    }
+    Ok(())
 }

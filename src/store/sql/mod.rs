@@ -30,14 +30,14 @@ pub mod dialect;
 
 pub use dialect::{parse_url, redact, Dialect, SCHEMA_VERSION};
 
-use crate::job::{hex, Cancel, Claimed, Counts, Job, JobError, JobView, Lease, NewJob, Outcome, Report, Status, Submit};
-use crate::store::{HostInfo, HostView, Signal, Store, StoreError, StoreResult};
+use crate::job::{hex, Cancel, Claimed, Counts, JobError, JobView, Lease, NewJob, Outcome, Report, Status, Submit};
+use crate::store::{Fault, HostInfo, HostView, ListQuery, Page, Signal, Store, StoreError, StoreResult};
 use crate::sys;
 use async_trait::async_trait;
 use crate::schedule::Schedule;
 use crate::store::PutSchedule;
-use db::{job_from_row, json_strings, parse_json_strings, placeholders, status_of, uuid, Db, COLUMNS};
-use dialect::{migrate, password, q, session_setup, text, FINISHED};
+use db::{clip, json_strings, parse_json_strings, placeholders, status_of, text_bytes, uuid, Db};
+use dialect::{migrate, q, scrub, secrets, session_setup, text, FINISHED};
 use parking_lot::Mutex;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Executor, Row};
@@ -53,7 +53,8 @@ use uuid::Uuid;
 pub struct SqlStore {
     db: Arc<Db>,
     described: String,
-    secret: Option<String>,
+    /// Credentials in the URL, scrubbed from every message.
+    secrets: Vec<String>,
     timeout: Duration,
     lease: Duration,
     /// Fed by a LISTEN connection on PostgreSQL.
@@ -65,20 +66,49 @@ pub struct SqlStore {
 /// The NOTIFY channel: payload "s" for a submit, "c:<id>" for a cancel.
 const CHANNEL: &str = "asyncjobs";
 
+/// Operation and queue names are VARCHAR(255): characters on every engine.
+const NAME_CHARS: usize = 255;
+
+/// A statement's bytes beyond its large values: SQL text and the others.
+const PACKET_SLACK: u64 = 8 << 10;
+
+/// Whether a driver error refuses what was sent for good, or may pass.
+/// Refusals: SQLSTATE class 22 (data exception: a value too long for its
+/// column, say) and 54 (a program limit) on PostgreSQL and MySQL; MySQL's
+/// packet and row size limits; SQLite's "string or blob too big".
+fn fault_of(e: &sqlx::Error, max_packet: Option<u64>) -> Fault {
+    let sqlx::Error::Database(db) = e else { return Fault::Unavailable };
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // ER_NET_PACKET_TOO_LARGE, ER_WARN_ALLOWED_PACKET_OVERFLOWED; ER_TOO_BIG_ROWSIZE.
+        match my.number() {
+            1153 | 1301 => return Fault::TooLarge(max_packet),
+            1118 => return Fault::TooLarge(None),
+            _ => {}
+        }
+    }
+    #[cfg(feature = "sqlite")]
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLITE_TOOBIG
+        return if db.code().as_deref() == Some("18") { Fault::TooLarge(None) } else { Fault::Unavailable };
+    }
+    match db.code().as_deref().map(|c| c.get(..2).unwrap_or(c)) {
+        Some("22") => Fault::Invalid,
+        Some("54") => Fault::TooLarge(None),
+        _ => Fault::Unavailable,
+    }
+}
+
 impl SqlStore {
     /// Opens (and creates or upgrades the schema of) the store at `url`,
     /// waiting at most `timeout` for each call, this one included. Leases
     /// last `lease` without renewal.
     pub fn open(url: &str, timeout: Duration, lease: Duration) -> Result<SqlStore, StoreError> {
-        let secret = password(url);
+        let secrets = secrets(url);
         let described = redact(url);
-        let (dialect, sqlx_url) = parse_url(url).map_err(StoreError)?;
+        let (dialect, sqlx_url) = parse_url(url).map_err(StoreError::unavailable)?;
         let fail = |what: &str, e: String| {
-            let mut msg = format!("cannot open the store {described}: {what}: {e}");
-            if let Some(p) = &secret {
-                msg = msg.replace(p.as_str(), "***");
-            }
-            StoreError(msg)
+            StoreError::unavailable(scrub(format!("cannot open the store {described}: {what}: {e}"), &secrets))
         };
         sqlx::any::install_default_drivers();
         let opts = AnyConnectOptions::from_str(&sqlx_url).map_err(|e| fail("bad URL", e.to_string()))?;
@@ -100,14 +130,22 @@ impl SqlStore {
                 .connect_with(opts)
                 .await?;
             migrate(&pool, dialect).await?;
-            Ok::<_, sqlx::Error>(pool)
+            // MySQL refuses (or drops the connection on) a statement larger than this.
+            let max_packet = match dialect {
+                Dialect::MySql => {
+                    let v: i64 = sqlx::query_scalar("SELECT CAST(@@max_allowed_packet AS SIGNED)").fetch_one(&pool).await?;
+                    Some(v.max(0) as u64)
+                }
+                _ => None,
+            };
+            Ok::<_, sqlx::Error>((pool, max_packet))
         };
-        let pool = sys::block_on(async move {
+        let (pool, max_packet) = sys::block_on(async move {
             match tokio::time::timeout(timeout, sys::runtime().spawn(connect)).await {
                 Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
                 Ok(Err(e)) => Err(format!("internal error: {e}")),
                 Ok(Ok(Err(e))) => Err(e.to_string()),
-                Ok(Ok(Ok(pool))) => Ok(pool),
+                Ok(Ok(Ok(opened))) => Ok(opened),
             }
         })
         .map_err(|e| fail("connection failed", e))?;
@@ -118,9 +156,9 @@ impl SqlStore {
             tx
         });
         Ok(SqlStore {
-            db: Arc::new(Db { pool, dialect, typical: Mutex::new(HashMap::new()) }),
+            db: Arc::new(Db { pool, dialect, max_packet, typical: Mutex::new(HashMap::new()) }),
             described,
-            secret,
+            secrets,
             timeout,
             lease,
             signals,
@@ -138,18 +176,35 @@ impl SqlStore {
         crate::metrics::store_call(what);
         let fut = f(self.db.clone());
         let task = sys::runtime().spawn(tokio::time::timeout(self.timeout, fut));
-        let msg = match task.await {
+        let (fault, msg) = match task.await {
             Ok(Ok(Ok(v))) => return Ok(v),
-            Ok(Ok(Err(e))) => e.to_string(),
-            Ok(Err(_)) => format!("no answer within {} ms", self.timeout.as_millis()),
-            Err(e) => format!("internal error: {e}"),
+            Ok(Ok(Err(e))) => (fault_of(&e, self.db.max_packet), e.to_string()),
+            Ok(Err(_)) => (Fault::Unavailable, format!("no answer within {} ms", self.timeout.as_millis())),
+            Err(e) => (Fault::Unavailable, format!("internal error: {e}")),
         };
         crate::metrics::store_error(what);
-        let mut msg = format!("store {} unavailable ({what}): {msg}", self.described);
-        if let Some(p) = &self.secret {
-            msg = msg.replace(p.as_str(), "***");
+        let msg = match fault {
+            Fault::Unavailable => format!("store {} unavailable ({what}): {msg}", self.described),
+            // A refusal is about what was sent, not where: no address.
+            _ => format!("the store refused the {what}: {msg}"),
+        };
+        Err(StoreError { fault, message: scrub(msg, &self.secrets) })
+    }
+
+    /// A write of `bytes` in one statement, refused before it is sent when
+    /// the server would refuse it (MySQL's max_allowed_packet): `what` says
+    /// what is that large.
+    fn check_packet(&self, bytes: usize, what: &str) -> StoreResult<()> {
+        match self.db.max_packet {
+            Some(max) if bytes as u64 + PACKET_SLACK > max => Err(StoreError::too_large(
+                format!(
+                    "{what} {bytes} bytes, more than the {max} bytes the store takes in one statement \
+                     (max_allowed_packet of its MySQL/MariaDB server)"
+                ),
+                Some(max),
+            )),
+            _ => Ok(()),
         }
-        Err(StoreError(msg))
     }
 
     /// Deletes every job, host and schedule (for tests and benchmarks).
@@ -227,9 +282,13 @@ impl Store for SqlStore {
     }
 
     async fn submit(&self, job: NewJob, limit: usize) -> StoreResult<Submit> {
-        if self.db.dialect == Dialect::MySql && job.operation.chars().count() > 255 {
-            return Err(StoreError("an operation name in a MySQL store has at most 255 characters".into()));
+        let n = job.operation.chars().count();
+        if n > NAME_CHARS {
+            return Err(StoreError::invalid(format!(
+                "an operation name has at most {NAME_CHARS} characters in a database store; this one has {n}"
+            )));
         }
+        self.check_packet(job.params.len() + job.executor.len(), "the job's params and executor are")?;
         self.run("submit", move |db| async move { db.submit(job, limit).await }).await
     }
 
@@ -305,7 +364,8 @@ impl Store for SqlStore {
                 query = query.bind(pid);
             }
             if let Some(p) = progress {
-                query = query.bind(p.step);
+                let step = p.step.map(|s| clip(&s, text_bytes(db.dialect)).to_owned());
+                query = query.bind(step);
                 for v in [p.current, p.total].into_iter().flatten() {
                     query = query.bind(v);
                 }
@@ -330,6 +390,13 @@ impl Store for SqlStore {
     }
 
     async fn finish(&self, lease: &Lease, outcome: &Outcome, output: Option<&[u8]>) -> StoreResult<bool> {
+        let size = match outcome {
+            Outcome::Completed(bytes) | Outcome::CompletedJson(bytes) => bytes.len(),
+            Outcome::Failed(e) => e.message.len() + e.detail.as_ref().map_or(0, |d| d.len()),
+            Outcome::Cancelled => 0,
+        };
+        let what = if outcome.completed() { "the result is" } else { "the error is" };
+        self.check_packet(size + output.map_or(0, <[u8]>::len), what)?;
         let (lease, outcome) = (*lease, outcome.clone());
         let output = output.map(<[u8]>::to_vec);
         let done = self.run("finish", move |db| async move { db.finish(lease, outcome, output).await }).await?;
@@ -353,10 +420,10 @@ impl Store for SqlStore {
         Some(Duration::from_millis(100))
     }
 
-    async fn renew(&self, host: &str) -> StoreResult<Vec<Lease>> {
-        let host = host.to_owned();
+    async fn renew(&self, host: &str, held: &[Lease]) -> StoreResult<Vec<Lease>> {
+        let (host, held) = (host.to_owned(), held.to_vec());
         let lease_secs = self.lease.as_secs_f64();
-        self.run("lease renewal", move |db| async move { db.renew(host, lease_secs).await }).await
+        self.run("lease renewal", move |db| async move { db.renew(host, held, lease_secs).await }).await
     }
 
     async fn rescue(&self) -> StoreResult<Vec<Uuid>> {
@@ -401,12 +468,18 @@ impl Store for SqlStore {
         .await
     }
 
-    async fn list(&self) -> StoreResult<Vec<Job>> {
-        self.run("list", |db| async move {
-            let rows = q(format!("SELECT {COLUMNS} FROM asyncjobs_jobs ORDER BY seq")).fetch_all(&db.pool).await?;
-            rows.iter().map(|r| job_from_row(r, false)).collect()
-        })
-        .await
+    async fn list(&self, query: &ListQuery) -> StoreResult<Page> {
+        let after = match query.after.as_deref() {
+            None => None,
+            Some(c) => Some(c.strip_prefix('s').and_then(|n| n.parse::<i64>().ok()).ok_or_else(|| {
+                StoreError::invalid("the cursor was not made by this store (a listing's `next_cursor`)")
+            })?),
+        };
+        if query.filter.statuses.as_ref().is_some_and(Vec::is_empty) || query.limit == 0 {
+            return Ok(Page::default());
+        }
+        let query = query.clone();
+        self.run("list", move |db| async move { db.list(&query, after).await }).await
     }
 
     async fn put_schedule(&self, schedule: &Schedule, replace: bool) -> StoreResult<PutSchedule> {
