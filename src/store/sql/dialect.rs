@@ -276,7 +276,7 @@ impl Dialect {
 }
 
 /// `?` for a double that is there, a literal NULL for one that is not:
-/// sqlx 0.9's Any driver binds a NULL double as a float4 NULL, and
+/// sqlx 0.8's Any driver binds a NULL double as a float4 NULL, and
 /// PostgreSQL keeps that parameter type for the statement it caches, so a
 /// later double would be refused. No statement binds a NULL double.
 pub(super) fn double_or_null(v: Option<f64>) -> &'static str {
