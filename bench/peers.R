@@ -160,6 +160,11 @@ counted <- function(system, f) {
   before <- db_counters(system)
   r <- f()
   r$db <- db_counters(system) - before
+  # A counter that went back: the server restarted, or someone ran FLUSH STATUS.
+  if (any(r$db < 0)) {
+    say("%s: the server's counters went back during a phase (a restart?); its counts are left out", system)
+    r$db[] <- NA_real_
+  }
   r
 }
 
@@ -615,7 +620,7 @@ if (COUNT) {
   # batch's phase minus the same phase without the batch.
   calls_per_job <- function(f) function(r, batch) f(r[[batch]]$calls) / r[[batch]]$jobs
   db_per_job <- function(key) function(r, batch) {
-    if (is.null(r$idle$db)) return(NA_real_)
+    if (is.null(r$idle$db) || is.null(r[[batch]]$db)) return(NA_real_)
     (count_of(r[[batch]]$db, key) - count_of(r$idle$db, key)) / r[[batch]]$jobs
   }
   values <- function(system, batch, f) {
